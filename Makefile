@@ -1,0 +1,54 @@
+# Gateway appliance: build and test entry points. See README.md.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SPEC ?= appliance.yaml
+BUILD ?= build
+PYTEST := $(BIN)/pytest
+
+.PHONY: setup host venv ova image check lint unit integration vm bench clean distclean
+
+setup: host venv
+
+host:
+	@scripts/setup-host.sh
+
+# The venv is rebuilt only when the pins change.
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	@$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+ova: setup
+	$(BIN)/appliance build --spec $(SPEC) --output $(BUILD)
+
+image: ova
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: venv
+	$(PYTEST) -m unit -q
+
+integration: setup
+	$(PYTEST) -m integration -q
+
+vm: ova
+	$(PYTEST) -m vm -q
+
+# The whole suite: lint, unit, integration, the image build and the QEMU tests.
+check: setup lint unit integration vm
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(BUILD) .pytest_cache .mypy_cache .ruff_cache
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Build system for the gateway appliance: spec -> mkosi image -> raw, qcow2, OVA."""

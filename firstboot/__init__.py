@@ -1,0 +1,1 @@
+"""First boot of the appliance: seeds, console wizard, network, registration."""

@@ -1,0 +1,1 @@
+"""The gateway daemon: tunnel to the management plane, relay, metadata filter."""

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs the build host's tools on Debian 12 (bookworm). Idempotent: when everything is
+# already present it only checks and exits, without touching apt.
+set -euo pipefail
+
+# mkosi 24.x and the systemd it needs (>= 254) come from bookworm-backports; bookworm's own
+# mkosi 14 is too old for systemd-repart based disk images with grub for BIOS and UEFI.
+BACKPORTS_PKGS=(mkosi systemd systemd-container)
+PKGS=(
+  bubblewrap apt dpkg debian-archive-keyring          # mkosi's Debian backend
+  dosfstools e2fsprogs mtools                         # systemd-repart: ESP and root filesystems
+  grub-common grub-pc-bin grub-efi-amd64-bin          # grub-mkimage and grub-bios-setup (hybrid boot)
+  zstd xz-utils cpio                                  # initrd and compression
+  qemu-utils qemu-system-x86 ovmf                     # qcow2 conversion and smoke boots
+  xorriso                                             # OVF environment ISO (ISO transport)
+  tinyproxy nginx-light openssh-server openssh-client # proxy tests and relay benchmark peers
+  tmux                                                # wizard tests in a real terminal
+)
+
+die() { echo "setup: $*" >&2; exit 1; }
+
+missing=()
+for p in "${PKGS[@]}" "${BACKPORTS_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+mkosi_ok=0
+if command -v mkosi >/dev/null && mkosi --version 2>/dev/null | grep -Eq 'mkosi (2[4-9]|[3-9][0-9])'; then
+  mkosi_ok=1
+fi
+
+if [ ${#missing[@]} -eq 0 ] && [ $mkosi_ok -eq 1 ]; then
+  exit 0
+fi
+
+[ -r /etc/debian_version ] || die "not a Debian machine; install by hand: ${missing[*]:-mkosi>=24}"
+[ "$(id -u)" -eq 0 ] || die "must run as root to install: ${missing[*]:-mkosi>=24} (or run 'sudo make setup')"
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+[ "$codename" = bookworm ] || echo "setup: warning: tested on Debian 12 (bookworm), this is '$codename'" >&2
+
+if [ "$codename" = bookworm ] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  echo "setup: adding bookworm-backports to apt sources"
+  cat > /etc/apt/sources.list.d/bookworm-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+echo "setup: installing: ${missing[*]:-mkosi}"
+apt-get update -qq || die "apt-get update failed; is the Debian mirror reachable?"
+apt-get install -y -qq --no-install-recommends -t bookworm-backports "${BACKPORTS_PKGS[@]}" >/dev/null \
+  || die "could not install ${BACKPORTS_PKGS[*]} from bookworm-backports"
+apt-get install -y -qq --no-install-recommends "${PKGS[@]}" >/dev/null \
+  || die "could not install: ${PKGS[*]}"
+# The test and benchmark peers are started on demand on loopback, never as system services.
+for svc in tinyproxy nginx ssh; do
+  systemctl disable --now "$svc" >/dev/null 2>&1 || true
+done
+mkosi --version | grep -Eq 'mkosi (2[4-9]|[3-9][0-9])' || die "mkosi >= 24 is required, found: $(mkosi --version)"
+echo "setup: host tools ready ($(mkosi --version))"
