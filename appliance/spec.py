@@ -1,0 +1,592 @@
+"""The appliance spec: `appliance.yaml` -> one frozen, validated dataclass tree.
+
+Every setting is declared once, in a table of `Setting` entries (key, parser, default, help). The
+tables drive parsing, validation, the defaults and `format_summary()`. Parsing is pure
+(`parse_spec(data, source)`); `load_spec(path)` only adds reading the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import ipaddress
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from appliance.errors import ApplianceError
+
+__all__ = [
+    "PROPERTY_KEYS",
+    "DebianRelease",
+    "DiskController",
+    "Firmware",
+    "Hardware",
+    "Nic",
+    "Product",
+    "Property",
+    "PropertyType",
+    "Spec",
+    "format_summary",
+    "load_spec",
+    "parse_spec",
+]
+
+
+class DebianRelease(StrEnum):
+    TRIXIE = "trixie"
+    BOOKWORM = "bookworm"
+
+
+class Firmware(StrEnum):
+    BIOS = "bios"
+    EFI = "efi"
+
+
+class Nic(StrEnum):
+    VMXNET3 = "vmxnet3"
+    E1000 = "e1000"
+    E1000E = "e1000e"
+    VIRTIO = "virtio"
+
+
+class DiskController(StrEnum):
+    PVSCSI = "pvscsi"
+    LSILOGIC = "lsilogic"
+    LSILOGICSAS = "lsilogicsas"
+    SATA = "sata"
+    IDE = "ide"
+
+
+class PropertyType(StrEnum):
+    STRING = "string"
+    BOOLEAN = "boolean"
+    INT = "int"
+    PASSWORD = "password"
+
+
+# The deploy-time properties first boot understands, in the order the spec lists them. The spec must
+# declare exactly these: a property first boot ignores would be a silent trap for the user.
+PROPERTY_KEYS: tuple[str, ...] = (
+    "gateway.plane_url",
+    "gateway.join_token",
+    "network.hostname",
+    "network.mode",
+    "network.address",
+    "network.gateway",
+    "network.dns",
+    "network.ntp",
+    "proxy.url",
+    "admin.ssh_key",
+    "admin.password_hash",
+)
+# Secrets: they must be typed `password` so hypervisors mask them, and must have no default.
+_SECRET_KEYS = frozenset({"gateway.join_token", "admin.password_hash"})
+_NETWORK_MODES = ("dhcp", "static")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Virtual hardware defaults of the exported VM."""
+
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    firmware: Firmware
+    nic: Nic
+    disk_controller: DiskController
+    network: str
+    vmx_version: int
+
+
+@dataclass(frozen=True)
+class Product:
+    """OVF ProductSection texts."""
+
+    product: str
+    vendor: str
+    vendor_url: str
+    product_url: str
+    annotation: str
+
+
+@dataclass(frozen=True)
+class Property:
+    """One OVF property accepted at deploy time."""
+
+    key: str
+    type: PropertyType
+    label: str
+    description: str
+    default: str | bool | int
+    user_configurable: bool
+    qualifiers: str
+
+    @property
+    def password(self) -> bool:
+        """True for secrets (rendered as ovf:password="true")."""
+        return self.type is PropertyType.PASSWORD
+
+    @property
+    def value_map(self) -> tuple[str, ...]:
+        """The allowed values from a ValueMap{...} qualifier, or () when unrestricted."""
+        for name, arg in _split_qualifiers(self.qualifiers):
+            if name == "ValueMap":
+                return tuple(_VALUE_RE.findall(arg))
+        return ()
+
+    @property
+    def default_text(self) -> str:
+        """The default as OVF writes it (booleans as true/false)."""
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        return str(self.default)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The whole resolved appliance spec."""
+
+    source: Path
+    name: str
+    version: str
+    debian_release: DebianRelease
+    hardware: Hardware
+    product: Product
+    properties: tuple[Property, ...]
+    packages: tuple[str, ...] = field(default=())
+
+    @property
+    def artifact_stem(self) -> str:
+        """NAME-VERSION, the stem of every artifact file."""
+        return f"{self.name}-{self.version}"
+
+    def property(self, key: str) -> Property:
+        """The property with this key (KeyError if absent)."""
+        for prop in self.properties:
+            if prop.key == key:
+                return prop
+        raise KeyError(key)
+
+
+class _Invalid(Exception):
+    """A problem at a dotted key path; load_spec() prefixes the file name."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+# ---------------------------------------------------------------------------------------------
+# Value parsers: (value, dotted path) -> parsed value, raising _Invalid with the problem.
+
+Parser = Callable[[object, str], Any]
+StrParser = Callable[[object, str], str]
+_REQUIRED: Any = object()
+
+
+def _show(value: object) -> str:
+    """A value as the user wrote it in YAML, short."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(lo: int, hi: int | None = None) -> Parser:
+    def parse(value: object, path: str) -> int:
+        # bool is an int in Python but `true` is never a sensible core count.
+        in_range = isinstance(value, int) and value >= lo and (hi is None or value <= hi)
+        if in_range and not isinstance(value, bool):
+            return value  # type: ignore[return-value]
+        want = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
+        raise _Invalid(path, f"expected {want}, got {_show(value)}")
+
+    return parse
+
+
+def _bool(value: object, path: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _Invalid(path, f"expected true or false, got {_show(value)}")
+
+
+def _str(
+    pattern: str | None = None, what: str = "a string", max_len: int = 1024
+) -> Callable[[object, str], str]:
+    regex = re.compile(pattern) if pattern else None
+
+    def parse(value: object, path: str) -> str:
+        if isinstance(value, str) and len(value) <= max_len and (regex is None or regex.fullmatch(value)):
+            return value
+        if not isinstance(value, str) and what != "a string":
+            # e.g. `version: 1.0` is read by YAML as a float: say how to fix it.
+            raise _Invalid(path, f"expected {what} (quote it), got {_show(value)}")
+        raise _Invalid(path, f"expected {what}, got {_show(value)}")
+
+    return parse
+
+
+def _url(value: object, path: str) -> str:
+    text = _str()(value, path)
+    if text == "":
+        return text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _Invalid(path, f"expected an http(s) URL or an empty string, got {_show(value)}")
+    return text
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _enum(cls: type[E]) -> Parser:
+    def parse(value: object, path: str) -> E:
+        if isinstance(value, str):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        choices = ", ".join(member.value for member in cls)
+        raise _Invalid(path, f"expected one of {choices}, got {_show(value)}")
+
+    return parse
+
+
+def _list_of(item: Parser) -> Parser:
+    def parse(value: object, path: str) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _Invalid(path, f"expected a list, got {_show(value)}")
+        return tuple(item(entry, f"{path}[{index}]") for index, entry in enumerate(value))
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its key, parser, raw YAML default (`_REQUIRED` if none) and help text."""
+
+    key: str
+    parse: Parser
+    default: Any
+    help: str
+
+
+def _section(cls: Callable[..., Any], table: Sequence[Setting]) -> Parser:
+    """A parser for a mapping whose keys are exactly the table's (unknown keys are errors)."""
+
+    def parse(value: object, path: str) -> Any:
+        if not isinstance(value, Mapping):
+            raise _Invalid(path or "(top level)", f"expected a mapping, got {_show(value)}")
+        known = {setting.key for setting in table}
+        for key in value:
+            if key not in known:
+                where = f"{path}.{key}" if path else str(key)
+                near = difflib.get_close_matches(str(key), sorted(known), n=1)
+                hint = f", did you mean '{near[0]}'?" if near else f" (known: {', '.join(sorted(known))})"
+                raise _Invalid(where, f"unknown key{hint}")
+        values: dict[str, Any] = {}
+        for setting in table:
+            where = f"{path}.{setting.key}" if path else setting.key
+            if setting.key in value:
+                values[setting.key] = setting.parse(value[setting.key], where)
+            elif setting.default is _REQUIRED:
+                raise _Invalid(where, "missing (required)")
+            else:
+                values[setting.key] = setting.parse(setting.default, where)
+        return cls(**values)
+
+    return parse
+
+
+# ---------------------------------------------------------------------------------------------
+# Qualifiers: MinLen(n), MaxLen(n), MinValue(n), MaxValue(n), ValueMap{"a","b"}, comma-separated.
+
+_QUALIFIER_RE = re.compile(r'(MinLen|MaxLen|MinValue|MaxValue)\((-?\d+)\)|(ValueMap)\{((?:"[^"]*",?)*)\}')
+_VALUE_RE = re.compile(r'"([^"]*)"')
+
+
+def _split_qualifiers(text: str) -> list[tuple[str, str]]:
+    """Pairs (name, argument) of a qualifier string; raises ValueError where it is malformed."""
+    out: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        match = _QUALIFIER_RE.match(text, pos)
+        if not match:
+            raise ValueError(f"bad qualifier at {text[pos:]!r}")
+        if match.group(1):
+            out.append((match.group(1), match.group(2)))
+        else:
+            out.append((match.group(3), match.group(4)))
+        pos = match.end()
+        if pos < len(text):
+            if text[pos] != ",":
+                raise ValueError(f"bad qualifier at {text[pos:]!r}")
+            pos += 1
+    return out
+
+
+def _qualifiers(value: object, path: str) -> str:
+    text = _str()(value, path)
+    try:
+        _split_qualifiers(text)
+    except ValueError as exc:
+        raise _Invalid(
+            path, f'{exc}: expected MinLen(n), MaxLen(n), MinValue(n), MaxValue(n) or ValueMap{{"a","b"}}'
+        ) from None
+    return text
+
+
+def _default(value: object, path: str) -> str | bool | int:
+    # Checked against the property's type in _check_property, once the type is known.
+    if isinstance(value, str | bool | int):
+        return value
+    raise _Invalid(path, f"expected a string, boolean or integer, got {_show(value)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The tables: every setting, once.
+
+_NAME_RE = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_VERSION_RE = r"[0-9]+(?:\.[0-9]+)*(?:[-+~][0-9A-Za-z.+~]+)?"
+_PACKAGE_RE = r"[a-z0-9][a-z0-9+.-]+"
+
+HARDWARE_SETTINGS: tuple[Setting, ...] = (
+    Setting("vcpus", _int(1, 128), 2, "virtual CPUs"),
+    Setting("memory_mib", _int(512), 2048, "memory in MiB"),
+    Setting("disk_gib", _int(2, 2048), 8, "virtual disk size in GiB"),
+    Setting("firmware", _enum(Firmware), "bios", "boot firmware: bios | efi"),
+    Setting("nic", _enum(Nic), "vmxnet3", "NIC model: " + " | ".join(Nic)),
+    Setting(
+        "disk_controller", _enum(DiskController), "pvscsi", "disk controller: " + " | ".join(DiskController)
+    ),
+    Setting("network", _str(r"[^<>&\"]{1,80}", "a network name"), "VM Network", "OVF network of the NIC"),
+    # vmx-14 = ESXi 6.7: old enough to import almost everywhere, new enough for every controller here.
+    Setting("vmx_version", _int(10, 21), 14, "VMware virtual hardware version (vmx-NN)"),
+)
+
+PRODUCT_SETTINGS: tuple[Setting, ...] = (
+    Setting("product", _str(r".{1,200}", "a non-empty string"), "Gateway Appliance", "OVF product name"),
+    Setting("vendor", _str(), "", "OVF vendor"),
+    Setting("vendor_url", _url, "", "vendor URL"),
+    Setting("product_url", _url, "", "product URL"),
+    Setting("annotation", _str(max_len=4096), "", "OVF annotation shown in the hypervisor's UI"),
+)
+
+PROPERTY_SETTINGS: tuple[Setting, ...] = (
+    Setting("key", _str(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+", "a dotted key"), _REQUIRED, "property key"),
+    Setting("type", _enum(PropertyType), "string", "string | boolean | int | password"),
+    Setting("label", _str(r"\S.{0,199}", "a non-empty label"), _REQUIRED, "label shown at deploy time"),
+    Setting("description", _str(max_len=2048), "", "help shown at deploy time"),
+    Setting("default", _default, "", "default value"),
+    Setting("user_configurable", _bool, True, "editable at deploy time"),
+    Setting("qualifiers", _qualifiers, "", "OVF qualifiers, e.g. MinLen(1) or ValueMap{...}"),
+)
+
+SPEC_SETTINGS: tuple[Setting, ...] = (
+    Setting("name", _str(_NAME_RE, "a name of [a-z0-9-]"), _REQUIRED, "artifact name"),
+    Setting("version", _str(_VERSION_RE, "a version like 0.1.0"), _REQUIRED, "appliance version"),
+    Setting("debian_release", _enum(DebianRelease), "trixie", "Debian release of the image"),
+    Setting("hardware", _section(Hardware, HARDWARE_SETTINGS), {}, "virtual hardware"),
+    Setting("product", _section(Product, PRODUCT_SETTINGS), {}, "OVF product section"),
+    Setting("properties", _list_of(_section(Property, PROPERTY_SETTINGS)), _REQUIRED, "OVF properties"),
+    Setting("packages", _list_of(_str(_PACKAGE_RE, "a Debian package name")), [], "extra packages"),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-field checks, after every field parsed.
+
+
+def _check_value(key: str, text: str) -> str | None:
+    """Why a default is not acceptable for this property, or None."""
+    try:
+        if key == "network.address":
+            if "/" not in text:
+                return f"expected an address in CIDR form like 192.0.2.10/24, got {text!r}"
+            ipaddress.ip_interface(text)
+        elif key == "network.gateway":
+            ipaddress.ip_address(text)
+        elif key == "network.dns":
+            for part in text.split(","):
+                ipaddress.ip_address(part.strip())
+        elif key in ("gateway.plane_url", "proxy.url"):
+            parts = urlsplit(text)
+            schemes = ("https",) if key == "gateway.plane_url" else ("http", "https")
+            if parts.scheme not in schemes or not parts.hostname:
+                return f"expected a {'/'.join(schemes)} URL, got {text!r}"
+    except ValueError:
+        return f"not a valid value for {key}: {text!r}"
+    return None
+
+
+def _check_property(prop: Property, path: str) -> None:
+    want: tuple[type, ...] = {
+        PropertyType.BOOLEAN: (bool,),
+        PropertyType.INT: (int,),
+        PropertyType.STRING: (str,),
+        PropertyType.PASSWORD: (str,),
+    }[prop.type]
+    default = prop.default
+    if not isinstance(default, want) or (prop.type is PropertyType.INT and isinstance(default, bool)):
+        raise _Invalid(f"{path}.default", f"expected a {prop.type} value, got {_show(default)}")
+    if prop.password and default != "":
+        raise _Invalid(f"{path}.default", "a password property must not have a default")
+    if prop.key in _SECRET_KEYS and not prop.password:
+        raise _Invalid(f"{path}.type", f"{prop.key} is a secret: expected password, got {prop.type}")
+    for name, arg in _split_qualifiers(prop.qualifiers):
+        if name in ("MinLen", "MaxLen") and prop.type not in (PropertyType.STRING, PropertyType.PASSWORD):
+            raise _Invalid(f"{path}.qualifiers", f"{name} applies to string properties, not {prop.type}")
+        if name in ("MinValue", "MaxValue") and prop.type is not PropertyType.INT:
+            raise _Invalid(f"{path}.qualifiers", f"{name} applies to int properties, not {prop.type}")
+        if name == "MaxLen" and isinstance(default, str) and len(default) > int(arg):
+            raise _Invalid(f"{path}.default", f"longer than MaxLen({arg})")
+    if prop.key == "network.mode" and sorted(prop.value_map) != sorted(_NETWORK_MODES):
+        raise _Invalid(f"{path}.qualifiers", 'expected ValueMap{"dhcp","static"}')
+    if prop.value_map and prop.default_text not in prop.value_map:
+        raise _Invalid(f"{path}.default", f"{prop.default_text!r} is not in the ValueMap")
+    if isinstance(default, str) and default and not prop.value_map:
+        problem = _check_value(prop.key, default)
+        if problem:
+            raise _Invalid(f"{path}.default", problem)
+
+
+def _check_spec(spec: Spec) -> None:
+    seen: dict[str, int] = {}
+    for index, prop in enumerate(spec.properties):
+        path = f"properties[{index}]"
+        if prop.key in seen:
+            raise _Invalid(f"{path}.key", f"duplicate key {prop.key!r} (also properties[{seen[prop.key]}])")
+        seen[prop.key] = index
+        if prop.key not in PROPERTY_KEYS:
+            raise _Invalid(f"{path}.key", f"unknown property {prop.key!r} (first boot does not read it)")
+        _check_property(prop, path)
+    missing = [key for key in PROPERTY_KEYS if key not in seen]
+    if missing:
+        raise _Invalid("properties", f"missing {', '.join(missing)}")
+    dupes = sorted({pkg for pkg in spec.packages if spec.packages.count(pkg) > 1})
+    if dupes:
+        raise _Invalid("packages", f"duplicate package {', '.join(dupes)}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_spec(data: object, source: Path) -> Spec:
+    """Validate already-loaded YAML data into a Spec; errors name `source`, the key and the problem."""
+    try:
+        spec: Spec = _section(functools.partial(Spec, source=source), SPEC_SETTINGS)(data, "")
+        _check_spec(spec)
+    except _Invalid as exc:
+        raise ApplianceError(f"{source}: {exc.path}: {exc.problem}") from None
+    return spec
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _value in node.value:
+        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_spec(path: Path) -> Spec:
+    """Read and validate the spec file at `path`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ApplianceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ApplianceError(f"{path}: not UTF-8 text") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ApplianceError(f"{path}: {where}invalid YAML: {problem}") from None
+    return parse_spec(data, path)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value) if value else "(none)"
+    if isinstance(value, str):
+        return value if value else '""'
+    return str(value)
+
+
+def format_summary(spec: Spec) -> str:
+    """The resolved spec as aligned `key  value` lines, driven by the settings tables."""
+    rows: list[tuple[str, str]] = [("spec", str(spec.source)), ("artifact_stem", spec.artifact_stem)]
+    for setting in SPEC_SETTINGS:
+        value = getattr(spec, setting.key)
+        if setting.key in ("hardware", "product"):
+            sub = HARDWARE_SETTINGS if setting.key == "hardware" else PRODUCT_SETTINGS
+            rows += [(f"{setting.key}.{s.key}", _plain(getattr(value, s.key))) for s in sub]
+        elif setting.key != "properties":
+            rows.append((setting.key, _plain(value)))
+    width = max(len(key) for key, _ in rows)
+    lines = [f"{key.ljust(width)}  {text}" for key, text in rows]
+    lines.append(f"properties ({len(spec.properties)}):")
+    key_width = max((len(p.key) for p in spec.properties), default=0)
+    for prop in spec.properties:
+        flags = [str(prop.type)]
+        if not prop.user_configurable:
+            flags.append("fixed")
+        if prop.qualifiers:
+            flags.append(prop.qualifiers)
+        default = f" default={prop.default_text!r}" if prop.default_text and not prop.password else ""
+        lines.append(f"  {prop.key.ljust(key_width)}  {' '.join(flags)}{default}  {prop.label}")
+    return "\n".join(lines)
+
+
+def format_settings_help() -> str:
+    """Every setting with its default and help, for documentation and `--help` texts."""
+    lines: list[str] = []
+    groups = (
+        ("", SPEC_SETTINGS),
+        ("hardware.", HARDWARE_SETTINGS),
+        ("product.", PRODUCT_SETTINGS),
+        ("properties[].", PROPERTY_SETTINGS),
+    )
+    for prefix, table in groups:
+        for setting in table:
+            if setting.default is _REQUIRED:
+                default = "required"
+            elif isinstance(setting.default, Mapping):
+                default = "see below"
+            else:
+                default = f"default {_show(setting.default)}"
+            lines.append(f"{prefix}{setting.key}: {setting.help} ({default})")
+    return "\n".join(lines)
