@@ -1,0 +1,380 @@
+"""The metadata filter: pure functions from (policies, kind, request, response) to Allowed or Denied.
+
+Fail closed: anything we cannot positively match, parse and bound is denied, and no input makes
+these functions raise. No I/O happens here; the relay does the I/O and `gateway.filter_audit` logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from gateway.jsonpath import Allowlist, Node
+from gateway.policy import KNOWN_METHODS, MAX_REQUEST_BODY_BYTES, BodyAllow, PolicySet, Rule
+from gateway.xmlfilter import XmlRejected, filter_xml, soap_operation
+
+log = logging.getLogger(__name__)
+
+_JSON_TYPES = frozenset({"application/json"})
+_XML_TYPES = frozenset({"text/xml", "application/xml", "application/soap+xml"})
+# Response headers we manage ourselves: the body we emit is decoded and re-serialized.
+_MANAGED = frozenset({"content-length", "content-encoding", "transfer-encoding", "content-type"})
+_MAX_FLOAT_TEXT = 64
+
+
+@dataclass(frozen=True)
+class FilterRequest:
+    """The request as the plane sent it; `body` is only needed for rules that inspect it (SOAP)."""
+
+    method: str
+    path: str  # including the query string
+    headers: Mapping[str, str]
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class FilterResponse:
+    """The target's response, fully buffered (at most the rule's max_body_bytes)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """What may go back to the plane."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    rule: str
+    kept: int
+    removed: int
+
+
+@dataclass(frozen=True)
+class Denied:
+    """A refusal; `reason` is safe to log and to send (it never contains response data)."""
+
+    reason: str
+    rule: str | None = None
+
+
+def header_value(decision: Allowed) -> str:
+    """The `X-Gateway-Filter` header value for an allowed response: `<rule>; removed=<n>`."""
+    return f"{decision.rule}; removed={decision.removed}"
+
+
+# --- requests ---------------------------------------------------------------------------------------
+
+
+def _split_path(path: str) -> tuple[list[str], str] | str:
+    """Decoded path segments and raw query, or a denial reason for anything ambiguous."""
+    if "#" in path:
+        return "fragment in request path"
+    raw, _, query = path.partition("?")
+    if not raw.startswith("/"):
+        return "request path must start with '/'"
+    if any(c < "!" or c > "~" or c in "\\;" for c in raw):
+        return "request path has characters a server may interpret differently"
+    parts = raw[1:].split("/")
+    if parts[-1] == "":
+        parts.pop()  # one trailing slash names the same resource
+    segments: list[str] = []
+    for part in parts:
+        try:
+            seg = unquote(part, errors="strict")
+        except UnicodeDecodeError:
+            return "request path is not valid percent-encoded UTF-8"
+        # Encoded separators, dot segments and double encoding are classic allowlist bypasses.
+        if not seg or seg in (".", "..") or any(c in seg for c in "/\\%;") or not seg.isprintable():
+            return "request path has an empty, dot or encoded-separator segment"
+        segments.append(seg)
+    return segments, query
+
+
+def _match(policies: PolicySet, kind: str, req: FilterRequest) -> Rule | Denied:
+    method = req.method.upper()
+    if method not in KNOWN_METHODS:
+        return Denied(f"method {req.method[:20]!r} is not allowed")
+    if any(k.lower() == "upgrade" for k in req.headers):
+        return Denied("protocol upgrades are not relayed")
+    split = _split_path(req.path)
+    if isinstance(split, str):
+        return Denied(split)
+    segments, query = split
+    rules = policies.rules_for(kind)
+    for rule in rules:
+        applies = rule.deny and ("*" in rule.methods or method in rule.methods)
+        if applies and rule.path.matches(segments, fold_case=True):
+            return Denied(rule.reason or "denied by policy", rule.name)
+    for rule in rules:
+        if not rule.deny and method in rule.methods and rule.path.matches(segments):
+            return _check_rule_extras(rule, req, query)
+    shown = req.path if len(req.path) <= 200 else req.path[:200] + "..."
+    return Denied(f"no rule allows {method} {shown} for kind {kind[:40]!r}")
+
+
+def _check_rule_extras(rule: Rule, req: FilterRequest, query: str) -> Rule | Denied:
+    if rule.query is not None and query:
+        try:
+            names = {name for name, _ in parse_qsl(query, keep_blank_values=True, errors="strict")}
+        except (UnicodeDecodeError, ValueError):
+            return Denied("query string is not valid", rule.name)
+        extra = names - rule.query
+        if extra:
+            return Denied(f"query parameter {sorted(extra)[0][:40]!r} is not allowed", rule.name)
+    if rule.soap_operations is not None:
+        if req.body is None:
+            return Denied("rule inspects the request body but none was given", rule.name)
+        if len(req.body) > MAX_REQUEST_BODY_BYTES:
+            return Denied("request body too large to inspect", rule.name)
+        try:
+            operation = soap_operation(req.body)
+        except XmlRejected as exc:
+            return Denied(f"request: {exc}", rule.name)
+        if operation not in rule.soap_operations:
+            return Denied(f"SOAP operation {operation[:60]!r} is not allowed", rule.name)
+    return rule
+
+
+def check_request(policies: PolicySet, kind: str, req: FilterRequest) -> Rule | Denied:
+    """Find the rule allowing this request, before the target is contacted; Denied when there is none."""
+    try:
+        return _match(policies, kind, req)
+    except Exception:  # never raise on hostile input: a bug here must deny, not crash the stream
+        log.exception("metadata filter failed while checking a request")
+        return Denied("internal filter error")
+
+
+# --- responses --------------------------------------------------------------------------------------
+
+
+class _Reject(ValueError):
+    """A body we refuse; the message is the denial reason."""
+
+
+def _decode(body: bytes, encoding: str, rule: Rule) -> bytes:
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        return body
+    if enc in ("gzip", "x-gzip"):
+        wbits = [31]
+    elif enc == "deflate":
+        wbits = [15, -15]  # RFC says zlib-wrapped; some servers send raw deflate
+    else:
+        raise _Reject(f"content encoding {enc[:40]!r} is not supported")
+    limit = min(rule.max_body_bytes, max(len(body), 1) * rule.max_ratio)
+    for bits in wbits:
+        d = zlib.decompressobj(bits)
+        try:
+            out = d.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(out) > limit:
+            raise _Reject("decompressed body exceeds the size or ratio bound")
+        if not d.eof or d.unused_data or d.unconsumed_tail:
+            raise _Reject("compressed body is truncated or has trailing data")
+        return out
+    raise _Reject("compressed body is corrupt")
+
+
+def _media_type(value: str) -> tuple[str, dict[str, str]]:
+    main, *params = value.split(";")
+    out: dict[str, str] = {}
+    for p in params:
+        k, _, v = p.partition("=")
+        out[k.strip().lower()] = v.strip().strip('"').lower()
+    return main.strip().lower(), out
+
+
+def _is_json(mtype: str) -> bool:
+    return mtype in _JSON_TYPES or (mtype.startswith("application/") and mtype.endswith("+json"))
+
+
+def _is_xml(mtype: str) -> bool:
+    return mtype in _XML_TYPES or (mtype.startswith("application/") and mtype.endswith("+xml"))
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _Duplicate
+    return out
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if len(text) > _MAX_FLOAT_TEXT or not math.isfinite(value):
+        raise _Reject("JSON number out of range")
+    return value
+
+
+def _constant(text: str) -> Any:
+    raise _Reject(f"JSON constant {text} is not allowed")
+
+
+def _walk_dict(value: dict[str, Any], node: Node, counts: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    keys, wild = node.keys, node.wild
+    kept = removed = 0
+    for k, x in value.items():
+        child = keys.get(k, wild)
+        if child is None:
+            removed += 1
+        elif child.subtree:
+            out[k] = x
+            kept += 1
+        elif type(x) is dict:
+            out[k] = _walk_dict(x, child, counts)
+        elif type(x) is list:
+            r = _walk_list(x, child, counts)
+            if r is None:
+                removed += 1
+            else:
+                out[k] = r
+        elif child.leaf:
+            out[k] = x
+            kept += 1
+        else:
+            removed += 1
+    counts[0] += kept
+    counts[1] += removed
+    return out
+
+
+def _walk_list(value: list[Any], node: Node, counts: list[int]) -> list[Any] | None:
+    items = node.items
+    if items is None:
+        return None
+    if items.subtree:
+        counts[0] += len(value)
+        return value
+    out: list[Any] = []
+    kept = removed = 0
+    for x in value:
+        if type(x) is dict:
+            out.append(_walk_dict(x, items, counts))
+        elif type(x) is list:
+            r = _walk_list(x, items, counts)
+            if r is None:
+                removed += 1
+            else:
+                out.append(r)
+        elif items.leaf:
+            out.append(x)
+            kept += 1
+        else:
+            removed += 1
+    counts[0] += kept
+    counts[1] += removed
+    return out
+
+
+def filter_json(body: bytes, allow: Allowlist) -> tuple[bytes, int, int]:
+    """Keep only allowed JSON paths; return (body, kept, removed) or raise ValueError naming the reason."""
+    try:
+        text = body.decode("utf-8-sig") if body.startswith(b"\xef\xbb\xbf") else body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Reject("JSON body is not valid UTF-8") from None
+    try:
+        doc = json.loads(text, object_pairs_hook=_pairs, parse_float=_float, parse_constant=_constant)
+    except _Duplicate:
+        raise _Reject("JSON object has duplicate keys") from None
+    except RecursionError:
+        raise _Reject("JSON nested too deeply") from None
+    except _Reject:
+        raise
+    except ValueError:
+        raise _Reject("unparseable JSON") from None
+    counts = [0, 0]
+    root = allow.root
+    if root.subtree:
+        out = doc
+        counts[0] += 1
+    elif type(doc) is dict:
+        out = _walk_dict(doc, root, counts)
+    elif type(doc) is list:
+        out = _walk_list(doc, root, counts)
+        if out is None:
+            raise _Reject("top-level JSON array is not allowed")
+    else:
+        raise _Reject("top-level JSON value is not an object or array")
+    encoded = json.dumps(out, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return encoded.encode("utf-8"), counts[0], counts[1]
+
+
+def _filter_body(allow: BodyAllow, headers: Mapping[str, str], body: bytes) -> tuple[bytes, int, int]:
+    ctype = headers.get("content-type", "")
+    if not ctype:
+        raise _Reject("response has no content type")
+    mtype, params = _media_type(ctype)
+    charset = params.get("charset", "utf-8")
+    if allow.json is not None and _is_json(mtype):
+        if charset != "utf-8":
+            raise _Reject(f"JSON charset {charset[:20]!r} is not supported")
+        return filter_json(body, allow.json)
+    if allow.xml is not None and _is_xml(mtype):
+        try:
+            return filter_xml(body, allow.xml)
+        except XmlRejected as exc:
+            raise _Reject(str(exc)) from None
+    raise _Reject(f"content type {mtype[:60]!r} is not allowed by the rule")
+
+
+def _response(policies: PolicySet, kind: str, req: FilterRequest, resp: FilterResponse) -> Allowed | Denied:
+    found = _match(policies, kind, req)
+    if isinstance(found, Denied):
+        return found
+    rule = found
+    src = {k.lower(): v for k, v in resp.headers.items()}
+    headers = {k: v for k, v in src.items() if k in rule.headers and k not in _MANAGED}
+    if rule.passthrough:
+        for k in ("content-type", "content-encoding"):
+            if k in src:
+                headers[k] = src[k]
+        return Allowed(resp.status, headers, resp.body, rule.name, 0, 0)
+    if len(resp.body) > rule.max_body_bytes:
+        return Denied("response body exceeds the size bound", rule.name)
+    no_body = req.method.upper() == "HEAD" or resp.status in (204, 304) or resp.status < 200
+    if no_body or not resp.body:
+        return Allowed(resp.status, headers, b"", rule.name, 0, 1 if resp.body else 0)
+    ok = 200 <= resp.status < 300
+    allow = rule.body if ok else rule.errors
+    try:
+        if allow.json is None and allow.xml is None:
+            raise _Reject("the rule allows no response body")
+        plain = _decode(resp.body, src.get("content-encoding", ""), rule)
+        body, kept, removed = _filter_body(allow, src, plain)
+    except _Reject as exc:
+        if ok:
+            return Denied(str(exc), rule.name)
+        # An error status still reaches the plane, without the body we could not filter.
+        return Allowed(resp.status, headers, b"", rule.name, 0, 1)
+    headers["content-type"] = src["content-type"]
+    headers["content-length"] = str(len(body))
+    return Allowed(resp.status, headers, body, rule.name, kept, removed)
+
+
+def filter_response(
+    policies: PolicySet, kind: str, req: FilterRequest, resp: FilterResponse
+) -> Allowed | Denied:
+    """Filter a buffered response down to what the matching rule allows; Denied when it cannot."""
+    try:
+        return _response(policies, kind, req, resp)
+    except (RecursionError, MemoryError, ValueError, UnicodeError):
+        return Denied("response body cannot be filtered safely")
+    except Exception:  # never raise on hostile input: a bug here must deny, not leak
+        log.exception("metadata filter failed while filtering a response")
+        return Denied("internal filter error")
