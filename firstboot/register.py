@@ -1,0 +1,484 @@
+"""Enrolment: redeem a join token with the plane and store the gateway identity (key, cert, pinned CA)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import ssl
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from yarl import URL
+
+from firstboot.errors import FirstbootError
+
+log = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "GWJ1."
+DEFAULT_STATE_DIR = Path("/var/lib/gateway")
+KEY_FILE = "key.pem"
+CERT_FILE = "cert.pem"
+CA_FILE = "ca.pem"
+IDENTITY_FILE = "identity.json"
+
+_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_MAX_RESPONSE = 256 * 1024
+
+# What a token error code from the plane means to the person at the console.
+_TOKEN_ERRORS = {
+    "token-unknown": "join token is unknown to the plane (mistyped, or made by another plane)",
+    "token-used": "join token was already used; create a new one with 'mgmtplane token create'",
+    "token-expired": "join token has expired; create a new one with 'mgmtplane token create'",
+}
+
+
+@dataclass(frozen=True)
+class JoinToken:
+    """A parsed join token: where the plane is, its CA hash, the one-time secret and the expiry."""
+
+    plane_url: str
+    ca_hash: str
+    secret: str
+    expires_at: int
+
+    def expired(self, now: float | None = None) -> bool:
+        """True once the expiry has passed by the local clock (which may be wrong before NTP)."""
+        return (time.time() if now is None else now) >= self.expires_at
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A stored gateway identity (identity.json plus the key, cert and CA beside it)."""
+
+    gateway_id: str
+    plane_url: str
+    registered_at: str
+    state_dir: Path
+
+
+def parse_token(text: str) -> JoinToken:
+    """Parse and validate a `GWJ1.` join token; raises FirstbootError naming the problem."""
+    text = text.strip()
+    if not text.startswith(TOKEN_PREFIX):
+        raise FirstbootError(f"join token: must start with {TOKEN_PREFIX!r}")
+    body = text[len(TOKEN_PREFIX) :]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        data = json.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise FirstbootError("join token: not valid base64url JSON (was it cut short when copied?)") from exc
+    if not isinstance(data, dict):
+        raise FirstbootError("join token: payload is not a JSON object")
+    url, ca_hash, secret, expires = data.get("u"), data.get("h"), data.get("s"), data.get("e")
+    if not isinstance(url, str) or not url:
+        raise FirstbootError("join token: u (plane URL) is missing")
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise FirstbootError(f"join token: u: plane URL {url!r} must be https://host[:port]")
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise FirstbootError(f"join token: u: bad port in {url!r}") from exc
+    if not isinstance(ca_hash, str) or not _HASH_RE.match(ca_hash):
+        raise FirstbootError("join token: h: CA hash must be 'sha256:' and 64 lowercase hex digits")
+    if not isinstance(secret, str) or not secret:
+        raise FirstbootError("join token: s (secret) is missing")
+    if isinstance(expires, bool) or not isinstance(expires, int) or expires <= 0:
+        raise FirstbootError("join token: e (expiry) must be a positive unix time")
+    return JoinToken(plane_url=url.rstrip("/"), ca_hash=ca_hash, secret=secret, expires_at=expires)
+
+
+def spki_sha256(cert: x509.Certificate) -> str:
+    """`sha256:<hex>` of a certificate's DER SubjectPublicKeyInfo (what the token's `h` pins)."""
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)  # before writing, so a private key is never readable by others
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _same_public_key(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> bool:
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(*fmt) == cert.public_key().public_bytes(*fmt)
+
+
+def _issued_by_any(cert: x509.Certificate, cas: Sequence[x509.Certificate]) -> bool:
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
+def _cn(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""
+
+
+def _load_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):
+        return None
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return key
+    return None
+
+
+def load_identity(state_dir: Path) -> Identity | None:
+    """The stored identity if complete and consistent (key matches cert, cert chains to CA, unexpired)."""
+    try:
+        data = json.loads((state_dir / IDENTITY_FILE).read_text(encoding="utf-8"))
+        cert = x509.load_pem_x509_certificate((state_dir / CERT_FILE).read_bytes())
+        cas = x509.load_pem_x509_certificates((state_dir / CA_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    key = _load_key(state_dir / KEY_FILE)
+    if key is None or not isinstance(data, dict):
+        return None
+    gateway_id, plane_url = data.get("gateway_id"), data.get("plane_url")
+    if not isinstance(gateway_id, str) or not isinstance(plane_url, str):
+        return None
+    if not _same_public_key(key, cert) or not _issued_by_any(cert, cas) or _cn(cert) != gateway_id:
+        return None
+    if cert.not_valid_after_utc <= dt.datetime.now(dt.UTC):
+        return None
+    return Identity(
+        gateway_id=gateway_id,
+        plane_url=plane_url,
+        registered_at=str(data.get("registered_at", "")),
+        state_dir=state_dir,
+    )
+
+
+def _proxy_args(proxy_url: str | None) -> tuple[URL | None, aiohttp.BasicAuth | None, str]:
+    """(proxy URL without credentials, its basic auth, a printable form without the password)."""
+    if not proxy_url:
+        return None, None, ""
+    url = URL(proxy_url)
+    if url.scheme != "http" or not url.host:
+        raise FirstbootError(f"--proxy: {url.with_password(None)} must be http://[user:pass@]host:port")
+    auth = aiohttp.BasicAuth(url.user or "", url.password or "") if url.user else None
+    bare = url.with_user(None)
+    return bare, auth, str(bare)
+
+
+def _describe_client_error(exc: BaseException, where: str, proxy_shown: str) -> FirstbootError:
+    """One sentence for a failed HTTP exchange with the plane (or the proxy in front of it)."""
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        if exc.status == 407:
+            return FirstbootError(
+                f"proxy {proxy_shown} requires authentication (HTTP 407)",
+                hint="give credentials as --proxy http://user:password@host:port",
+            )
+        return FirstbootError(
+            f"proxy {proxy_shown} refused to connect to {where} (HTTP {exc.status} {exc.message})"
+        )
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return FirstbootError(f"cannot reach proxy {proxy_shown}: {exc.os_error.strerror or exc.os_error}")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return FirstbootError(
+            f"TLS verification of {where} against the pinned plane CA failed: possible interception",
+            hint=str(exc),
+        )
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return FirstbootError(
+            f"cannot resolve the plane host in {where} (DNS failure)", hint=str(exc.os_error)
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror or str(exc.os_error)
+        return FirstbootError(f"plane unreachable at {where}: {reason}")
+    if isinstance(exc, TimeoutError):
+        return FirstbootError(f"plane at {where} did not answer in time")
+    return FirstbootError(f"talking to the plane at {where} failed: {exc}")
+
+
+class _Client:
+    """The two exchanges of enrolment, over one aiohttp session (and optional CONNECT proxy)."""
+
+    def __init__(self, session: aiohttp.ClientSession, proxy_url: str | None) -> None:
+        self.session = session
+        self.proxy, self.proxy_auth, self.proxy_shown = _proxy_args(proxy_url)
+
+    async def fetch_ca(self, token: JoinToken) -> tuple[list[x509.Certificate], bytes]:
+        """GET /v1/ca without trusting TLS, then keep only the CA whose SPKI hash the token pins."""
+        url = f"{token.plane_url}/v1/ca"
+        try:
+            # ssl=False: nothing is trusted yet; the hash check below is what authenticates the CA.
+            async with self.session.get(url, ssl=False, proxy=self.proxy, proxy_auth=self.proxy_auth) as resp:
+                body = await resp.content.read(_MAX_RESPONSE)
+                if resp.status != 200:
+                    raise FirstbootError(f"GET {url}: plane answered HTTP {resp.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _describe_client_error(exc, url, self.proxy_shown) from exc
+        try:
+            certs = x509.load_pem_x509_certificates(body)
+        except ValueError as exc:
+            raise FirstbootError(f"GET {url}: response is not a PEM certificate bundle") from exc
+        pinned = [c for c in certs if spki_sha256(c) == token.ca_hash]
+        if not pinned:
+            seen = ", ".join(spki_sha256(c) for c in certs)
+            raise FirstbootError(
+                f"plane CA hash mismatch at {token.plane_url}: token pins {token.ca_hash}, "
+                f"plane presents {seen}: possible interception, refusing to register"
+            )
+        pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in pinned)
+        return pinned, pem
+
+    async def post_register(
+        self, token: JoinToken, ca_pem: bytes, csr_pem: bytes, hostname: str
+    ) -> dict[str, Any]:
+        """POST /v1/register over TLS verified against the pinned CA only."""
+        url = f"{token.plane_url}/v1/register"
+        ctx = ssl.create_default_context(cadata=ca_pem.decode())
+        payload = {"token_secret": token.secret, "csr": csr_pem.decode(), "hostname": hostname}
+        try:
+            async with self.session.post(
+                url, json=payload, ssl=ctx, proxy=self.proxy, proxy_auth=self.proxy_auth
+            ) as resp:
+                body = await resp.content.read(_MAX_RESPONSE)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _describe_client_error(exc, url, self.proxy_shown) from exc
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if status != 200:
+            code = data.get("error") if isinstance(data, dict) else None
+            message = data.get("message") if isinstance(data, dict) else None
+            if code in _TOKEN_ERRORS:
+                raise FirstbootError(_TOKEN_ERRORS[code])
+            raise FirstbootError(
+                f"plane refused registration (HTTP {status}, {code}): {message or body[:200]!r}"
+            )
+        if not isinstance(data, dict):
+            raise FirstbootError(f"POST {url}: response is not a JSON object")
+        return data
+
+
+def _check_hostname(hostname: str) -> str:
+    if not _HOSTNAME_RE.match(hostname):
+        raise FirstbootError(f"--hostname: {hostname!r} is not a valid host name")
+    return hostname
+
+
+def _make_csr(key: ec.EllipticCurvePrivateKey, hostname: str) -> bytes:
+    # The plane sets the subject (CN = the gateway id it assigns); the hostname is only informative.
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64])]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def _prepare_key(state_dir: Path, force: bool) -> ec.EllipticCurvePrivateKey:
+    """Reuse a key left by an interrupted registration (the plane lets it redeem its token again)."""
+    key_path = state_dir / KEY_FILE
+    if not force:
+        existing = _load_key(key_path)
+        if existing is not None:
+            log.info("reusing the key in %s from an unfinished registration", key_path)
+            return existing
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    # Stored before the request so a power cut after the plane signs does not strand the token.
+    _write_atomic(key_path, pem, 0o600)
+    return key
+
+
+def _prepare_state_dir(state_dir: Path) -> None:
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FirstbootError(f"{state_dir}: cannot create state dir: {exc.strerror}") from exc
+    if not os.access(state_dir, os.W_OK):
+        raise FirstbootError(f"{state_dir}: not writable")
+
+
+def _check_response(
+    data: dict[str, Any], key: ec.EllipticCurvePrivateKey, pinned: list[x509.Certificate]
+) -> tuple[str, bytes]:
+    gateway_id, cert_pem = data.get("gateway_id"), data.get("certificate")
+    if not isinstance(gateway_id, str) or not isinstance(cert_pem, str):
+        raise FirstbootError("plane response lacks gateway_id or certificate")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    except ValueError as exc:
+        raise FirstbootError("plane response: certificate is not PEM") from exc
+    if not _same_public_key(key, cert):
+        raise FirstbootError("plane response: certificate is not for our key")
+    if not _issued_by_any(cert, pinned):
+        raise FirstbootError("plane response: certificate is not signed by the pinned plane CA")
+    if _cn(cert) != gateway_id:
+        raise FirstbootError(
+            f"plane response: certificate CN {_cn(cert)!r} is not the gateway id {gateway_id!r}"
+        )
+    return gateway_id, cert_pem.encode()
+
+
+async def register_async(
+    token: JoinToken | str,
+    state_dir: Path,
+    *,
+    hostname: str,
+    proxy_url: str | None = None,
+    timeout: float = 30,
+    force: bool = False,
+) -> Identity:
+    """Enrol with the plane and store the identity; returns the existing one unless `force`."""
+    if isinstance(token, str):
+        token = parse_token(token)
+    hostname = _check_hostname(hostname)
+    existing = load_identity(state_dir)
+    if existing is not None and not force:
+        return existing
+    if token.expired():
+        # The local clock may be wrong before NTP syncs; the plane's verdict is the one that counts.
+        log.warning("join token looks expired by the local clock; asking the plane anyway")
+    _prepare_state_dir(state_dir)
+    client_timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10))
+    async with aiohttp.ClientSession(timeout=client_timeout, trust_env=False) as session:
+        client = _Client(session, proxy_url)
+        pinned, ca_pem = await client.fetch_ca(token)
+        key = _prepare_key(state_dir, force)
+        data = await client.post_register(token, ca_pem, _make_csr(key, hostname), hostname)
+    gateway_id, cert_pem = _check_response(data, key, pinned)
+    registered_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    _write_atomic(state_dir / CERT_FILE, cert_pem, 0o644)
+    _write_atomic(state_dir / CA_FILE, ca_pem, 0o644)
+    # identity.json goes last: its presence marks a complete enrolment.
+    identity = {"gateway_id": gateway_id, "plane_url": token.plane_url, "registered_at": registered_at}
+    _write_atomic(state_dir / IDENTITY_FILE, (json.dumps(identity, indent=2) + "\n").encode(), 0o644)
+    log.info("registered as gateway %s with %s", gateway_id, token.plane_url)
+    return Identity(gateway_id, token.plane_url, registered_at, state_dir)
+
+
+def register(
+    token: JoinToken | str,
+    state_dir: Path,
+    *,
+    hostname: str,
+    proxy_url: str | None = None,
+    timeout: float = 30,
+    force: bool = False,
+) -> Identity:
+    """Synchronous register_async (for callers without an event loop)."""
+    return asyncio.run(
+        register_async(token, state_dir, hostname=hostname, proxy_url=proxy_url, timeout=timeout, force=force)
+    )
+
+
+def run_register(args: argparse.Namespace) -> int:
+    """The `firstboot register` subcommand: enrol unless a valid identity exists (or --force)."""
+    state_dir = Path(args.state_dir)
+    existing = load_identity(state_dir)
+    if existing is not None and not args.force:
+        print(
+            f"already registered as gateway {existing.gateway_id} with {existing.plane_url}"
+            " (use --force to re-register)"
+        )
+        return 0
+    token_text = args.token
+    if token_text == "-":
+        token_text = sys.stdin.readline()
+    identity = register(
+        token_text,
+        state_dir,
+        hostname=args.hostname or socket.gethostname(),
+        proxy_url=args.proxy,
+        timeout=args.timeout,
+        force=args.force,
+    )
+    print(f"registered as gateway {identity.gateway_id} with {identity.plane_url}; identity in {state_dir}")
+    return 0
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token", required=True, help="join token from 'mgmtplane token create' ('-' reads stdin)"
+    )
+    parser.add_argument(
+        "--state-dir", default=str(DEFAULT_STATE_DIR), help="identity directory (%(default)s)"
+    )
+    parser.add_argument("--proxy", help="outbound HTTP CONNECT proxy, http://[user:pass@]host:port")
+    parser.add_argument("--hostname", help="host name reported to the plane (default: this host's)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds for the whole exchange")
+    parser.add_argument("--force", action="store_true", help="register again even if an identity exists")
+    parser.set_defaults(func=run_register)
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the `firstboot register` subcommand on a subparsers object."""
+    parser = sub.add_parser("register", help="enrol this gateway with a join token", description=__doc__)
+    _add_arguments(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry: `python -m firstboot.register --token T --state-dir DIR`."""
+    parser = argparse.ArgumentParser(prog="firstboot register", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    try:
+        return run_register(args)
+    except FirstbootError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""The plane's aiohttp application: CA download, registration, admin API, and the tunnel hub's routes."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import hmac
+import importlib
+import importlib.util
+import json
+import logging
+import re
+import secrets
+import ssl
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from mgmtplane.ca import (
+    CA_CERT_FILE,
+    CSRError,
+    PlaneCA,
+    cert_fingerprint,
+    ensure_server_cert,
+    load_csr,
+    load_or_create_ca,
+)
+from mgmtplane.errors import PlaneError
+from mgmtplane.registry import GatewayRecord, Registry, state_lock, write_atomic
+from mgmtplane.tokens import TokenError, TokenStore
+
+log = logging.getLogger(__name__)
+
+ADMIN_TOKEN_FILE = "admin-token"
+ADMIN_PREFIX = "/v1/gateways"
+MAX_REGISTER_BODY = 64 * 1024
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class PlaneConfig:
+    """What the plane needs to run: its state dir and the names its server certificate must cover."""
+
+    state_dir: Path
+    server_hosts: tuple[str, ...] = ()
+
+
+CONFIG_KEY = web.AppKey("plane_config", PlaneConfig)
+CA_KEY = web.AppKey("plane_ca", PlaneCA)
+TOKENS_KEY = web.AppKey("plane_tokens", TokenStore)
+REGISTRY_KEY = web.AppKey("plane_registry", Registry)
+ADMIN_TOKEN_KEY = web.AppKey("plane_admin_token", str)
+
+
+def load_or_create_admin_token(state_dir: Path) -> str:
+    """The admin API bearer token, created (0600) in the state dir on first use."""
+    path = state_dir / ADMIN_TOKEN_FILE
+    with state_lock(state_dir):
+        try:
+            token = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            token = ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PlaneError(f"{path}: cannot read the admin token: {exc}") from exc
+        if not token:
+            token = secrets.token_urlsafe(32)
+            write_atomic(path, (token + "\n").encode(), mode=0o600)
+            log.info("created admin token in %s", path)
+    return token
+
+
+def server_ssl_context(config: PlaneConfig) -> ssl.SSLContext:
+    """TLS server context: the plane's cert, and client certs requested (optional) against the plane CA."""
+    ca = load_or_create_ca(config.state_dir)
+    cert_path, key_path = ensure_server_cert(ca, config.state_dir, config.server_hosts)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_path, key_path)
+    ctx.load_verify_locations(cafile=config.state_dir / CA_CERT_FILE)
+    # Optional: registration has no client cert yet; the tunnel route insists on one (the hub
+    # checks). A presented cert that does not chain to the plane CA still fails the handshake.
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def peer_gateway_id(request: web.Request) -> str | None:
+    """The gateway id (client cert CN) of a TLS peer whose certificate the plane CA verified, or None."""
+    peercert = request.transport.get_extra_info("peercert") if request.transport else None
+    if not peercert:
+        return None
+    for rdn in peercert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return None
+
+
+def json_error(status: int, code: str, message: str) -> web.Response:
+    """A JSON error body `{"error": code, "message": text}` with `status`."""
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+def _admin_authorized(request: web.Request) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return False
+    return hmac.compare_digest(presented.strip().encode(), request.app[ADMIN_TOKEN_KEY].encode())
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every route under /v1/gateways (the hub's relay route included) needs the admin bearer token."""
+    path = request.path
+    if (path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")) and not _admin_authorized(request):
+        resp = json_error(401, "unauthorized", "admin API needs 'Authorization: Bearer <admin token>'")
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="mgmtplane"'
+        return resp
+    return await handler(request)
+
+
+async def get_ca(request: web.Request) -> web.Response:
+    """GET /v1/ca: the CA certificate (PEM); clients check its SPKI hash against their token."""
+    return web.Response(body=request.app[CA_KEY].cert_pem, content_type="application/x-pem-file")
+
+
+async def get_health(request: web.Request) -> web.Response:
+    """GET /v1/health: liveness plus a few counts."""
+    live = _live_gateways(request.app)
+    return web.json_response(
+        {
+            "status": "ok",
+            "ca_hash": request.app[CA_KEY].spki_hash,
+            "connected": len(live),
+            "hub": _HUB in request.app,
+        }
+    )
+
+
+def _bad_request(message: str) -> web.Response:
+    return json_error(400, "bad-request", message)
+
+
+async def post_register(request: web.Request) -> web.Response:
+    """POST /v1/register: redeem a join token and sign the gateway's CSR."""
+    if request.content_length is not None and request.content_length > MAX_REGISTER_BODY:
+        return json_error(413, "too-large", f"request body over {MAX_REGISTER_BODY} bytes")
+    try:
+        body = await request.content.read(MAX_REGISTER_BODY + 1)
+        if len(body) > MAX_REGISTER_BODY:
+            return json_error(413, "too-large", f"request body over {MAX_REGISTER_BODY} bytes")
+        data = json.loads(body)
+    except ValueError:
+        return _bad_request("body is not JSON")
+    if not isinstance(data, dict):
+        return _bad_request("body must be a JSON object")
+    secret, csr_pem, hostname = data.get("token_secret"), data.get("csr"), data.get("hostname", "")
+    if not isinstance(secret, str) or not secret:
+        return _bad_request("token_secret: missing")
+    if not isinstance(csr_pem, str) or not csr_pem:
+        return _bad_request("csr: missing")
+    if not isinstance(hostname, str) or (hostname and not _HOSTNAME_RE.match(hostname)):
+        return _bad_request("hostname: not a valid host name")
+    try:
+        csr = load_csr(csr_pem)
+    except CSRError as exc:
+        return json_error(400, "bad-csr", str(exc))
+    spki = csr.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    key_hash = "sha256:" + hashlib.sha256(spki).hexdigest()
+    app = request.app
+    try:
+        # The store takes a file lock and fsyncs: keep that off the event loop.
+        redemption = await asyncio.to_thread(app[TOKENS_KEY].redeem, secret, key_hash, str(uuid.uuid4()))
+    except TokenError as exc:
+        log.warning("registration refused from %s: %s", request.remote, exc.code)
+        return json_error(exc.status, exc.code, str(exc))
+    ca = app[CA_KEY]
+    cert_pem = ca.sign_csr(csr_pem, redemption.gateway_id)
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    record = GatewayRecord(
+        gateway_id=redemption.gateway_id,
+        hostname=hostname or "",
+        registered_at=cert.not_valid_before_utc.isoformat() if redemption.replay else _utc_now_iso(),
+        cert_serial=format(cert.serial_number, "x"),
+        cert_fingerprint=cert_fingerprint(cert),
+        token_id=redemption.token_id[:12],
+    )
+    await asyncio.to_thread(app[REGISTRY_KEY].add, record)
+    if redemption.replay:
+        log.info("re-issued certificate for %s (same key redeemed its token again)", redemption.gateway_id)
+    return web.json_response(
+        {"gateway_id": redemption.gateway_id, "certificate": cert_pem.decode(), "ca": ca.cert_pem.decode()}
+    )
+
+
+def _utc_now_iso() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+
+
+# --- the hub (mgmtplane/hub.py, written alongside) -------------------------------------------
+
+_HUB = web.AppKey("plane_hub_module", object)
+
+
+def _setup_hub(app: web.Application) -> None:
+    # The hub lands separately; without it the plane still registers gateways.
+    if importlib.util.find_spec("mgmtplane.hub") is None:
+        log.warning("mgmtplane.hub is not installed: no /v1/tunnel and no relay routes")
+        return
+    hub_module = importlib.import_module("mgmtplane.hub")
+    hub_module.setup_hub(app)
+    app[_HUB] = hub_module
+
+
+def _live_gateways(app: web.Application) -> dict[str, dict[str, Any]]:
+    """Live tunnel state per gateway id from the hub, or {} when there is no hub."""
+    hub_module = app.get(_HUB)
+    if hub_module is None:
+        return {}
+    for key_name in ("HUB_KEY", "HUB"):
+        key = getattr(hub_module, key_name, None)
+        if isinstance(key, web.AppKey) and key in app:
+            return _sessions_by_id(app[key].sessions())
+    return {}
+
+
+def _sessions_by_id(sessions: Any) -> dict[str, dict[str, Any]]:
+    items = sessions.items() if isinstance(sessions, Mapping) else ((None, s) for s in sessions)
+    out: dict[str, dict[str, Any]] = {}
+    for key, session in items:
+        if isinstance(session, Mapping):
+            info = dict(session)
+        elif hasattr(session, "to_json"):
+            info = dict(session.to_json())
+        else:
+            info = {k: v for k, v in vars(session).items() if not k.startswith("_")}
+        gateway_id = str(info.get("gateway_id") or key)
+        out[gateway_id] = {k: v for k, v in info.items() if _jsonable(v)}
+    return out
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _gateway_json(record: GatewayRecord, live: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    session = live.get(record.gateway_id)
+    return {**record.to_json(), "connected": session is not None, "session": session}
+
+
+async def list_gateways(request: web.Request) -> web.Response:
+    """GET /v1/gateways: registered gateways merged with the hub's live tunnel state."""
+    records = await asyncio.to_thread(request.app[REGISTRY_KEY].all)
+    live = _live_gateways(request.app)
+    return web.json_response({"gateways": [_gateway_json(r, live) for r in records]})
+
+
+async def get_gateway(request: web.Request) -> web.Response:
+    """GET /v1/gateways/{gateway_id}: one gateway, or 404."""
+    gateway_id = request.match_info["gateway_id"]
+    record = await asyncio.to_thread(request.app[REGISTRY_KEY].get, gateway_id)
+    if record is None:
+        return json_error(404, "gateway-unknown", f"no registered gateway {gateway_id}")
+    return web.json_response(_gateway_json(record, _live_gateways(request.app)))
+
+
+def create_app(config: PlaneConfig) -> web.Application:
+    """The plane application; the CA and admin token are created in the state dir if missing."""
+    app = web.Application(middlewares=[admin_auth])
+    app[CONFIG_KEY] = config
+    app[CA_KEY] = load_or_create_ca(config.state_dir)
+    app[TOKENS_KEY] = TokenStore(config.state_dir)
+    app[REGISTRY_KEY] = Registry(config.state_dir)
+    app[ADMIN_TOKEN_KEY] = load_or_create_admin_token(config.state_dir)
+    app.router.add_get("/v1/health", get_health)
+    app.router.add_get("/v1/ca", get_ca)
+    app.router.add_post("/v1/register", post_register)
+    app.router.add_get("/v1/gateways", list_gateways)
+    app.router.add_get("/v1/gateways/{gateway_id}", get_gateway)
+    _setup_hub(app)
+    return app

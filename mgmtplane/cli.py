@@ -1,0 +1,220 @@
+"""Command line of the reference plane: serve, token create/list, admin-token, gateways."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from mgmtplane.app import PlaneConfig, create_app, load_or_create_admin_token, server_ssl_context
+from mgmtplane.ca import load_ca
+from mgmtplane.errors import PlaneError
+from mgmtplane.registry import Registry, read_json, write_json_atomic
+from mgmtplane.tokens import TokenStore, encode_token, parse_ttl
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = os.environ.get("MGMTPLANE_STATE_DIR", "/var/lib/mgmtplane")
+# `serve` records the URL it advertises, so `token create` on the same state dir needs no --url.
+PLANE_FILE = "plane.json"
+_WILDCARDS = {"", "0.0.0.0", "::"}
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """(host, port) from HOST:PORT or [V6]:PORT; port 0 picks a free port."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise PlaneError(f"--listen: {text!r} must be HOST:PORT (IPv6 as [::1]:PORT)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise PlaneError(f"--listen: {text!r}: put an IPv6 address in brackets, e.g. [::1]:8443")
+    return host, int(port_text)
+
+
+def _url_host(host: str) -> str:
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+def _advertise_host(listen_host: str) -> str:
+    if listen_host in _WILDCARDS:
+        return socket.getfqdn()
+    return listen_host
+
+
+def _check_advertise_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+        raise PlaneError(f"--advertise-url: {url!r} must be https://host[:port] with no path")
+    return url.rstrip("/")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host or host == "::" else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host or "0.0.0.0", port))
+    except OSError as exc:
+        sock.close()
+        raise PlaneError(f"--listen: cannot bind {host}:{port}: {exc.strerror}") from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(state_dir: Path, listen: str, advertise_url: str | None) -> None:
+    """Run the plane until SIGTERM or SIGINT."""
+    host, port = parse_listen(listen)
+    advertise = _check_advertise_url(advertise_url) if advertise_url else None
+    sock = _bind(host, port)
+    port = sock.getsockname()[1]
+    if advertise is None:
+        advertise = f"https://{_url_host(_advertise_host(host))}:{port}"
+    hosts = [_advertise_host(host), urlsplit(advertise).hostname or ""]
+    if host in _WILDCARDS:
+        hosts.append(socket.gethostname())
+    config = PlaneConfig(state_dir=state_dir, server_hosts=tuple(h for h in hosts if h))
+    app = create_app(config)
+    ssl_ctx = server_ssl_context(config)
+    write_json_atomic(state_dir / PLANE_FILE, {"url": advertise})
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()
+        # One machine-readable line: tests and scripts wait for it (port 0 is resolved here).
+        print(f"mgmtplane: listening on {advertise}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+
+
+def _plane_url(state_dir: Path, url: str | None) -> str:
+    if url:
+        return _check_advertise_url(url)
+    data = read_json(state_dir / PLANE_FILE, {})
+    saved = data.get("url") if isinstance(data, dict) else None
+    if not isinstance(saved, str):
+        raise PlaneError(
+            f"{state_dir}: no plane URL recorded",
+            hint="pass --url or run 'mgmtplane serve' with this state dir",
+        )
+    return saved
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`mgmtplane serve`."""
+    asyncio.run(serve(Path(args.state_dir), args.listen, args.advertise_url))
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    """`mgmtplane token create`: print a new join token."""
+    state_dir = Path(args.state_dir)
+    ttl = parse_ttl(args.ttl)
+    ca = load_ca(state_dir)
+    url = _plane_url(state_dir, args.url)
+    secret, expires_at = TokenStore(state_dir).create(ttl)
+    print(encode_token(url, ca.spki_hash, secret, expires_at))
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    """`mgmtplane token list`: stored tokens (hashes only) and their state."""
+    now = time.time()
+    for record in TokenStore(Path(args.state_dir)).all():
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.expires_at))
+        print(f"{record.token_id[:12]}  {record.status(now):8}  expires {expires}  {record.gateway_id or ''}")
+    return 0
+
+
+def cmd_admin_token(args: argparse.Namespace) -> int:
+    """`mgmtplane admin-token`: print the admin API bearer token."""
+    print(load_or_create_admin_token(Path(args.state_dir)))
+    return 0
+
+
+def cmd_gateways(args: argparse.Namespace) -> int:
+    """`mgmtplane gateways`: registered gateways, from the state dir (no live state)."""
+    for record in Registry(Path(args.state_dir)).all():
+        print(f"{record.gateway_id}  {record.hostname or '-':30}  {record.registered_at}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `mgmtplane` argument parser."""
+    parser = argparse.ArgumentParser(prog="mgmtplane", description="Reference management plane for gateways")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_state_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--state-dir",
+            default=DEFAULT_STATE_DIR,
+            help="CA, tokens and registry (%(default)s; env MGMTPLANE_STATE_DIR)",
+        )
+        return p
+
+    p = with_state_dir(sub.add_parser("serve", help="run the plane (creates its CA on first start)"))
+    p.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT to listen on (%(default)s)")
+    p.add_argument("--advertise-url", help="URL gateways use (default https://LISTEN_HOST:PORT)")
+    p.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="join tokens").add_subparsers(dest="token_command", required=True)
+    p = with_state_dir(token.add_parser("create", help="print a new single-use join token"))
+    p.add_argument("--ttl", default="1h", help="lifetime, e.g. 30s, 15m, 1h, 2d (%(default)s)")
+    p.add_argument("--url", help="plane URL in the token (default: the URL 'serve' advertises)")
+    p.set_defaults(func=cmd_token_create)
+    p = with_state_dir(token.add_parser("list", help="list tokens and their state"))
+    p.set_defaults(func=cmd_token_list)
+
+    p = with_state_dir(sub.add_parser("admin-token", help="print the admin API bearer token"))
+    p.set_defaults(func=cmd_admin_token)
+    p = with_state_dir(sub.add_parser("gateways", help="list registered gateways"))
+    p.set_defaults(func=cmd_gateways)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; PlaneError becomes `error: ...` and exit code 1."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result: int = args.func(args)
+        return result
+    except PlaneError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # Permissions and full disks in the state dir: say which file, not a traceback.
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
