@@ -1,0 +1,418 @@
+"""The first-boot settings: declared once in a table that drives validation, `plan` output and the wizard."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from urllib.parse import urlsplit, urlunsplit
+
+from firstboot.errors import FirstbootError
+
+
+class NetworkMode(StrEnum):
+    DHCP = "dhcp"
+    STATIC = "static"
+
+
+class Invalid(ValueError):
+    """A per-field problem; the table prefixes it with the key."""
+
+
+# ---------------------------------------------------------------- per-field validators
+# Each takes the raw string (already stripped, never empty) and returns the normalised value.
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_CRYPT = re.compile(
+    r"^(\$(1|5|6)\$(rounds=\d+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{22,86}"
+    r"|\$(y|gy|7)\$[./A-Za-z0-9]+\$[./A-Za-z0-9]+\$[./A-Za-z0-9]{43}"
+    r"|\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53})$"
+)
+_SSH_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+
+
+def _is_hostname(text: str) -> bool:
+    return len(text) <= 253 and all(_HOST_LABEL.match(label) for label in text.rstrip(".").split("."))
+
+
+def validate_plane_url(text: str) -> str:
+    """An https URL with a host and optional port, no path (trailing slash dropped)."""
+    problem = f"expected an https:// URL like https://plane.example.com:8443, got {text!r}"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise Invalid(problem) from None
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or parts.path.strip("/")
+        or parts.query
+        or parts.username
+    ):
+        raise Invalid(problem)
+    del port
+    return urlunsplit(("https", parts.netloc, "", "", ""))
+
+
+def validate_join_token(text: str) -> str:
+    """A join token `GWJ1.…` as made by `mgmtplane token create`."""
+    parse_token(text)
+    return text
+
+
+def validate_hostname(text: str) -> str:
+    """An RFC 1123 host name (letters, digits and '-', labels of at most 63)."""
+    if not _is_hostname(text) or text.replace(".", "").isdigit():
+        raise Invalid(
+            f"expected a host name of letters, digits and '-' (at most 63 per label) like gw-01, got {text!r}"
+        )
+    return text.lower().rstrip(".")
+
+
+def validate_mode(text: str) -> str:
+    """dhcp or static."""
+    try:
+        return NetworkMode(text.lower()).value
+    except ValueError:
+        raise Invalid(f"expected dhcp or static, got {text!r}") from None
+
+
+def validate_address(text: str) -> str:
+    """An interface address with prefix, like 192.0.2.10/24."""
+    problem = f"expected an IPv4/IPv6 address with prefix like 192.0.2.10/24, got {text!r}"
+    if "/" not in text:
+        raise Invalid(problem)
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        raise Invalid(problem) from None
+    net = iface.network
+    if net.prefixlen < net.max_prefixlen - 1 and iface.ip in (net.network_address, net.broadcast_address):
+        raise Invalid(f"{text!r} is the network or broadcast address of {net}; use a host address")
+    return str(iface)
+
+
+def validate_gateway(text: str) -> str:
+    """A router IP address."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise Invalid(f"expected an IPv4/IPv6 address like 192.0.2.1, got {text!r}") from None
+
+
+def validate_dns(text: str) -> str:
+    """Comma-separated IP addresses."""
+    out = []
+    for item in _split(text):
+        try:
+            out.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise Invalid(
+                f"expected comma-separated IP addresses like 192.0.2.53,192.0.2.54, got {item!r}"
+            ) from None
+    return ",".join(out)
+
+
+def validate_ntp(text: str) -> str:
+    """Comma-separated NTP server names or addresses."""
+    out = []
+    for item in _split(text):
+        try:
+            out.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            if not _is_hostname(item):
+                raise Invalid(
+                    f"expected comma-separated NTP server names or addresses like ntp.example.com, "
+                    f"got {item!r}"
+                ) from None
+            out.append(item.lower())
+    return ",".join(out)
+
+
+def validate_proxy_url(text: str) -> str:
+    """An http:// CONNECT proxy URL with a port, optionally with user:password@."""
+    shown = mask_url(text)
+    problem = f"expected an http:// proxy URL with a port like http://proxy.example.com:3128, got {shown!r}"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise Invalid(problem) from None
+    if parts.scheme != "http" or not parts.hostname or port is None or parts.path.strip("/") or parts.query:
+        raise Invalid(problem)
+    return urlunsplit(("http", parts.netloc, "", "", ""))
+
+
+def validate_ssh_key(text: str) -> str:
+    """One OpenSSH public key line: type, base64 blob, optional comment."""
+    fields = text.split()
+    problem = f"expected one OpenSSH public key like 'ssh-ed25519 AAAAC3Nza... admin@host', got {text[:40]!r}"
+    if len(fields) < 2 or fields[0] not in _SSH_TYPES or "\n" in text:
+        raise Invalid(problem)
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid(problem + " (the key data is not base64)") from None
+    # The blob starts with the key type as a length-prefixed string: catches pasted-together keys.
+    kind = fields[0].encode()
+    if blob[4 : 4 + len(kind)] != kind or int.from_bytes(blob[:4], "big") != len(kind):
+        raise Invalid(f"the key data does not match its type {fields[0]!r} (a truncated or mangled paste?)")
+    return " ".join(fields)
+
+
+def validate_password_hash(text: str) -> str:
+    """A crypt(3) hash ($6$ sha512crypt, $y$ yescrypt, ...), never a plain password."""
+    if not _CRYPT.match(text):
+        # Never echo the value: it may be a plain password typed into the wrong field.
+        raise Invalid(
+            "expected a crypt(3) hash like $6$... or $y$... (make one with `mkpasswd -m yescrypt`), "
+            "never a plain password"
+        )
+    return text
+
+
+# ---------------------------------------------------------------- the table
+
+
+def mask_all(text: str) -> str:
+    """Mask a whole secret, keeping only its length class."""
+    return "********" if text else ""
+
+
+def mask_token(text: str) -> str:
+    """Show the token's prefix only."""
+    return text[:5] + "********" if text else ""
+
+
+def mask_url(text: str) -> str:
+    """Mask the password part of user:password@ in a URL."""
+    return re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:********@", text)
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    label: str
+    validate: Callable[[str], str]
+    help: str
+    mask: Callable[[str], str] | None = None  # set for secrets
+
+    @property
+    def secret(self) -> bool:
+        return self.mask is not None
+
+    @property
+    def attr(self) -> str:
+        return (
+            self.key.replace(".", "_")
+            .removeprefix("gateway_")
+            .removeprefix("network_")
+            .removeprefix("admin_")
+        )
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("network.mode", "Network mode", validate_mode, "dhcp or static"),
+    Setting("network.address", "Address/prefix", validate_address, "static only, e.g. 192.0.2.10/24"),
+    Setting("network.gateway", "Gateway", validate_gateway, "static only, e.g. 192.0.2.1"),
+    Setting("network.dns", "DNS servers", validate_dns, "comma-separated, e.g. 192.0.2.53"),
+    Setting("network.hostname", "Host name", validate_hostname, "e.g. gw-01"),
+    Setting("network.ntp", "NTP servers", validate_ntp, "comma-separated; empty = DHCP/distribution default"),
+    Setting(
+        "proxy.url",
+        "Outbound proxy",
+        validate_proxy_url,
+        "http://[user:pass@]host:port; empty = direct",
+        mask_url,
+    ),
+    Setting(
+        "gateway.join_token",
+        "Join token",
+        validate_join_token,
+        "GWJ1.… from the management plane",
+        mask_token,
+    ),
+    Setting("gateway.plane_url", "Plane URL", validate_plane_url, "empty = taken from the join token"),
+    Setting(
+        "admin.ssh_key", "Admin SSH key", validate_ssh_key, "enables SSH for user admin; empty = SSH off"
+    ),
+    Setting(
+        "admin.password_hash", "Console password hash", validate_password_hash, "crypt(3) hash", mask_all
+    ),
+)
+BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
+KEYS: tuple[str, ...] = tuple(s.key for s in SETTINGS)
+REQUIRED: tuple[str, ...] = ("gateway.join_token",)
+
+
+def validate_value(key: str, raw: str) -> str:
+    """Validate one value; raises FirstbootError('key: problem')."""
+    try:
+        return BY_KEY[key].validate(raw.strip())
+    except Invalid as exc:
+        raise FirstbootError(f"{key}: {exc}") from None
+    except FirstbootError as exc:
+        raise FirstbootError(f"{key}: {exc.message}", exc.hint) from None
+
+
+# ---------------------------------------------------------------- the token (parsed by firstboot.register)
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    plane_url: str
+    ca_hash: str
+    expires_at: float
+
+
+def parse_token(text: str) -> TokenInfo:
+    """Parse a join token with firstboot.register.parse_token (the one parser); Invalid if bad."""
+    from firstboot.register import parse_token as _parse
+
+    try:
+        tok = _parse(text)
+    except FirstbootError as exc:
+        raise Invalid(exc.message.removeprefix("join token: ")) from None
+    return TokenInfo(plane_url=tok.plane_url, ca_hash=tok.ca_hash, expires_at=float(tok.expires_at))
+
+
+# ---------------------------------------------------------------- the resolved settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated, cross-checked settings; `sources` says where each key came from."""
+
+    plane_url: str
+    join_token: str
+    hostname: str | None = None
+    mode: NetworkMode = NetworkMode.DHCP
+    address: str | None = None
+    gateway: str | None = None
+    dns: tuple[str, ...] = ()
+    ntp: tuple[str, ...] = ()
+    proxy_url: str | None = None
+    ssh_key: str | None = None
+    password_hash: str | None = None
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def raw(self) -> dict[str, str]:
+        """The settings as key -> string (unset keys omitted), the form seeds and answers use."""
+        out: dict[str, str] = {}
+        for s in SETTINGS:
+            value = getattr(self, s.attr)
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            if value:
+                out[s.key] = str(value)
+        return out
+
+    def digest_input(self) -> str:
+        """A stable string of the values, for detecting changed settings between boots."""
+        return json.dumps(self.raw(), sort_keys=True)
+
+
+def check_fields(values: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Validate each present, non-empty value; returns (normalised, problems). Unknown keys are problems."""
+    good: dict[str, str] = {}
+    problems: list[str] = []
+    for key, raw in values.items():
+        if key not in BY_KEY:
+            problems.append(f"{key}: unknown setting (known: {', '.join(KEYS)})")
+            continue
+        if not raw.strip():
+            continue
+        try:
+            good[key] = validate_value(key, raw)
+        except FirstbootError as exc:
+            problems.append(str(exc))
+    return good, problems
+
+
+def check_cross(values: Mapping[str, str]) -> list[str]:
+    """Cross-field rules over already-validated values (a check_inputs() pass)."""
+    problems: list[str] = []
+    mode = values.get("network.mode", NetworkMode.DHCP.value)
+    if mode == NetworkMode.STATIC:
+        for key in ("network.address", "network.gateway"):
+            if key not in values:
+                problems.append(f"{key}: required when network.mode is static")
+        if "network.address" in values and "network.gateway" in values:
+            net = ipaddress.ip_interface(values["network.address"]).network
+            gw = ipaddress.ip_address(values["network.gateway"])
+            if gw.version != net.version or gw not in net:
+                problems.append(f"network.gateway: {gw} is not inside the subnet {net} of network.address")
+            elif gw == ipaddress.ip_interface(values["network.address"]).ip:
+                problems.append(f"network.gateway: {gw} is the appliance's own address")
+    else:
+        for key in ("network.address", "network.gateway"):
+            if key in values:
+                problems.append(f"{key}: only used when network.mode is static (it is {mode})")
+    token = values.get("gateway.join_token")
+    if token is not None and "gateway.plane_url" in values:
+        tok_url = validate_plane_url(parse_token(token).plane_url)
+        if tok_url != values["gateway.plane_url"]:
+            problems.append(
+                f"gateway.plane_url: {values['gateway.plane_url']} does not match the join token's {tok_url} "
+                "(leave it empty to use the token's)"
+            )
+    return problems
+
+
+def missing(values: Mapping[str, str]) -> list[str]:
+    """Required keys that have no value yet (the wizard asks for these)."""
+    return [key for key in REQUIRED if not values.get(key, "").strip()]
+
+
+def build(values: Mapping[str, str], sources: Mapping[str, str] | None = None) -> Settings:
+    """Validate everything and return Settings; FirstbootError names the first problem."""
+    good, problems = check_fields(values)
+    problems += [f"{key}: required (give it as a seed or in the wizard)" for key in missing(good)]
+    if not problems:
+        problems += check_cross(good)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise FirstbootError(problems[0] + more)
+    token = good["gateway.join_token"]
+    plane_url = good.get("gateway.plane_url") or validate_plane_url(parse_token(token).plane_url)
+    srcs = dict(sources or {})
+    if "gateway.plane_url" not in good:
+        srcs["gateway.plane_url"] = "join-token"
+    return Settings(
+        plane_url=plane_url,
+        join_token=token,
+        hostname=good.get("network.hostname"),
+        mode=NetworkMode(good.get("network.mode", NetworkMode.DHCP)),
+        address=good.get("network.address"),
+        gateway=good.get("network.gateway"),
+        dns=tuple(_split(good.get("network.dns", ""))),
+        ntp=tuple(_split(good.get("network.ntp", ""))),
+        proxy_url=good.get("proxy.url"),
+        ssh_key=good.get("admin.ssh_key"),
+        password_hash=good.get("admin.password_hash"),
+        sources={k: v for k, v in srcs.items() if k in good or k == "gateway.plane_url"},
+    )
+
+
+def masked(key: str, value: str) -> str:
+    """The value as plan/review screens may show it."""
+    mask = BY_KEY[key].mask
+    return mask(value) if mask else value
+
+
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
