@@ -1,0 +1,129 @@
+"""gateway.yaml: one frozen GatewayConfig, every setting declared once in SETTINGS, one-line errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yarl import URL
+
+from gateway.errors import GatewayError
+
+DEFAULT_CONFIG = Path("/etc/gateway/gateway.yaml")
+
+
+def _package_policies() -> Path:
+    return Path(__file__).resolve().parent / "policies"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The daemon's settings (firstboot writes the first five; the rest have defaults)."""
+
+    plane_url: URL
+    state_dir: Path = Path("/var/lib/gateway")
+    proxy_url: URL | None = None
+    targets: Path = Path("/etc/gateway/targets.yaml")
+    policy_dirs: tuple[Path, ...] = field(
+        default_factory=lambda: (_package_policies(), Path("/etc/gateway/policies.d"))
+    )
+    heartbeat_interval: float = 10.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    max_streams: int = 1024
+    drain_timeout: float = 20.0
+
+
+def _url(value: Any, key: str, schemes: tuple[str, ...]) -> URL:
+    if not isinstance(value, str) or not value:
+        raise GatewayError(f"{key}: expected a URL")
+    try:
+        url = URL(value)
+    except ValueError as exc:
+        raise GatewayError(f"{key}: invalid URL: {exc}") from None
+    if url.scheme not in schemes or not url.host:
+        raise GatewayError(f"{key}: expected a {' or '.join(s + '://' for s in schemes)} URL with a host")
+    return url
+
+
+def _path(value: Any, key: str) -> Path:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise GatewayError(f"{key}: expected an absolute path")
+    return Path(value)
+
+
+def _paths(value: Any, key: str) -> tuple[Path, ...]:
+    if not isinstance(value, list) or not value:
+        raise GatewayError(f"{key}: expected a non-empty list of absolute paths")
+    return tuple(_path(v, f"{key}[{i}]") for i, v in enumerate(value))
+
+
+def _number(lo: float, hi: float) -> Callable[[Any, str], float]:
+    def parse(value: Any, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            raise GatewayError(f"{key}: expected a number between {lo:g} and {hi:g}")
+        return float(value)
+
+    return parse
+
+
+def _count(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise GatewayError(f"{key}: expected an integer between 1 and 65535")
+    return int(value)
+
+
+# key -> parser; the dataclass supplies the defaults. Declared once, used by the loader and the docs.
+SETTINGS: dict[str, Callable[[Any, str], Any]] = {
+    "plane_url": lambda v, k: _url(v, k, ("https",)),
+    "state_dir": _path,
+    "proxy_url": lambda v, k: None if v is None else _url(v, k, ("http",)),
+    "targets": _path,
+    "policy_dirs": _paths,
+    "heartbeat_interval": _number(0.2, 300),
+    "backoff_base": _number(0.01, 60),
+    "backoff_cap": _number(0.1, 3600),
+    "max_streams": _count,
+    "drain_timeout": _number(0, 600),
+}
+
+
+def parse_config(data: Any, source: str) -> GatewayConfig:
+    """Validate a parsed gateway.yaml; errors read `source: key: problem`."""
+    if not isinstance(data, dict):
+        raise GatewayError(f"{source}: expected a mapping of settings")
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        parser = SETTINGS.get(str(key))
+        if parser is None:
+            raise GatewayError(f"{source}: {key}: unknown setting (known: {', '.join(SETTINGS)})")
+        try:
+            values[str(key)] = parser(raw, str(key))
+        except GatewayError as exc:
+            raise GatewayError(f"{source}: {exc.message}") from None
+    if "plane_url" not in values:
+        raise GatewayError(f"{source}: plane_url: required setting is missing")
+    config = GatewayConfig(**values)
+    if config.backoff_cap < config.backoff_base:
+        raise GatewayError(f"{source}: backoff_cap: must not be below backoff_base")
+    return config
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate gateway.yaml."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GatewayError(f"{path}: file not found", "run `firstboot register` first") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GatewayError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise GatewayError(f"{path}{where}: {getattr(exc, 'problem', None) or 'invalid YAML'}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,199 @@
+"""`gateway run`: wires config, relay and tunnel into one event loop under systemd (notify, watchdog)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from gateway import protocol as p
+from gateway.backoff import Backoff
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+from gateway.policy import PolicySet, load_policies
+from gateway.proxy import redact
+from gateway.relay import Relay
+from gateway.ssrf import own_addresses
+from gateway.targets import TargetSet, load_targets
+from gateway.tunnel import AuthRejected, State, TunnelClient, client_ssl_context
+
+log = logging.getLogger(__name__)
+
+EXIT_AUTH = 78  # EX_CONFIG: the unit's RestartPreventExitStatus, since retrying cannot help
+
+
+def sd_notify(message: str, env: dict[str, str] | None = None) -> bool:
+    """Send one sd_notify datagram to $NOTIFY_SOCKET (False when not under systemd)."""
+    address = (env if env is not None else os.environ).get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.debug("sd_notify %r failed: %s", message, exc)
+        return False
+    return True
+
+
+def watchdog_interval(env: dict[str, str] | None = None) -> float | None:
+    """Half the systemd watchdog timeout in seconds, or None when no watchdog is armed for us."""
+    env = env if env is not None else dict(os.environ)
+    usec = env.get("WATCHDOG_USEC")
+    pid = env.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return max(int(usec) / 2_000_000, 0.05)
+    except ValueError:
+        return None
+
+
+def setup_logging(debug: bool = False) -> None:
+    """Log to journald when systemd started us (and python-systemd is there), else keep stderr."""
+    if not (os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID")):
+        return
+    try:
+        from systemd.journal import JournalHandler  # optional: Debian's python3-systemd
+    except ImportError:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(JournalHandler(SYSLOG_IDENTIFIER="gateway"))
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+class Daemon:
+    """One gateway process: a relay, a tunnel client, and the systemd plumbing around them."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.relay: Relay | None = None
+        self.client: TunnelClient | None = None
+
+    def load_inventory(self) -> tuple[TargetSet, PolicySet]:
+        """Targets and policies from the configured paths (GatewayError on bad input)."""
+        targets = load_targets(self.config.targets)
+        policies = load_policies([d for d in self.config.policy_dirs if d.is_dir()])
+        return targets, policies
+
+    def reload(self) -> None:
+        """SIGHUP: re-read targets and policies; on error keep the old ones and say why."""
+        sd_notify("RELOADING=1")
+        try:
+            targets, policies = self.load_inventory()
+        except GatewayError as exc:
+            log.error("reload failed, keeping the previous targets and policies: %s", exc)
+        else:
+            assert self.relay is not None
+            self.relay.reload(targets, policies)
+            log.info("reloaded %d targets and %d policy files", len(targets.targets), len(policies.files))
+        sd_notify("READY=1")
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: begin a graceful shutdown."""
+        log.info("shutdown requested")
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until stopped; the exit code is 0, or EXIT_AUTH when the plane refused us."""
+        cfg = self.config
+        targets, policies = self.load_inventory()
+        ssl_context = client_ssl_context(cfg.state_dir)
+        self.relay = Relay(targets, policies, own_addresses())
+        limits = p.Limits(
+            max_streams=cfg.max_streams, heartbeat_ms=max(100, int(cfg.heartbeat_interval * 1000))
+        )
+        self.client = TunnelClient(
+            cfg.plane_url,
+            ssl_context,
+            self.relay.on_open,
+            limits=limits,
+            backoff=Backoff(cfg.backoff_base, cfg.backoff_cap),
+            proxy_url=cfg.proxy_url,
+            drain_timeout=cfg.drain_timeout,
+            on_state=lambda state, reason: sd_notify(
+                f"STATUS=tunnel {state}{': ' + reason if reason else ''}"
+            ),
+        )
+        log.info(
+            "gateway starting: plane %s, proxy %s, %d targets",
+            cfg.plane_url,
+            redact(cfg.proxy_url),
+            len(targets.targets),
+        )
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        tunnel = asyncio.create_task(self.client.run(), name="tunnel")
+        self._tasks.append(asyncio.create_task(self._notify_ready(tunnel), name="notify-ready"))
+        interval = watchdog_interval()
+        if interval is not None:
+            self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+        stop = asyncio.create_task(self._stop.wait(), name="stop-wait")
+        try:
+            await asyncio.wait({tunnel, stop}, return_when=asyncio.FIRST_COMPLETED)
+            sd_notify("STOPPING=1")
+            if not tunnel.done():
+                await self.client.stop()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(tunnel), 5.0)
+            return self._exit_code(tunnel)
+        finally:
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            for task in (tunnel, stop, *self._tasks):
+                task.cancel()
+            for task in (tunnel, stop, *self._tasks):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._tasks.clear()
+            await self.relay.close()
+
+    def _exit_code(self, tunnel: asyncio.Task[None]) -> int:
+        if not tunnel.done() or tunnel.cancelled():
+            return 0
+        exc = tunnel.exception()
+        if isinstance(exc, AuthRejected):
+            log.error("not retrying: %s", exc.message)
+            return EXIT_AUTH
+        if exc is not None:
+            log.error("tunnel failed: %s: %s", type(exc).__name__, exc)
+            return 1
+        return 0
+
+    async def _notify_ready(self, tunnel: asyncio.Task[None]) -> None:
+        assert self.client is not None
+        first = asyncio.create_task(self.client.first_attempt.wait())
+        try:
+            await asyncio.wait({first, tunnel}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            first.cancel()
+        state = self.client.state
+        sd_notify(f"READY=1\nSTATUS=tunnel {state}")
+        log.info("ready (tunnel %s)", state if state is not State.CONNECTED else "connected")
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinged from the loop itself: if the loop wedges, the pings stop and systemd restarts us.
+        while True:
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+
+def run_daemon(config: GatewayConfig, debug: bool = False) -> int:
+    """Blocking entry for `gateway run`."""
+    setup_logging(debug)
+    if not Path(config.state_dir).is_dir():
+        raise GatewayError(f"{config.state_dir}: state directory not found", "register the gateway first")
+    return asyncio.run(Daemon(config).run())

@@ -1,0 +1,549 @@
+"""Stream multiplexing over one tunnel connection: flow control, batching, heartbeat (both ends use it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from gateway import protocol as p
+from gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+# A batch of frames goes out as one WebSocket message; keep it well under the peers' message limit.
+MAX_BATCH = 1024 * 1024
+WS_MAX_MESSAGE = 8 * 1024 * 1024
+_MAX_WINDOW = 0x7FFFFFFF
+
+
+class StreamReset(GatewayError):
+    """The stream was aborted (by the peer, by us, or because the connection went away)."""
+
+    def __init__(self, code: p.ErrorCode, message: str = "") -> None:
+        super().__init__(f"{code}: {message}" if message else str(code))
+        self.code = code
+        self.detail = message
+
+
+class Stream:
+    """One request/response exchange; each side has a half it writes and a half it reads."""
+
+    __slots__ = (
+        "_credit_event",
+        "_error",
+        "_head",
+        "_inbox",
+        "_rx_event",
+        "_unacked",
+        "id",
+        "mux",
+        "recv_window",
+        "request",
+        "rx_fin",
+        "send_credit",
+        "tx_fin",
+    )
+
+    def __init__(self, mux: Mux, stream_id: int, request: p.RequestHead | None = None) -> None:
+        self.mux = mux
+        self.id = stream_id
+        self.request = request
+        self.send_credit = mux.peer.initial_stream_window
+        self.recv_window = mux.local.initial_stream_window
+        self.rx_fin = False
+        self.tx_fin = False
+        self._inbox: deque[bytes] = deque()
+        self._rx_event = asyncio.Event()
+        self._credit_event = asyncio.Event()
+        self._unacked = 0
+        self._error: StreamReset | None = None
+        self._head: asyncio.Future[p.ResponseHead] | None = None
+
+    # --- reading --------------------------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """The next chunk of the peer's body; b"" once it has ended; StreamReset if aborted."""
+        while not self._inbox:
+            if self._error is not None:
+                raise self._error
+            if self.rx_fin:
+                return b""
+            self._rx_event.clear()
+            await self._rx_event.wait()
+        chunk = self._inbox.popleft()
+        self._consumed(len(chunk))
+        return chunk
+
+    def _consumed(self, n: int) -> None:
+        mux = self.mux
+        if not self.rx_fin and self._error is None:
+            self._unacked += n
+            if self._unacked >= mux.local.initial_stream_window // 4:
+                self.recv_window += self._unacked
+                mux._queue(p.encode_window(self.id, self._unacked))
+                self._unacked = 0
+        mux._conn_consumed(n)
+
+    async def response(self) -> p.ResponseHead:
+        """Wait for the response head (plane side)."""
+        assert self._head is not None
+        return await self._head
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def send_head(self, head: p.ResponseHead, fin: bool = False) -> None:
+        """Send the response head (gateway side)."""
+        self._check_writable()
+        self.mux._queue(p.encode_response_head(self.id, head, fin))
+        if fin:
+            self._tx_done()
+
+    async def write(self, data: bytes, fin: bool = False) -> None:
+        """Send body bytes, waiting for flow-control credit; StreamReset if aborted."""
+        self._check_writable()
+        mux = self.mux
+        view = memoryview(data)
+        pos, total = 0, len(data)
+        while pos < total:
+            n = min(total - pos, self.send_credit, mux.send_credit, mux.peer.max_frame_size)
+            if n <= 0:
+                await self._wait_credit()
+                continue
+            self.send_credit -= n
+            mux.send_credit -= n
+            last = fin and pos + n == total
+            mux._queue_data(self.id, view[pos : pos + n], last)
+            pos += n
+        if fin:
+            if total == 0:
+                mux._queue(p.encode_end(self.id))
+            self._tx_done()
+
+    def end(self) -> None:
+        """Finish our half of the stream."""
+        if self.tx_fin or self._error is not None:
+            return
+        self.mux._queue(p.encode_end(self.id))
+        self._tx_done()
+
+    def reset(self, code: p.ErrorCode, message: str = "") -> None:
+        """Abort the stream in both directions (no-op if it is already closed)."""
+        if self._error is not None or (self.tx_fin and self.rx_fin):
+            return
+        self.mux._queue(p.encode_reset(self.id, code, message))
+        self._fail(StreamReset(code, message))
+
+    @property
+    def closed(self) -> bool:
+        """True when the stream is finished or aborted."""
+        return self._error is not None or (self.tx_fin and self.rx_fin)
+
+    async def _wait_credit(self) -> None:
+        self._check_writable()
+        self._credit_event.clear()
+        mux = self.mux
+        if mux.send_credit <= 0:
+            mux._credit_waiters.add(self)
+        await self._credit_event.wait()
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self.tx_fin:
+            raise StreamReset(p.ErrorCode.INTERNAL, "write after end of stream")
+
+    def _tx_done(self) -> None:
+        self.tx_fin = True
+        if self.rx_fin:
+            self.mux._forget(self)
+
+    # --- driven by the Mux ----------------------------------------------------------------------
+
+    def _fail(self, error: StreamReset) -> None:
+        if self._error is not None:
+            return
+        self._error = error
+        buffered = sum(len(c) for c in self._inbox)
+        self._inbox.clear()
+        if buffered:
+            self.mux._conn_consumed(buffered)
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(error)
+            self._head.exception()  # mark retrieved: nobody may be waiting any more
+        self._rx_event.set()
+        self._credit_event.set()
+        self.mux._forget(self)
+
+    def _on_data(self, payload: bytes, fin: bool) -> None:
+        if payload:
+            self._inbox.append(payload)
+        if fin:
+            self.rx_fin = True
+        self._rx_event.set()
+        if fin and self.tx_fin:
+            self.mux._forget(self)
+
+
+OpenHandler = Callable[[Stream], None]
+
+
+class Mux:
+    """Both ends of a tunnel connection: owns the streams, credits, write batching and heartbeat."""
+
+    def __init__(
+        self,
+        send: Callable[[bytes], Awaitable[None]],
+        local: p.Limits,
+        *,
+        opens_streams: bool,
+        on_open: OpenHandler | None = None,
+        on_goaway: Callable[[p.ErrorCode, str], None] | None = None,
+        on_close: Callable[[p.ErrorCode, str], None] | None = None,
+        name: str = "tunnel",
+        capabilities: tuple[str, ...] = (),
+    ) -> None:
+        self._send = send
+        self.local = local
+        self.peer = p.Limits()  # replaced by the peer's HELLO
+        self.name = name
+        self.opens_streams = opens_streams
+        self._on_open = on_open
+        self._on_goaway = on_goaway
+        self._on_close = on_close
+        self._hello = p.Hello(limits=local, capabilities=capabilities)
+        self.peer_hello: p.Hello | None = None
+        self.ready = asyncio.Event()
+        self.streams: dict[int, Stream] = {}
+        self.send_credit = 0
+        self.recv_window = local.initial_connection_window
+        self._conn_unacked = 0
+        self._credit_waiters: set[Stream] = set()
+        self._decoder = p.Decoder(local.max_frame_size, local.max_header_block)
+        self._out: list[bytes | memoryview] = []
+        self._out_size = 0
+        self._out_event = asyncio.Event()
+        self._next_id = 1
+        self._last_peer_id = 0
+        self.goaway_sent = False
+        self.goaway_received: tuple[int, p.ErrorCode, str] | None = None
+        self.closed = False
+        self.close_reason: tuple[p.ErrorCode, str] | None = None
+        self._loop = asyncio.get_running_loop()
+        self.last_rx = self._loop.time()
+        self._ping_ids = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._drained = asyncio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Send HELLO and start the writer and heartbeat tasks."""
+        self._queue(p.encode_hello(self._hello))
+        self._tasks.append(asyncio.create_task(self._writer(), name=f"{self.name}-writer"))
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name=f"{self.name}-heartbeat"))
+
+    async def stop(self) -> None:
+        """Close (if not already) and wait for the mux's own tasks."""
+        self.close(p.ErrorCode.CANCELLED, "stopped")
+        await self._flush_then_stop()
+
+    async def _flush_then_stop(self) -> None:
+        writer = self._tasks[0] if self._tasks else None
+        for task in self._tasks[1:]:
+            task.cancel()
+        if writer is not None and not writer.done():
+            self._out_event.set()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(writer), 1.0)
+            writer.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    def close(self, code: p.ErrorCode, message: str = "") -> None:
+        """Mark the connection dead: every open stream fails with `code`."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = (code, message)
+        error = StreamReset(code, message or "tunnel connection closed")
+        for stream in list(self.streams.values()):
+            stream._fail(error)
+        self.streams.clear()
+        self._drained.set()
+        self.ready.set()  # release waiters; they check `closed`
+        if self._on_close is not None:
+            self._on_close(code, message)
+
+    def goaway(self, code: p.ErrorCode = p.ErrorCode.NO_ERROR, message: str = "") -> None:
+        """Tell the peer we will take no new streams; existing ones may finish."""
+        if self.goaway_sent or self.closed:
+            return
+        self.goaway_sent = True
+        self._queue(p.encode_goaway(self._last_peer_id, code, message))
+        if not self.streams:
+            self._drained.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no stream is open (True) or `timeout` passes (False)."""
+        if not self.streams:
+            return True
+        self._drained.clear()
+        if not self.streams:
+            return True
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # --- opening streams (the plane) ------------------------------------------------------------
+
+    def open(self, head: p.RequestHead, fin: bool = False) -> Stream:
+        """Open a stream carrying `head`; StreamReset if the connection cannot take it now."""
+        if self.closed:
+            raise StreamReset(p.ErrorCode.GOING_AWAY, "tunnel connection closed")
+        if self.goaway_received is not None or self.goaway_sent:
+            raise StreamReset(p.ErrorCode.GOING_AWAY, "tunnel is draining")
+        if len(self.streams) >= self.peer.max_streams:
+            raise StreamReset(p.ErrorCode.TOO_MANY_STREAMS, f"{len(self.streams)} streams open")
+        sid = self._next_id
+        self._next_id += 1
+        stream = Stream(self, sid, head)
+        stream._head = self._loop.create_future()
+        self.streams[sid] = stream
+        self._queue(p.encode_request_head(sid, head, fin))
+        if fin:
+            stream.tx_fin = True
+        return stream
+
+    # --- output ---------------------------------------------------------------------------------
+
+    def _queue(self, frame: bytes) -> None:
+        if self.closed and not self._tasks:
+            return
+        self._out.append(frame)
+        self._out_size += len(frame)
+        self._out_event.set()
+
+    def _queue_data(self, sid: int, data: memoryview, fin: bool) -> None:
+        # Header and payload go out as separate items so the payload is copied once, in the batch join.
+        self._out.append(p.HEADER.pack(0x10 | p.FrameType.DATA, p.FLAG_FIN if fin else 0, sid, len(data)))
+        self._out.append(data)
+        self._out_size += p.HEADER_SIZE + len(data)
+        self._out_event.set()
+
+    async def _writer(self) -> None:
+        out = self._out
+        try:
+            while True:
+                if not out:
+                    if self.closed:
+                        return
+                    self._out_event.clear()
+                    await self._out_event.wait()
+                    continue
+                if self._out_size <= MAX_BATCH:
+                    batch = b"".join(out)
+                    out.clear()
+                    self._out_size = 0
+                else:
+                    size, i = 0, 0
+                    while i < len(out) and size < MAX_BATCH:
+                        size += len(out[i])
+                        i += 1
+                    # Never split a DATA header from its payload.
+                    if i < len(out) and isinstance(out[i], memoryview):
+                        size += len(out[i])
+                        i += 1
+                    batch = b"".join(out[:i])
+                    del out[:i]
+                    self._out_size -= size
+                await self._send(batch)
+        except (ConnectionError, RuntimeError, OSError) as exc:
+            log.debug("%s: writer stopped: %s", self.name, exc)
+            self.close(p.ErrorCode.INTERNAL, f"write failed: {exc}")
+
+    # --- input ----------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Process one received message; protocol violations send GOAWAY and close."""
+        if self.closed:
+            return
+        self.last_rx = self._loop.time()
+        try:
+            for frame in self._decoder.feed(data):
+                self._dispatch(frame)
+        except p.ProtocolError as exc:
+            log.warning("%s: protocol error from peer: %s", self.name, exc)
+            self._queue(p.encode_goaway(self._last_peer_id, exc.code, exc.message))
+            self.goaway_sent = True
+            self.close(exc.code, exc.message)
+
+    def _dispatch(self, f: p.Frame) -> None:
+        t = f.type
+        if self.peer_hello is None and t is not p.FrameType.HELLO:
+            raise p.ProtocolError(f"expected HELLO, got {t.name}")
+        if t is p.FrameType.DATA:
+            self._on_data(f)
+        elif t is p.FrameType.WINDOW:
+            self._on_window(f.stream_id, p.decode_window(f.payload))
+        elif t is p.FrameType.OPEN:
+            self._on_open_frame(f)
+        elif t is p.FrameType.END:
+            stream = self.streams.get(f.stream_id)
+            if stream is not None:
+                stream._on_data(b"", True)
+        elif t is p.FrameType.RESET:
+            code, message = p.decode_reset(f.payload)
+            stream = self.streams.get(f.stream_id)
+            if stream is not None:
+                stream._fail(StreamReset(code, message or "reset by peer"))
+        elif t is p.FrameType.PING:
+            self._queue(p.encode_pong(p.decode_ping(f.payload)))
+        elif t is p.FrameType.PONG:
+            pass  # last_rx is already updated: any frame proves the link is alive
+        elif t is p.FrameType.HELLO:
+            self._on_hello(f.payload)
+        elif t is p.FrameType.GOAWAY:
+            self._on_goaway_frame(f.payload)
+
+    def _on_hello(self, payload: bytes) -> None:
+        if self.peer_hello is not None:
+            raise p.ProtocolError("second HELLO")
+        hello = p.decode_hello(payload)
+        p.negotiate_version(self._hello, hello)
+        self.peer_hello = hello
+        self.peer = hello.limits
+        self.send_credit = hello.limits.initial_connection_window
+        self.ready.set()
+
+    def _on_data(self, f: p.Frame) -> None:
+        n = len(f.payload)
+        if n > self.recv_window:
+            raise p.ProtocolError("connection flow-control window exceeded", p.ErrorCode.FLOW_CONTROL)
+        self.recv_window -= n
+        stream = self.streams.get(f.stream_id)
+        if stream is None or stream.rx_fin:
+            self._check_known(f.stream_id)
+            # Late data for a stream we already reset: give the connection credit straight back.
+            self._conn_consumed(n)
+            return
+        if n > stream.recv_window:
+            self._conn_consumed(n)
+            stream.reset(p.ErrorCode.FLOW_CONTROL, "stream flow-control window exceeded")
+            return
+        stream.recv_window -= n
+        stream._on_data(f.payload, bool(f.flags & p.FLAG_FIN))
+
+    def _check_known(self, sid: int) -> None:
+        newest = self._next_id - 1 if self.opens_streams else self._last_peer_id
+        if sid > newest:
+            raise p.ProtocolError(f"frame for stream {sid} that was never opened")
+
+    def _on_window(self, sid: int, increment: int) -> None:
+        if sid == 0:
+            self.send_credit += increment
+            if self.send_credit > _MAX_WINDOW:
+                raise p.ProtocolError("connection window above 2^31-1", p.ErrorCode.FLOW_CONTROL)
+            waiters, self._credit_waiters = self._credit_waiters, set()
+            for stream in waiters:
+                stream._credit_event.set()
+            return
+        target = self.streams.get(sid)
+        if target is None:
+            return
+        stream = target
+        stream.send_credit += increment
+        if stream.send_credit > _MAX_WINDOW:
+            stream.reset(p.ErrorCode.FLOW_CONTROL, "stream window above 2^31-1")
+            return
+        stream._credit_event.set()
+
+    def _on_open_frame(self, f: p.Frame) -> None:
+        fin = bool(f.flags & p.FLAG_FIN)
+        if self.opens_streams:
+            mine = self.streams.get(f.stream_id)
+            if mine is None:
+                self._check_known(f.stream_id)
+                return
+            response = p.decode_response_head(f.payload)
+            if mine._head is not None and not mine._head.done():
+                mine._head.set_result(response)
+            if fin:
+                mine._on_data(b"", True)
+            return
+        sid = f.stream_id
+        if sid <= self._last_peer_id:
+            raise p.ProtocolError(f"OPEN reuses stream id {sid}")
+        self._last_peer_id = sid
+        try:
+            head = p.decode_request_head(f.payload)
+        except p.ProtocolError as exc:
+            # One malformed head costs its own stream, not the whole tunnel.
+            self._queue(p.encode_reset(sid, p.ErrorCode.BAD_REQUEST, exc.message))
+            return
+        if self.goaway_sent:
+            self._queue(p.encode_reset(sid, p.ErrorCode.GOING_AWAY, "gateway is draining"))
+            return
+        if len(self.streams) >= self.local.max_streams:
+            self._queue(p.encode_reset(sid, p.ErrorCode.TOO_MANY_STREAMS, f"limit {self.local.max_streams}"))
+            return
+        stream = Stream(self, sid, head)
+        stream.rx_fin = fin
+        self.streams[sid] = stream
+        if self._on_open is not None:
+            self._on_open(stream)
+
+    def _on_goaway_frame(self, payload: bytes) -> None:
+        last, code, message = p.decode_goaway(payload)
+        self.goaway_received = (last, code, message)
+        log.info("%s: peer sent GOAWAY (%s%s)", self.name, code, f": {message}" if message else "")
+        if self.opens_streams:
+            # Streams the peer never saw are refused so the caller may retry them elsewhere.
+            for sid, stream in list(self.streams.items()):
+                if sid > last:
+                    stream._fail(StreamReset(p.ErrorCode.GOING_AWAY, "not processed before GOAWAY"))
+        if self._on_goaway is not None:
+            self._on_goaway(code, message)
+        if not self.streams:
+            self._drained.set()
+
+    # --- credit ---------------------------------------------------------------------------------
+
+    def _conn_consumed(self, n: int) -> None:
+        if self.closed:
+            return
+        self._conn_unacked += n
+        if self._conn_unacked >= self.local.initial_connection_window // 4:
+            self.recv_window += self._conn_unacked
+            self._queue(p.encode_window(0, self._conn_unacked))
+            self._conn_unacked = 0
+
+    def _forget(self, stream: Stream) -> None:
+        if self.streams.pop(stream.id, None) is not None:
+            self._credit_waiters.discard(stream)
+            if not self.streams:
+                self._drained.set()
+
+    # --- heartbeat ------------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        interval = self.local.heartbeat_ms / 1000
+        next_ping = self._loop.time()
+        while not self.closed:
+            now = self._loop.time()
+            if now - self.last_rx > 2 * interval:
+                log.warning("%s: no frame for %.1fs: link is dead", self.name, now - self.last_rx)
+                self.close(p.ErrorCode.HEARTBEAT_TIMEOUT, f"no frame for {now - self.last_rx:.1f}s")
+                return
+            if now >= next_ping:
+                self._queue(p.encode_ping(next(self._ping_ids)))
+                next_ping = now + interval
+            await asyncio.sleep(interval / 4)

@@ -1,0 +1,269 @@
+"""The plane's tunnel hub: accepts gateway tunnels (/v1/tunnel) and relays API calls through them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from gateway import protocol as p
+from gateway.relay import strip_hop_headers
+from gateway.streams import WS_MAX_MESSAGE, Mux, StreamReset
+
+log = logging.getLogger(__name__)
+
+RELAY_ROUTE = "/v1/gateways/{gateway_id}/targets/{target}/{path:.*}"
+TUNNEL_ROUTE = "/v1/tunnel"
+READ_CHUNK = 256 * 1024
+# The caller's plane credentials never reach the target; X-Target-Authorization becomes Authorization.
+_PLANE_ONLY = frozenset({"authorization", "cookie", "x-forwarded-for", "x-real-ip"})
+_TARGET_AUTH = "x-target-authorization"
+
+STATUS_FOR_CODE: dict[p.ErrorCode, int] = {
+    p.ErrorCode.TARGET_UNKNOWN: 404,
+    p.ErrorCode.FILTERED: 403,
+    p.ErrorCode.ADDRESS_FORBIDDEN: 403,
+    p.ErrorCode.BAD_REQUEST: 400,
+    p.ErrorCode.TARGET_TIMEOUT: 504,
+    p.ErrorCode.HEARTBEAT_TIMEOUT: 504,
+    p.ErrorCode.TOO_MANY_STREAMS: 503,
+    p.ErrorCode.GOING_AWAY: 503,
+}
+
+
+def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
+    """The subject CN of a verified client certificate (None without one)."""
+    if ssl_object is None:
+        return None
+    cert = ssl_object.getpeercert()
+    if not cert:
+        return None
+    subject: Any = cert.get("subject", ())
+    for rdn in subject:
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+@dataclass
+class GatewaySession:
+    """One gateway's tunnel (the latest one) and what the admin API shows about it."""
+
+    gateway_id: str
+    remote: str | None
+    connected_since: datetime
+    mux: Mux | None = None
+    last_error: str | None = None
+    connected: bool = True
+    relayed: int = 0
+    ws: web.WebSocketResponse | None = field(default=None, repr=False)
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-friendly state for the admin API."""
+        mux = self.mux
+        return {
+            "id": self.gateway_id,
+            "connected": self.connected,
+            "connected_since": self.connected_since.isoformat() if self.connected else None,
+            "remote": self.remote,
+            "streams_open": len(mux.streams) if mux is not None and not mux.closed else 0,
+            "relayed": self.relayed,
+            "last_error": self.last_error,
+        }
+
+
+class Hub:
+    """Live gateway tunnels by gateway id."""
+
+    def __init__(self, limits: p.Limits | None = None, drain_timeout: float = 10.0) -> None:
+        self.limits = limits or p.Limits()
+        self.drain_timeout = drain_timeout
+        self._sessions: dict[str, GatewaySession] = {}
+        self._closing = False
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """Per-gateway state: id, connected, connected_since, remote, streams_open, relayed, last_error."""
+        return [s.snapshot() for s in sorted(self._sessions.values(), key=lambda s: s.gateway_id)]
+
+    def session(self, gateway_id: str) -> GatewaySession | None:
+        """The session for a gateway (connected or not), or None if it never connected."""
+        return self._sessions.get(gateway_id)
+
+    async def handle_tunnel(self, request: web.Request) -> web.StreamResponse:
+        """GET /v1/tunnel: a gateway's WebSocket, identified by its client certificate."""
+        transport = request.transport
+        gateway_id = peer_common_name(transport.get_extra_info("ssl_object") if transport else None)
+        if gateway_id is None:
+            return _json_error(
+                401, "client-certificate-required", "the tunnel needs a gateway client certificate"
+            )
+        if self._closing:
+            return _json_error(503, "going-away", "the plane is shutting down")
+        ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE, compress=False, autoping=True)
+        await ws.prepare(request)
+        previous = self._sessions.get(gateway_id)
+        if previous is not None and previous.mux is not None and not previous.mux.closed:
+            log.info("gateway %s: new tunnel replaces the old one", gateway_id)
+            previous.mux.goaway(p.ErrorCode.GOING_AWAY, "replaced by a newer tunnel")
+        session = GatewaySession(gateway_id, request.remote, datetime.now(UTC), ws=ws)
+        closed = asyncio.Event()
+        mux = Mux(
+            ws.send_bytes,
+            self.limits,
+            opens_streams=True,
+            on_close=lambda code, msg: closed.set(),
+            name=f"hub[{gateway_id[:8]}]",
+        )
+        session.mux = mux
+        self._sessions[gateway_id] = session
+        log.info("gateway %s: tunnel up from %s", gateway_id, request.remote)
+        mux.start()
+        receiver = asyncio.create_task(self._receive(ws, mux))
+        closed_wait = asyncio.create_task(closed.wait())
+        try:
+            await asyncio.wait({receiver, closed_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed_wait.cancel()
+            reason = mux.close_reason
+            mux.close(p.ErrorCode.GOING_AWAY, "tunnel closed")
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await receiver
+            await mux.stop()
+            session.connected = False
+            if reason is not None and reason[0] not in (p.ErrorCode.NO_ERROR, p.ErrorCode.GOING_AWAY):
+                session.last_error = f"{reason[0]}: {reason[1]}"
+            elif ws.close_code not in (None, 1000, 1001):
+                session.last_error = f"WebSocket closed with code {ws.close_code}"
+            log.info("gateway %s: tunnel down (%s)", gateway_id, session.last_error or "closed")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2.0)
+        return ws
+
+    async def _receive(self, ws: web.WebSocketResponse, mux: Mux) -> None:
+        async for msg in ws:
+            if msg.type is WSMsgType.BINARY:
+                mux.feed(msg.data)
+                if mux.closed:
+                    return
+            elif msg.type is WSMsgType.ERROR:
+                return
+            else:
+                mux.close(p.ErrorCode.PROTOCOL_ERROR, f"unexpected {msg.type.name} message")
+                return
+
+    async def handle_relay(self, request: web.Request) -> web.StreamResponse:
+        """ANY /v1/gateways/{id}/targets/{target}/{path}: stream a request through the gateway's tunnel."""
+        gateway_id = request.match_info["gateway_id"]
+        session = self._sessions.get(gateway_id)
+        if session is None:
+            return _json_error(404, "gateway-unknown", f"no gateway {gateway_id!r} has connected")
+        mux = session.mux
+        if mux is None or mux.closed or not session.connected:
+            return _json_error(503, "gateway-offline", f"gateway {gateway_id} is not connected")
+        if not mux.ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(mux.ready.wait(), 5.0)
+        # raw_path keeps the caller's percent-encoding and query exactly as sent.
+        parts = request.raw_path.split("/", 6)
+        path = "/" + (parts[6] if len(parts) > 6 else "")
+        headers = []
+        for key, value in strip_hop_headers(request.headers.items()):
+            lower = key.lower()
+            if lower == _TARGET_AUTH:
+                headers.append(("Authorization", value))
+            elif lower not in _PLANE_ONLY:
+                headers.append((key, value))
+        has_body = request.body_exists
+        head = p.RequestHead(request.method, request.match_info["target"], path, tuple(headers))
+        try:
+            stream = mux.open(head, fin=not has_body)
+        except StreamReset as exc:
+            return _json_error(STATUS_FOR_CODE.get(exc.code, 502), str(exc.code), exc.detail)
+        except p.ProtocolError as exc:
+            return _json_error(400, "bad-request", exc.message)
+        session.relayed += 1
+        pump = asyncio.create_task(_pump_body(request, stream)) if has_body else None
+        try:
+            try:
+                rhead = await stream.response()
+            except StreamReset as exc:
+                return _json_error(STATUS_FOR_CODE.get(exc.code, 502), str(exc.code), exc.detail)
+            resp = web.StreamResponse(status=rhead.status)
+            for key, value in strip_hop_headers(rhead.headers):
+                resp.headers.add(key, value)
+            await resp.prepare(request)
+            try:
+                while chunk := await stream.read():
+                    await resp.write(chunk)
+            except StreamReset as exc:
+                # Headers are gone already: the only honest signal left is an aborted connection.
+                log.info("gateway %s: stream %d reset mid-body: %s", gateway_id, stream.id, exc)
+                if request.transport is not None:
+                    request.transport.abort()
+                return resp
+            await resp.write_eof()
+            return resp
+        finally:
+            stream.reset(p.ErrorCode.CANCELLED, "caller went away")
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
+
+    async def shutdown(self, app: web.Application) -> None:
+        """on_shutdown: GOAWAY to every gateway, let streams drain (bounded), close the tunnels."""
+        self._closing = True
+        live = [s for s in self._sessions.values() if s.mux is not None and not s.mux.closed]
+        for s in live:
+            assert s.mux is not None
+            s.mux.goaway(p.ErrorCode.GOING_AWAY, "plane shutting down")
+        deadline = time.monotonic() + self.drain_timeout
+        for s in live:
+            assert s.mux is not None
+            await s.mux.drain(max(0.0, deadline - time.monotonic()))
+        for s in live:
+            if s.ws is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(s.ws.close(code=1001, message=b"plane shutting down"), 2.0)
+
+
+async def _pump_body(request: web.Request, stream: Any) -> None:
+    try:
+        async for chunk in request.content.iter_chunked(READ_CHUNK):
+            await stream.write(chunk)
+        stream.end()
+    except StreamReset:
+        pass
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        stream.reset(p.ErrorCode.CANCELLED, f"request body: {exc}")
+
+
+def _json_error(status: int, code: str, message: str) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps({"error": code, "message": message}),
+        content_type="application/json",
+    )
+
+
+HUB_KEY = web.AppKey("gateway_hub", Hub)
+
+
+def setup_hub(app: web.Application, hub: Hub | None = None) -> Hub:
+    """Add /v1/tunnel and the relay route to `app`; the Hub is stored under HUB_KEY."""
+    hub = hub or Hub()
+    app[HUB_KEY] = hub
+    app.router.add_get(TUNNEL_ROUTE, hub.handle_tunnel)
+    app.router.add_route("*", RELAY_ROUTE, hub.handle_relay)
+    app.on_shutdown.append(hub.shutdown)  # type: ignore[arg-type]
+    return hub
