@@ -26,6 +26,22 @@ _XML_TYPES = frozenset({"text/xml", "application/xml", "application/soap+xml"})
 # Response headers we manage ourselves: the body we emit is decoded and re-serialized.
 _MANAGED = frozenset({"content-length", "content-encoding", "transfer-encoding", "content-type"})
 _MAX_FLOAT_TEXT = 64
+# Never relayed, whatever a local policy says (issue 5): datastore files, NFC disk streams, console
+# screenshots, guest file transfer and the managed object browser on vCenter/ESXi hosts...
+_VSPHERE_KINDS = frozenset({"vsphere", "vsphere-soap"})
+_VSPHERE_DATA_ROOTS = frozenset({"folder", "nfc", "screen", "guestfile", "mob"})
+# ...and the SOAP operations that hand out console tickets, export/NFC leases or guest file transfers.
+_SOAP_NEVER = frozenset(
+    {
+        "ExportVm",
+        "ExportVApp",
+        "ImportVApp",
+        "InitiateFileTransferFromGuest",
+        "InitiateFileTransferToGuest",
+        "AcquireCredentialsInGuest",
+        "CloneSession",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,8 @@ def _match(policies: PolicySet, kind: str, req: FilterRequest) -> Rule | Denied:
     if isinstance(split, str):
         return Denied(split)
     segments, query = split
+    if kind in _VSPHERE_KINDS and segments and segments[0].lower() in _VSPHERE_DATA_ROOTS:
+        return Denied(f"/{segments[0]} on vSphere hosts carries data or consoles and is never relayed")
     rules = policies.rules_for(kind)
     for rule in rules:
         applies = rule.deny and ("*" in rule.methods or method in rule.methods)
@@ -140,9 +158,18 @@ def _check_rule_extras(rule: Rule, req: FilterRequest, query: str) -> Rule | Den
             operation = soap_operation(req.body)
         except XmlRejected as exc:
             return Denied(f"request: {exc}", rule.name)
+        if _never_soap(operation):
+            return Denied(f"SOAP operation {operation[:60]!r} is never relayed", rule.name)
         if operation not in rule.soap_operations:
             return Denied(f"SOAP operation {operation[:60]!r} is not allowed", rule.name)
     return rule
+
+
+def _never_soap(operation: str) -> bool:
+    if operation in _SOAP_NEVER or operation.startswith("HttpNfcLease"):
+        return True
+    # AcquireTicket, AcquireMksTicket, AcquireCloneTicket, AcquireCimServicesTicket, ...
+    return operation.startswith("Acquire") and "Ticket" in operation
 
 
 def check_request(policies: PolicySet, kind: str, req: FilterRequest) -> Rule | Denied:
