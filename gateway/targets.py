@@ -83,7 +83,9 @@ def parse_targets(data: Any, source: str) -> TargetSet:
         return TargetSet({}, source)
     if not isinstance(data, dict) or set(data) - {"targets"}:
         raise GatewayError(f"{source}: expected a mapping with one key, `targets`")
-    items = data.get("targets") or []
+    items = data.get("targets")
+    if items is None:
+        items = []
     if not isinstance(items, list):
         raise GatewayError(f"{source}: targets: expected a list")
     targets: dict[str, Target] = {}
