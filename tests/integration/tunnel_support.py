@@ -101,7 +101,7 @@ def plane_ssl_context(plane_dir: Path) -> ssl.SSLContext:
 def plane_app(limits: p.Limits | None = None) -> tuple[web.Application, Hub]:
     """A minimal plane: just the hub (the real app adds registration and bearer auth)."""
     app = web.Application()
-    hub = setup_hub(app, Hub(limits or p.Limits(heartbeat_ms=500), drain_timeout=5.0))
+    hub = setup_hub(app, Hub(limits or p.Limits(heartbeat_ms=1000), drain_timeout=5.0))
     return app, hub
 
 
@@ -249,7 +249,7 @@ def make_relay(
 
 
 def make_client(
-    pki: Pki, plane: URL, relay: Relay, *, heartbeat_ms: int = 500, proxy: URL | None = None, **kw: object
+    pki: Pki, plane: URL, relay: Relay, *, heartbeat_ms: int = 1000, proxy: URL | None = None, **kw: object
 ) -> TunnelClient:
     """A tunnel client with fast heartbeat and backoff, for tests."""
     return TunnelClient(
