@@ -141,7 +141,7 @@ async def get_health(request: web.Request) -> web.Response:
         {
             "status": "ok",
             "ca_hash": request.app[CA_KEY].spki_hash,
-            "connected": len(live),
+            "connected": sum(1 for s in live.values() if s.get("connected")),
             "hub": _HUB in request.app,
         }
     )
@@ -225,39 +225,19 @@ def _setup_hub(app: web.Application) -> None:
 
 
 def _live_gateways(app: web.Application) -> dict[str, dict[str, Any]]:
-    """Live tunnel state per gateway id from the hub, or {} when there is no hub."""
-    hub_module = app.get(_HUB)
+    """The hub's per-gateway tunnel state by gateway id, or {} when there is no hub."""
+    hub_module: Any = app.get(_HUB)
     if hub_module is None:
         return {}
-    for key_name in ("HUB_KEY", "HUB"):
-        key = getattr(hub_module, key_name, None)
-        if isinstance(key, web.AppKey) and key in app:
-            return _sessions_by_id(app[key].sessions())
-    return {}
-
-
-def _sessions_by_id(sessions: Any) -> dict[str, dict[str, Any]]:
-    items = sessions.items() if isinstance(sessions, Mapping) else ((None, s) for s in sessions)
-    out: dict[str, dict[str, Any]] = {}
-    for key, session in items:
-        if isinstance(session, Mapping):
-            info = dict(session)
-        elif hasattr(session, "to_json"):
-            info = dict(session.to_json())
-        else:
-            info = {k: v for k, v in vars(session).items() if not k.startswith("_")}
-        gateway_id = str(info.get("gateway_id") or key)
-        out[gateway_id] = {k: v for k, v in info.items() if _jsonable(v)}
-    return out
-
-
-def _jsonable(value: Any) -> bool:
-    return value is None or isinstance(value, str | int | float | bool)
+    hub = app.get(hub_module.HUB_KEY)
+    if hub is None:
+        return {}
+    return {str(s["id"]): dict(s) for s in hub.sessions()}
 
 
 def _gateway_json(record: GatewayRecord, live: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    session = live.get(record.gateway_id)
-    return {**record.to_json(), "connected": session is not None, "session": session}
+    tunnel = live.get(record.gateway_id)
+    return {**record.to_json(), "connected": bool(tunnel and tunnel.get("connected")), "tunnel": tunnel}
 
 
 async def list_gateways(request: web.Request) -> web.Response:
