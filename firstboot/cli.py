@@ -163,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("urwid").setLevel(logging.WARNING)  # its debug log is one line per redraw
     try:
         result: int = args.func(args)
         return result

@@ -243,7 +243,7 @@ SETTINGS: tuple[Setting, ...] = (
         "gateway.join_token",
         "Join token",
         validate_join_token,
-        "GWJ1.… from the management plane",
+        "GWJ1.... from the management plane",
         mask_token,
     ),
     Setting("gateway.plane_url", "Plane URL", validate_plane_url, "empty = taken from the join token"),

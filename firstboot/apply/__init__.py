@@ -143,3 +143,12 @@ def apply(
         atomic_write(system.path(DONE_FILE), time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
         remove(system.path(ERROR_FILE))
     return ran
+
+
+def forget(system: System, step_name: str) -> None:
+    """Drop a step from the completed list (after a rollback), so the next apply runs it again."""
+    state = load_state(system)
+    completed = state.get("completed")
+    if isinstance(completed, list) and step_name in completed:
+        state["completed"] = [s for s in completed if s != step_name]
+        atomic_write(system.path(STATE_FILE), json.dumps(state, indent=2) + "\n", mode=0o600)
