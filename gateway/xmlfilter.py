@@ -102,38 +102,38 @@ class _Walker:
 
 def _serialize(root: ET.Element, namespaces: list[tuple[str, str]]) -> bytes:
     # Our own writer keeps the original prefixes: xsi:type="xsd:string" values name them, and
-    # ElementTree's writer would rename them to ns0, ns1 and break the QNames.
+    # ElementTree's writer would rename them to ns0, ns1 and break the QNames. Prefixed
+    # namespaces are declared once on the root; default namespaces where they change.
     prefix_of: dict[str, str] = {}
     decls: list[str] = []
     for prefix, uri in namespaces:
-        if uri not in prefix_of and prefix not in {p for p in prefix_of.values()}:
+        if prefix and uri not in prefix_of and prefix not in prefix_of.values():
             prefix_of[uri] = prefix
-            decls.append(f" xmlns:{prefix}={quoteattr(uri)}" if prefix else f" xmlns={quoteattr(uri)}")
+            decls.append(f" xmlns:{prefix}={quoteattr(uri)}")
     out: list[str] = ['<?xml version="1.0" encoding="UTF-8"?>\n']
 
-    has_default = any(not prefix for prefix in prefix_of.values())
-
-    def qname(tag: str, *, attr: bool = False) -> str:
-        if not tag.startswith("{"):
-            if has_default and not attr:
-                # Under a root-level default namespace this element would change namespace.
-                raise XmlRejected("element outside the default namespace")
-            return tag
-        uri, local = tag[1:].split("}", 1)
-        prefix = prefix_of.get(uri)
-        if prefix is None:
-            # A namespace without a declaration cannot come out of a parse; refuse rather than guess.
-            raise XmlRejected("undeclared namespace in output")
-        if not prefix:
-            if attr:
-                raise XmlRejected("attribute in default namespace")
-            return local
-        return f"{prefix}:{local}"
-
-    def emit(elem: ET.Element, top: bool) -> None:
-        name = qname(elem.tag)
-        attrs = "".join(f" {qname(k, attr=True)}={quoteattr(v)}" for k, v in elem.attrib.items())
-        out.append(f"<{name}{''.join(decls) if top else ''}{attrs}")
+    def emit(elem: ET.Element, default: str, top: bool) -> None:
+        tag = elem.tag
+        uri, local = tag[1:].split("}", 1) if tag.startswith("{") else ("", tag)
+        decl = "".join(decls) if top else ""
+        prefix = prefix_of.get(uri) if uri else None
+        if prefix:
+            name = f"{prefix}:{local}"
+        else:
+            name = local
+            if uri != default:
+                decl += f" xmlns={quoteattr(uri)}"
+                default = uri
+        attrs: list[str] = []
+        for key, value in elem.attrib.items():
+            if key.startswith("{"):
+                auri, alocal = key[1:].split("}", 1)
+                aprefix = prefix_of.get(auri)
+                if not aprefix:
+                    raise XmlRejected("attribute in an undeclared namespace")
+                key = f"{aprefix}:{alocal}"
+            attrs.append(f" {key}={quoteattr(value)}")
+        out.append(f"<{name}{decl}{''.join(attrs)}")
         if elem.text is None and len(elem) == 0:
             out.append("/>")
             return
@@ -141,10 +141,10 @@ def _serialize(root: ET.Element, namespaces: list[tuple[str, str]]) -> bytes:
         if elem.text:
             out.append(escape(elem.text))
         for child in elem:
-            emit(child, False)
+            emit(child, default, False)
         out.append(f"</{name}>")
 
-    emit(root, True)
+    emit(root, "", True)
     return "".join(out).encode("utf-8")
 
 
