@@ -206,14 +206,19 @@ def _proxy_args(proxy_url: str | None) -> tuple[URL | None, aiohttp.BasicAuth | 
     return bare, auth, str(bare)
 
 
-def _describe_client_error(exc: BaseException, where: str, proxy_shown: str) -> FirstbootError:
+def _describe_client_error(
+    exc: BaseException, where: str, proxy_shown: str, has_auth: bool = False
+) -> FirstbootError:
     """One sentence for a failed HTTP exchange with the plane (or the proxy in front of it)."""
     if isinstance(exc, aiohttp.ClientHttpProxyError):
-        if exc.status == 407:
+        if exc.status == 407 and not has_auth:
             return FirstbootError(
                 f"proxy {proxy_shown} requires authentication (HTTP 407)",
                 hint="give credentials as --proxy http://user:password@host:port",
             )
+        if exc.status in (401, 407):
+            # tinyproxy answers wrong credentials with 401, squid with 407.
+            return FirstbootError(f"proxy {proxy_shown} rejected the proxy credentials (HTTP {exc.status})")
         return FirstbootError(
             f"proxy {proxy_shown} refused to connect to {where} (HTTP {exc.status} {exc.message})"
         )
@@ -253,7 +258,7 @@ class _Client:
                 if resp.status != 200:
                     raise FirstbootError(f"GET {url}: plane answered HTTP {resp.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _describe_client_error(exc, url, self.proxy_shown) from exc
+            raise _describe_client_error(exc, url, self.proxy_shown, self.proxy_auth is not None) from exc
         try:
             certs = x509.load_pem_x509_certificates(body)
         except ValueError as exc:
@@ -282,7 +287,7 @@ class _Client:
                 body = await resp.content.read(_MAX_RESPONSE)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _describe_client_error(exc, url, self.proxy_shown) from exc
+            raise _describe_client_error(exc, url, self.proxy_shown, self.proxy_auth is not None) from exc
         try:
             data = json.loads(body)
         except ValueError:
