@@ -139,13 +139,15 @@ class Relay:
             await session.close()
 
     def on_open(self, stream: Stream) -> None:
-        """Mux callback: handle the stream in its own task."""
-        self._spawn(self.handle(stream))
+        """Mux callback: handle the stream in its own task, cancelled if the plane aborts the stream."""
+        task = self._spawn(self.handle(stream))
+        stream.on_abort = task.cancel
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def close(self) -> None:
         """Cancel in-flight work and close every target session."""

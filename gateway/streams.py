@@ -41,6 +41,7 @@ class Stream:
         "_unacked",
         "id",
         "mux",
+        "on_abort",
         "recv_window",
         "request",
         "rx_fin",
@@ -62,6 +63,8 @@ class Stream:
         self._unacked = 0
         self._error: StreamReset | None = None
         self._head: asyncio.Future[p.ResponseHead] | None = None
+        # Called when the peer or the connection aborts the stream (not on our own reset()).
+        self.on_abort: Callable[[], object] | None = None
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -135,6 +138,7 @@ class Stream:
         if self._error is not None or (self.tx_fin and self.rx_fin):
             return
         self.mux._queue(p.encode_reset(self.id, code, message))
+        self.on_abort = None
         self._fail(StreamReset(code, message))
 
     @property
@@ -178,6 +182,9 @@ class Stream:
         self._rx_event.set()
         self._credit_event.set()
         self.mux._forget(self)
+        if self.on_abort is not None:
+            callback, self.on_abort = self.on_abort, None
+            callback()
 
     def _on_data(self, payload: bytes, fin: bool) -> None:
         if payload:
