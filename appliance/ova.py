@@ -175,9 +175,16 @@ def pack_ova(
     return OvaResult(ova, digest, manifest, names)
 
 
-def build_ova(spec: Spec, raw_path: Path, out_dir: Path, progress: PhaseProgress | None = None) -> Path:
+def build_ova(
+    spec: Spec,
+    raw_path: Path,
+    out_dir: Path,
+    progress: PhaseProgress | None = None,
+    *,
+    level: int = DEFAULT_LEVEL,
+) -> Path:
     """VMDK + OVF + manifest + tar in one call; returns the path of `<stem>.ova`."""
-    return pack_ova(spec, raw_path, out_dir, progress).path
+    return pack_ova(spec, raw_path, out_dir, progress, level=level).path
 
 
 def sha256_file(path: Path, progress: PhaseProgress | None = None) -> str:
