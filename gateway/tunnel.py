@@ -35,6 +35,11 @@ _AUTH_ALERTS = (
 )
 
 
+# asyncio servers (the reference plane included) drop a refused TLS 1.3 client without sending the
+# alert, so the refusal looks like a disconnect right after the handshake; this many in a row is one.
+SILENT_REFUSALS = 3
+
+
 class State(StrEnum):
     """Where the client is in its connection lifecycle."""
 
@@ -122,6 +127,7 @@ class TunnelClient:
         self.connected = asyncio.Event()
         self._stop = asyncio.Event()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._silent_refusals = 0
 
     def _set_state(self, state: State, reason: str = "") -> None:
         if state is not self.state:
@@ -143,7 +149,7 @@ class TunnelClient:
                     raise
                 except Exception as exc:  # every failure of one attempt is recorded, then retried
                     self.first_attempt.set()
-                    why = classify_failure(exc)
+                    why = classify_failure(exc) or self._silent_refusal(exc)
                     if why is not None:
                         self.last_error = why
                         self._set_state(State.AUTH_FAILED, why)
@@ -161,6 +167,18 @@ class TunnelClient:
             await session.close()
             self._set_state(State.STOPPED)
 
+    def _silent_refusal(self, exc: BaseException) -> str | None:
+        if not isinstance(exc, aiohttp.ServerDisconnectedError):
+            self._silent_refusals = 0
+            return None
+        self._silent_refusals += 1
+        if self._silent_refusals < SILENT_REFUSALS:
+            return None
+        return (
+            f"the plane closed the connection right after the TLS handshake {self._silent_refusals} times "
+            "in a row: it most likely refuses our client certificate"
+        )
+
     async def _connect_and_serve(self, session: aiohttp.ClientSession) -> None:
         async with asyncio.timeout(self.connect_timeout):
             ws = await session.ws_connect(
@@ -174,6 +192,7 @@ class TunnelClient:
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
             )
         self._ws = ws
+        self._silent_refusals = 0
         closed = asyncio.Event()
         mux = Mux(
             ws.send_bytes,
