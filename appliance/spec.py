@@ -294,7 +294,8 @@ def _section(cls: Callable[..., Any], table: Sequence[Setting]) -> Parser:
         known = {setting.key for setting in table}
         for key in value:
             if key not in known:
-                where = f"{path}.{key}" if path else str(key)
+                name = str(key) if str(key).isprintable() and str(key).strip() else repr(key)
+                where = f"{path}.{name}" if path else name
                 near = difflib.get_close_matches(str(key), sorted(known), n=1)
                 hint = f", did you mean '{near[0]}'?" if near else f" (known: {', '.join(sorted(known))})"
                 raise _Invalid(where, f"unknown key{hint}")

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.errors import ApplianceError
 from appliance.spec import (
@@ -307,3 +309,47 @@ def test_settings_help_comes_from_the_table() -> None:
     assert "hardware.memory_mib: memory in MiB (default 2048)" in text
     assert "name: artifact name (required)" in text
     assert "properties[].qualifiers:" in text
+
+
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-10, 10_000), st.floats(allow_nan=False), st.text(max_size=12)
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.lists(st.sampled_from(["hardware", "product", "properties", "0", "3", "key", "type",
+                                      "default", "qualifiers", "name", "version", "vcpus", "packages"]),
+                     min_size=1, max_size=3),
+       value=_VALUES)  # fmt: skip
+def test_any_mutation_gives_a_one_line_error_or_a_spec(path: list[str], value: object) -> None:
+    data = copy.deepcopy(BASE)
+    node: Any = data
+    for part in path[:-1]:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            return
+    if isinstance(node, dict):
+        node[path[-1]] = value
+    try:
+        spec = parse_spec(data, Path("appliance.yaml"))
+    except ApplianceError as exc:
+        text = str(exc)
+        assert text.startswith("appliance.yaml: ") and "\n" not in text and "Traceback" not in text
+    else:
+        assert isinstance(spec, Spec)
+
+
+def test_odd_unknown_keys_stay_on_one_line() -> None:
+    data = copy.deepcopy(BASE)
+    data["hardware"]["bad\nkey"] = 1
+    with pytest.raises(ApplianceError) as info:
+        parse_spec(data, Path("appliance.yaml"))
+    assert str(info.value).startswith("appliance.yaml: hardware.'bad\\nkey': unknown key")
