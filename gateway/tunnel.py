@@ -75,8 +75,9 @@ def classify_failure(exc: BaseException) -> str | None:
     """Why a failed attempt is an authentication rejection (None when it is worth retrying)."""
     if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status in (401, 403):
         return f"the plane refused the tunnel with HTTP {exc.status}"
-    if isinstance(exc, aiohttp.ClientHttpProxyError) and exc.status == 407:
-        return "the proxy refused our credentials (HTTP 407)"
+    if isinstance(exc, aiohttp.ClientHttpProxyError) and exc.status in (401, 407):
+        # 407 is the standard answer; tinyproxy's BasicAuth answers CONNECT with 401.
+        return f"the proxy refused our credentials (HTTP {exc.status})"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return f"the plane's certificate does not verify against the pinned CA: {exc.certificate_error}"
     seen: set[int] = set()
