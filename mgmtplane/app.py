@@ -14,10 +14,11 @@ import re
 import secrets
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from cryptography import x509
@@ -37,6 +38,7 @@ from mgmtplane.registry import GatewayRecord, Registry, state_lock, write_atomic
 from mgmtplane.tokens import TokenError, TokenStore
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 ADMIN_TOKEN_FILE = "admin-token"
 ADMIN_PREFIX = "/v1/gateways"
@@ -57,6 +59,19 @@ CA_KEY = web.AppKey("plane_ca", PlaneCA)
 TOKENS_KEY = web.AppKey("plane_tokens", TokenStore)
 REGISTRY_KEY = web.AppKey("plane_registry", Registry)
 ADMIN_TOKEN_KEY = web.AppKey("plane_admin_token", str)
+STATE_IO_KEY = web.AppKey("plane_state_io", ThreadPoolExecutor)
+
+
+async def _state_io_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One worker thread for state-file I/O (file lock, fsync), kept off the event loop."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plane-state")
+    app[STATE_IO_KEY] = executor
+    yield
+    executor.shutdown(wait=True)
+
+
+async def _state_io(app: web.Application, fn: Callable[..., _T], *args: Any) -> _T:
+    return await asyncio.get_running_loop().run_in_executor(app[STATE_IO_KEY], fn, *args)
 
 
 def load_or_create_admin_token(state_dir: Path) -> str:
@@ -181,8 +196,7 @@ async def post_register(request: web.Request) -> web.Response:
     key_hash = "sha256:" + hashlib.sha256(spki).hexdigest()
     app = request.app
     try:
-        # The store takes a file lock and fsyncs: keep that off the event loop.
-        redemption = await asyncio.to_thread(app[TOKENS_KEY].redeem, secret, key_hash, str(uuid.uuid4()))
+        redemption = await _state_io(app, app[TOKENS_KEY].redeem, secret, key_hash, str(uuid.uuid4()))
     except TokenError as exc:
         log.warning("registration refused from %s: %s", request.remote, exc.code)
         return json_error(exc.status, exc.code, str(exc))
@@ -197,7 +211,7 @@ async def post_register(request: web.Request) -> web.Response:
         cert_fingerprint=cert_fingerprint(cert),
         token_id=redemption.token_id[:12],
     )
-    await asyncio.to_thread(app[REGISTRY_KEY].add, record)
+    await _state_io(app, app[REGISTRY_KEY].add, record)
     if redemption.replay:
         log.info("re-issued certificate for %s (same key redeemed its token again)", redemption.gateway_id)
     return web.json_response(
@@ -242,7 +256,7 @@ def _gateway_json(record: GatewayRecord, live: Mapping[str, dict[str, Any]]) -> 
 
 async def list_gateways(request: web.Request) -> web.Response:
     """GET /v1/gateways: registered gateways merged with the hub's live tunnel state."""
-    records = await asyncio.to_thread(request.app[REGISTRY_KEY].all)
+    records = await _state_io(request.app, request.app[REGISTRY_KEY].all)
     live = _live_gateways(request.app)
     return web.json_response({"gateways": [_gateway_json(r, live) for r in records]})
 
@@ -250,7 +264,7 @@ async def list_gateways(request: web.Request) -> web.Response:
 async def get_gateway(request: web.Request) -> web.Response:
     """GET /v1/gateways/{gateway_id}: one gateway, or 404."""
     gateway_id = request.match_info["gateway_id"]
-    record = await asyncio.to_thread(request.app[REGISTRY_KEY].get, gateway_id)
+    record = await _state_io(request.app, request.app[REGISTRY_KEY].get, gateway_id)
     if record is None:
         return json_error(404, "gateway-unknown", f"no registered gateway {gateway_id}")
     return web.json_response(_gateway_json(record, _live_gateways(request.app)))
@@ -264,6 +278,7 @@ def create_app(config: PlaneConfig) -> web.Application:
     app[TOKENS_KEY] = TokenStore(config.state_dir)
     app[REGISTRY_KEY] = Registry(config.state_dir)
     app[ADMIN_TOKEN_KEY] = load_or_create_admin_token(config.state_dir)
+    app.cleanup_ctx.append(_state_io_ctx)
     app.router.add_get("/v1/health", get_health)
     app.router.add_get("/v1/ca", get_ca)
     app.router.add_post("/v1/register", post_register)
