@@ -177,7 +177,7 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     return extents
 
 
-def _grain_runs(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def grain_runs(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Merged [first, last) grain index ranges covering the data extents."""
     runs: list[tuple[int, int]] = []
     for start, end in extents:
@@ -283,7 +283,7 @@ def _convert(
     def compress(grain: bytes) -> bytes:
         return zlib.compress(grain, level)
 
-    for first, last in _grain_runs(data_extents(fd, size)):
+    for first, last in grain_runs(data_extents(fd, size)):
         for chunk_start in range(first, last, CHUNK_GRAINS):
             chunk_end = min(chunk_start + CHUNK_GRAINS, last)
             data = os.pread(fd, (chunk_end - chunk_start) * GRAIN, chunk_start * GRAIN)

@@ -22,6 +22,7 @@ from appliance.vmdk import (
     SECTOR,
     VmdkInfo,
     adapter_type,
+    grain_runs,
     parse_header,
     read_footer,
     read_stream_optimized,
@@ -155,6 +156,8 @@ def test_qemu_img_reads_it_identically(sample: tuple[Path, bytes, Path, VmdkInfo
     subprocess.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(vmdk), str(out)], check=True)
     back = out.read_bytes()
     assert back[: len(content)] == content
+    check = subprocess.run(["qemu-img", "check", str(vmdk)], capture_output=True, text=True)
+    assert check.returncode == 0 and "No errors were found" in check.stdout, check.stdout + check.stderr
     info = subprocess.run(["qemu-img", "info", str(vmdk)], check=True, capture_output=True, text=True).stdout
     assert "create type: streamOptimized" in info
     assert "compressed: true" in info
@@ -246,3 +249,11 @@ def test_round_trip_property(tmp_path: Path, size: int, writes: list[tuple[int, 
     back = read_back(tmp_path / "h.vmdk")
     assert back[:size] == content and not any(back[size:])
     assert info.grains == sum(1 for i in range(0, size, GRAIN) if any(content[i : i + GRAIN]))
+
+
+def testgrain_runs_merge_extents() -> None:
+    assert grain_runs([]) == []
+    assert grain_runs([(0, 1)]) == [(0, 1)]
+    # extents sharing or touching a grain merge; a gap of whole grains does not
+    assert grain_runs([(0, 100), (GRAIN - 1, GRAIN + 1), (5 * GRAIN, 6 * GRAIN)]) == [(0, 2), (5, 6)]
+    assert grain_runs([(GRAIN, 2 * GRAIN), (2 * GRAIN, 3 * GRAIN)]) == [(1, 3)]
