@@ -12,7 +12,7 @@ from typing import TextIO
 
 from firstboot.errors import FirstbootError
 from firstboot.wizard.flow import ApplyFlow, explain, handoff
-from firstboot.wizard.model import BY_NAME, SCREENS, Field, Screen
+from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, SCREENS, Field, Screen
 from firstboot.wizard.session import Session, appliance_info
 
 CLEAR = "-"
@@ -98,7 +98,9 @@ class LineWizard:
                 self.say(f"  ! {message}")
             if self.s.answers is not None:
                 raise FirstbootError(f"answers file: {next(iter(errors.values()))}")
-            todo = [f for f in screen.fields if f.key in errors]
+            # A rejected password is typed again together with its repetition.
+            bad = set(errors) | ({PASSWORD2} if PASSWORD in errors else set())
+            todo = [f for f in screen.fields if f.key in bad]
 
     def confirm(self, prompt: str, *, timeout: float | None = None, answer: bool | None = None) -> bool:
         """A yes/no question; a timeout means no."""
