@@ -201,19 +201,20 @@ _XML_KEYS = frozenset({"elements", "properties", "attributes"})
 
 
 def _body(node: yaml.Node, what: str) -> BodyAllow:
-    spec = _mapping(node, what, _BODY_KEYS)
-    json_allow = _allowlist(spec["json"], f"{what}.json") if "json" in spec else None
+    spec = _mapping(node, what or "rule", _BODY_KEYS)
+    what = f"{what}." if what else ""
+    json_allow = _allowlist(spec["json"], f"{what}json") if "json" in spec else None
     xml_allow = None
     if "xml" in spec:
-        xml = _mapping(spec["xml"], f"{what}.xml", _XML_KEYS)
+        xml = _mapping(spec["xml"], f"{what}xml", _XML_KEYS)
         if "elements" not in xml:
-            raise _Problem(spec["xml"], f"{what}.xml: 'elements' is required")
+            raise _Problem(spec["xml"], f"{what}xml: 'elements' is required")
         xml_allow = XmlAllow(
-            elements=_allowlist(xml["elements"], f"{what}.xml.elements", slash=True),
-            properties=frozenset(t for _, t in _strs(xml["properties"], f"{what}.xml.properties"))
+            elements=_allowlist(xml["elements"], f"{what}xml.elements", slash=True),
+            properties=frozenset(t for _, t in _strs(xml["properties"], f"{what}xml.properties"))
             if "properties" in xml
             else frozenset(),
-            attributes=frozenset(t for _, t in _strs(xml["attributes"], f"{what}.xml.attributes"))
+            attributes=frozenset(t for _, t in _strs(xml["attributes"], f"{what}xml.attributes"))
             if "attributes" in xml
             else frozenset({"type"}),
         )
@@ -292,7 +293,7 @@ def _rule(node: yaml.Node, kind: Kind, file: Path, defaults: dict[str, Any], err
     if passthrough and kind is not Kind.HTTP:
         raise _Problem(spec["passthrough"], "passthrough: only allowed for kind 'http' test policies")
     body = (
-        _body(node_subset(node, spec, ("json", "xml")), "rule")
+        _body(node_subset(node, spec, ("json", "xml")), "")
         if "json" in spec or "xml" in spec
         else BodyAllow()
     )
