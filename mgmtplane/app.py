@@ -203,10 +203,15 @@ async def post_register(request: web.Request) -> web.Response:
     ca = app[CA_KEY]
     cert_pem = ca.sign_csr(csr_pem, redemption.gateway_id)
     cert = x509.load_pem_x509_certificate(cert_pem)
+    registered_at = _utc_now_iso()
+    if redemption.replay:
+        # A resumed registration keeps the gateway's original registration time.
+        previous = await _state_io(app, app[REGISTRY_KEY].get, redemption.gateway_id)
+        registered_at = previous.registered_at if previous is not None else registered_at
     record = GatewayRecord(
         gateway_id=redemption.gateway_id,
         hostname=hostname or "",
-        registered_at=cert.not_valid_before_utc.isoformat() if redemption.replay else _utc_now_iso(),
+        registered_at=registered_at,
         cert_serial=format(cert.serial_number, "x"),
         cert_fingerprint=cert_fingerprint(cert),
         token_id=redemption.token_id[:12],

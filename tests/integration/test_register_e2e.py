@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from firstboot.register import load_identity, parse_token, spki_sha256
+from mgmtplane.registry import Registry
 from mgmtplane.tokens import encode_token
 from tests.integration.plane_helpers import Plane, free_port, register, run, running_plane
 
@@ -156,7 +157,12 @@ def test_interrupted_registration_finishes_with_same_token(plane: Plane, tmp_pat
     gateway_id = json.loads((gw / "identity.json").read_text())["gateway_id"]
     for name in ("cert.pem", "ca.pem", "identity.json"):
         (gw / name).unlink()  # only key.pem survived
+    before = Registry(plane.state_dir).all()
     retry = register(token, gw)
     assert retry.returncode == 0, retry.stderr
     identity = load_identity(gw)
     assert identity is not None and identity.gateway_id == gateway_id
+    after = Registry(plane.state_dir).all()
+    assert [r.gateway_id for r in after] == [gateway_id]
+    assert after[0].registered_at == before[0].registered_at
+    assert after[0].cert_serial != before[0].cert_serial  # a fresh certificate for the same key
