@@ -8,6 +8,8 @@ one place. `validate_ovf()` checks a descriptor against the DMTF schema.
 from __future__ import annotations
 
 import functools
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ VMDK_FORMAT = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamO
 OS_DEBIAN_64 = 96  # CIM_OperatingSystem: Debian 64-Bit
 # VMware and the ISO image: both ways the OVF environment can reach the guest.
 TRANSPORTS = "com.vmware.guestInfo iso"
+ENV_NS = "http://schemas.dmtf.org/ovf/environment/1"
 
 # CIM RASD elements must appear in the schema's (alphabetical) order.
 _RASD_ORDER = (
@@ -290,25 +293,58 @@ _NAMESPACES = {
 
 
 @functools.cache
-def _schema(schema_dir: Path) -> object:
+def _schema(schema_dir: Path, root: str) -> object:
     import xmlschema  # a build-host/test dependency, not needed to render
 
     # DSP8023.xsd has its imports' schemaLocations commented out: give them here, as local files.
     locations = [(ns, str(schema_dir / name)) for ns, name in _NAMESPACES.values()]
-    return xmlschema.XMLSchema(str(schema_dir / "DSP8023.xsd"), locations=locations)
+    return xmlschema.XMLSchema(str(schema_dir / root), locations=locations)
 
 
-def validate_ovf(text: str, schema_dir: Path) -> None:
-    """Validate a descriptor against the DMTF OVF envelope schema in `schema_dir`."""
+def _validate(text: str, schema_dir: Path, root: str, what: str) -> None:
     import xmlschema
 
-    if not (schema_dir / "DSP8023.xsd").is_file():
-        raise ApplianceError(f"{schema_dir}: no DSP8023.xsd here", hint="the DMTF OVF schemas")
-    schema = _schema(schema_dir.resolve())
+    if not (schema_dir / root).is_file():
+        raise ApplianceError(f"{schema_dir}: no {root} here", hint="the DMTF OVF schemas")
+    schema = _schema(schema_dir.resolve(), root)
     assert isinstance(schema, xmlschema.XMLSchema)
     errors = list(schema.iter_errors(text))
     if errors:
         first = errors[0]
         where = f" at {first.path}" if first.path else ""
         reason = (first.reason or str(first)).splitlines()[0]
-        raise ApplianceError(f"OVF descriptor{where}: {reason} ({len(errors)} schema error(s))")
+        raise ApplianceError(f"{what}{where}: {reason} ({len(errors)} schema error(s))")
+
+
+def validate_ovf(text: str, schema_dir: Path) -> None:
+    """Validate a descriptor against the DMTF OVF envelope schema (DSP8023) in `schema_dir`."""
+    _validate(text, schema_dir, "DSP8023.xsd", "OVF descriptor")
+
+
+def validate_ovf_environment(text: str, schema_dir: Path) -> None:
+    """Validate an ovf-env.xml against the DMTF OVF environment schema (DSP8027) in `schema_dir`."""
+    _validate(text, schema_dir, "DSP8027.xsd", "OVF environment")
+
+
+def render_ovf_environment(spec: Spec, values: Mapping[str, str] | None = None, *, kind: str = "QEMU") -> str:
+    """The ovf-env.xml a hypervisor would hand this appliance: every property, `values` over defaults."""
+    values = dict(values or {})
+    known = {prop.key: prop for prop in spec.properties}
+    for key, value in values.items():
+        if key not in known:
+            raise ApplianceError(f"OVF environment: unknown property {key!r} (known: {', '.join(known)})")
+        allowed = known[key].value_map
+        if allowed and value not in allowed:
+            raise ApplianceError(f"OVF environment: {key}: {value!r} is not one of {', '.join(allowed)}")
+    ET.register_namespace("oe", ENV_NS)
+    root = ET.Element(f"{{{ENV_NS}}}Environment", {f"{{{ENV_NS}}}id": spec.name})
+    platform = ET.SubElement(root, f"{{{ENV_NS}}}PlatformSection")
+    ET.SubElement(platform, f"{{{ENV_NS}}}Kind").text = kind
+    section = ET.SubElement(root, f"{{{ENV_NS}}}PropertySection")
+    for prop in spec.properties:
+        value = values.get(prop.key, prop.default_text)
+        ET.SubElement(
+            section, f"{{{ENV_NS}}}Property", {f"{{{ENV_NS}}}key": prop.key, f"{{{ENV_NS}}}value": value}
+        )
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

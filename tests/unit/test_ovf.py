@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import ApplianceError
-from appliance.ovf import VMDK_FORMAT, DiskInfo, render_ovf, validate_ovf
+from appliance.ovf import (
+    VMDK_FORMAT,
+    DiskInfo,
+    render_ovf,
+    render_ovf_environment,
+    validate_ovf,
+    validate_ovf_environment,
+)
 from appliance.spec import PROPERTY_KEYS, DiskController, Firmware, Nic, Spec, load_spec
 from appliance.vmdk import VmdkInfo
 
@@ -204,3 +211,29 @@ def test_disk_info_from_vmdk(tmp_path: Path) -> None:
     )
     assert DiskInfo.from_vmdk(info) == DiskInfo("x-disk1.vmdk", 2048, 4096, 0)
     assert DiskInfo.from_vmdk(info, "other.vmdk").href == "other.vmdk"
+
+
+def test_ovf_environment_validates_and_first_boot_reads_it(spec: Spec, schemas: Path) -> None:
+    from firstboot.seeds.ovfenv import parse
+
+    values = {
+        "gateway.plane_url": "https://plane.example.com",
+        "gateway.join_token": 'tok&<"en>',
+        "network.mode": "static",
+        "network.address": "192.0.2.10/24",
+    }
+    text = render_ovf_environment(spec, values)
+    validate_ovf_environment(text, schemas)
+    parsed = parse(text)
+    assert set(parsed) == set(PROPERTY_KEYS)
+    for key in PROPERTY_KEYS:
+        assert parsed[key] == values.get(key, spec.property(key).default_text)
+
+
+def test_ovf_environment_rejects_what_the_ovf_does_not_declare(spec: Spec) -> None:
+    with pytest.raises(ApplianceError, match=r"^OVF environment: unknown property 'network.colour'"):
+        render_ovf_environment(spec, {"network.colour": "blue"})
+    with pytest.raises(
+        ApplianceError, match=r"^OVF environment: network.mode: 'auto' is not one of dhcp, static$"
+    ):
+        render_ovf_environment(spec, {"network.mode": "auto"})
