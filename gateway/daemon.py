@@ -35,8 +35,10 @@ def sd_notify(message: str, env: dict[str, str] | None = None) -> bool:
         address = "\0" + address[1:]  # abstract namespace
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Never block the event loop: a full receiver queue drops this datagram instead.
+            sock.setblocking(False)
             sock.connect(address)
-            sock.sendall(message.encode())
+            sock.send(message.encode())
     except OSError as exc:
         log.debug("sd_notify %r failed: %s", message, exc)
         return False
