@@ -451,3 +451,17 @@ def read_stream_optimized(path: Path) -> Iterator[bytes]:
                         raise _fail(path, f"grain {index} inflates to {len(grain)} bytes")
                     yield grain[:want]
                 done += want
+
+
+def compare_with_raw(vmdk: Path, raw: Path) -> int:
+    """Check the VMDK reads back identical to `raw` (zero padding after it); returns bytes compared."""
+    offset = 0
+    with open(raw, "rb") as fh:
+        for grain in read_stream_optimized(vmdk):
+            want = fh.read(len(grain))
+            if grain[: len(want)] != want or any(grain[len(want) :]):
+                raise ApplianceError(f"{vmdk}: differs from {raw} in the grain at byte {offset}")
+            offset += len(grain)
+        if fh.read(1):
+            raise ApplianceError(f"{vmdk}: shorter than {raw} ({offset} bytes)")
+    return offset

@@ -22,6 +22,7 @@ from appliance.vmdk import (
     SECTOR,
     VmdkInfo,
     adapter_type,
+    compare_with_raw,
     grain_runs,
     parse_header,
     read_footer,
@@ -257,3 +258,18 @@ def testgrain_runs_merge_extents() -> None:
     # extents sharing or touching a grain merge; a gap of whole grains does not
     assert grain_runs([(0, 100), (GRAIN - 1, GRAIN + 1), (5 * GRAIN, 6 * GRAIN)]) == [(0, 2), (5, 6)]
     assert grain_runs([(GRAIN, 2 * GRAIN), (2 * GRAIN, 3 * GRAIN)]) == [(1, 3)]
+
+
+def test_compare_with_raw(sample: tuple[Path, bytes, Path, VmdkInfo], tmp_path: Path) -> None:
+    raw, content, vmdk, info = sample
+    assert compare_with_raw(vmdk, raw) == info.capacity
+    changed = tmp_path / "changed.raw"
+    changed.write_bytes(content[: GRAIN * 3] + b"X" + content[GRAIN * 3 + 1 :])
+    with pytest.raises(
+        ApplianceError, match=rf"differs from .*changed\.raw in the grain at byte {GRAIN * 3}$"
+    ):
+        compare_with_raw(vmdk, changed)
+    longer = tmp_path / "longer.raw"
+    longer.write_bytes(content + bytes(info.capacity - len(content)) + b"tail")
+    with pytest.raises(ApplianceError, match="shorter than"):
+        compare_with_raw(vmdk, longer)
