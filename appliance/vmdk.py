@@ -252,12 +252,13 @@ def _convert(
     st = os.fstat(fd)
     size = st.st_size
     if size == 0:
-        raise ApplianceError(f"{out}: the raw disk is empty")
+        raise ApplianceError(f"{src.name}: the raw disk is empty")
     capacity_sectors = -(-size // SECTOR)
     total_grains = -(-capacity_sectors // GRAIN_SECTORS)
     num_gts = -(-total_grains // GTES_PER_GT)
-    # Deterministic CID: the same raw file gives the same VMDK, so rebuilds are comparable.
-    cid = zlib.crc32(f"{out.name}:{size}:{st.st_mtime_ns}".encode()) or 1
+    # Deterministic CID: the same raw file gives the same VMDK, so rebuilds are comparable. 31 bits:
+    # some readers take ffffffff/fffffffe as "no parent" or "all zeroes".
+    cid = (zlib.crc32(f"{out.name}:{size}:{st.st_mtime_ns}".encode()) & 0x7FFFFFFF) or 1
     descriptor = make_descriptor(out.name, capacity_sectors, adapter, cid).encode()
     if len(descriptor) > DESCRIPTOR_SECTORS * SECTOR:
         raise ApplianceError(f"{out}: descriptor too long ({len(descriptor)} bytes)")

@@ -219,7 +219,7 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     ):
         write_stream_optimized(tmp_path / "missing.raw", tmp_path / "x.vmdk")
     (tmp_path / "empty.raw").touch()
-    with pytest.raises(ApplianceError, match=r"the raw disk is empty$"):
+    with pytest.raises(ApplianceError, match=r"empty\.raw: the raw disk is empty$"):
         write_stream_optimized(tmp_path / "empty.raw", tmp_path / "x.vmdk")
     assert not (tmp_path / "x.vmdk").exists()
     assert not list(tmp_path.glob(".*.tmp"))
