@@ -224,9 +224,7 @@ def _bool(value: object, path: str) -> bool:
     raise _Invalid(path, f"expected true or false, got {_show(value)}")
 
 
-def _str(
-    pattern: str | None = None, what: str = "a string", max_len: int = 1024
-) -> Callable[[object, str], str]:
+def _str(pattern: str | None = None, what: str = "a string", max_len: int = 1024) -> StrParser:
     regex = re.compile(pattern) if pattern else None
 
     def parse(value: object, path: str) -> str:
