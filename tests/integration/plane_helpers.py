@@ -96,8 +96,8 @@ class Plane:
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
 
-    def stop(self) -> None:
-        """SIGTERM and wait; SIGKILL only if it hangs."""
+    def stop(self) -> int:
+        """SIGTERM and wait (SIGKILL only if it hangs); returns the exit status."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -108,6 +108,7 @@ class Plane:
         if self.proc.stdout:
             self.proc.stdout.close()
         self._log.close()
+        return self.proc.returncode
 
 
 @contextlib.contextmanager

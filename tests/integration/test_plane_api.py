@@ -140,6 +140,13 @@ async def test_client_cert_from_another_ca_refused_in_tls(plane: Plane, tmp_path
     assert await _health_with(plane, _ctx(plane, tmp_path / "good")) == 200
     with pytest.raises(aiohttp.ClientError):
         await _health_with(plane, _ctx(plane, tmp_path / "foreign"))
+    # The plane's own server certificate is signed by the right CA but lacks clientAuth.
+    server_as_client = _ctx(plane)
+    server_as_client.load_cert_chain(
+        str(plane.state_dir / "server.pem"), str(plane.state_dir / "server-key.pem")
+    )
+    with pytest.raises(aiohttp.ClientError):
+        await _health_with(plane, server_as_client)
 
 
 async def test_tunnel_needs_a_client_cert(plane: Plane) -> None:

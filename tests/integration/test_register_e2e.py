@@ -137,6 +137,8 @@ def test_restart_keeps_ca_tokens_and_gateways(tmp_path: Path) -> None:
         assert register(used, tmp_path / "gw1").returncode == 0
         ca_before = (state / "ca.pem").read_bytes()
         admin = first.admin_token()
+        assert first.stop() == 0  # SIGTERM is a clean shutdown
+        assert "shutting down" in first.log_path.read_text()
     with running_plane(state, listen=listen) as second:
         assert (state / "ca.pem").read_bytes() == ca_before
         assert second.admin_token() == admin
