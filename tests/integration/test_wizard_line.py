@@ -90,15 +90,13 @@ def test_line_mode_rolls_back_unconfirmed_network(tmp_path: Path) -> None:
     root = make_root(tmp_path / "root")
     child = spawn("--root", str(root), "wizard", "--dry-run", "--line", "--revert-after", "1")
     try:
-        for _ in range(4):  # DHCP and empty static fields
+        for prompt in ("Network mode", "DNS servers", "Host name", "NTP servers", "Outbound proxy"):
+            child.expect_exact(prompt)
             child.expect(r"\]: ")
             child.sendline("")
-        for _ in range(2):  # host name, NTP
-            child.expect(r"\]: ")
-            child.sendline("")
-        ask(child, "[]: ", "")  # proxy
-        ask(child, "[]: ", fake_token())
-        for _ in range(3):  # SSH key, passwords
+        ask(child, "Join token (GWJ1.... from the management plane) []: ", fake_token())
+        for prompt in ("Admin SSH key", "Console password", "Repeat password"):
+            child.expect_exact(prompt)
             child.expect(r"\]: ")
             child.sendline("")
         ask(child, "[r]estart: ", "y")
