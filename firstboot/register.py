@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import ssl
+import stat
 import sys
 import tempfile
 import time
@@ -345,6 +346,11 @@ def _prepare_state_dir(state_dir: Path) -> None:
         raise FirstbootError(f"{state_dir}: cannot create state dir: {exc.strerror}") from exc
     if not os.access(state_dir, os.W_OK):
         raise FirstbootError(f"{state_dir}: not writable")
+    mode = stat.S_IMODE(state_dir.stat().st_mode)
+    if mode & 0o077:
+        # The identity dir is private (spec: 0700); tighten a pre-existing looser one.
+        log.info("%s: mode %o tightened to 0700", state_dir, mode)
+        state_dir.chmod(0o700)
 
 
 def _check_response(

@@ -77,7 +77,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(state_dir: Path, listen: str, advertise_url: str | None) -> None:
+async def serve(state_dir: Path, listen: str, advertise_url: str | None, sans: Sequence[str] = ()) -> None:
     """Run the plane until SIGTERM or SIGINT."""
     host, port = parse_listen(listen)
     advertise = _check_advertise_url(advertise_url) if advertise_url else None
@@ -88,6 +88,7 @@ async def serve(state_dir: Path, listen: str, advertise_url: str | None) -> None
     hosts = [_advertise_host(host), urlsplit(advertise).hostname or ""]
     if host in _WILDCARDS:
         hosts.append(socket.gethostname())
+    hosts.extend(sans)
     config = PlaneConfig(state_dir=state_dir, server_hosts=tuple(h for h in hosts if h))
     app = create_app(config)
     ssl_ctx = server_ssl_context(config)
@@ -123,7 +124,7 @@ def _plane_url(state_dir: Path, url: str | None) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """`mgmtplane serve`."""
-    asyncio.run(serve(Path(args.state_dir), args.listen, args.advertise_url))
+    asyncio.run(serve(Path(args.state_dir), args.listen, args.advertise_url, args.san))
     return 0
 
 
@@ -177,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_state_dir(sub.add_parser("serve", help="run the plane (creates its CA on first start)"))
     p.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT to listen on (%(default)s)")
     p.add_argument("--advertise-url", help="URL gateways use (default https://LISTEN_HOST:PORT)")
+    p.add_argument(
+        "--san", action="append", default=[], metavar="NAME", help="extra DNS name or IP for the server cert"
+    )
     p.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="join tokens").add_subparsers(dest="token_command", required=True)

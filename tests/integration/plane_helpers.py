@@ -11,8 +11,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(r"mgmtplane: listening on (https://\S+)")
@@ -51,7 +52,11 @@ class Plane:
     """A running `mgmtplane serve` subprocess."""
 
     def __init__(
-        self, state_dir: Path, listen: str = "127.0.0.1:0", advertise_url: str | None = None
+        self,
+        state_dir: Path,
+        listen: str = "127.0.0.1:0",
+        advertise_url: str | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         self.state_dir = state_dir
         state_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +64,7 @@ class Plane:
         cmd = [sys.executable, "-m", "mgmtplane", "serve", "--listen", listen, "--state-dir", str(state_dir)]
         if advertise_url:
             cmd += ["--advertise-url", advertise_url]
+        cmd += list(extra)
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=self._log, text=True)
         self.url = self._wait_ready(timeout=30)
@@ -112,7 +118,7 @@ class Plane:
 
 
 @contextlib.contextmanager
-def running_plane(state_dir: Path, **kwargs: str) -> Iterator[Plane]:
+def running_plane(state_dir: Path, **kwargs: Any) -> Iterator[Plane]:
     """A plane for the duration of a with-block."""
     plane = Plane(state_dir, **kwargs)
     try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from firstboot.register import load_identity, parse_token
 from tests.integration.plane_helpers import free_port, register, run, running_plane
@@ -90,3 +92,11 @@ def test_ipv6_listen_and_register(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     identity = load_identity(tmp_path / "gw")
     assert identity is not None and identity.plane_url == plane.url
+
+
+def test_extra_sans(tmp_path: Path) -> None:
+    with running_plane(tmp_path / "plane", extra=["--san", "plane.test", "--san", "192.0.2.10"]):
+        cert = x509.load_pem_x509_certificate((tmp_path / "plane" / "server.pem").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "plane.test" in sans.get_values_for_type(x509.DNSName)
+    assert ipaddress.ip_address("192.0.2.10") in sans.get_values_for_type(x509.IPAddress)

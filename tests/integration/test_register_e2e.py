@@ -32,6 +32,7 @@ def _mode(path: Path) -> int:
 def test_register_end_to_end(plane: Plane, tmp_path: Path) -> None:
     token = plane.token()
     gw = tmp_path / "gw"
+    gw.mkdir(mode=0o755)  # e.g. made by a package: tightened to 0700
     result = register(token, gw, "--hostname", "gw-one")
     assert result.returncode == 0, result.stderr
     identity = json.loads((gw / "identity.json").read_text())
