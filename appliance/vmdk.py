@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import logging
 import os
 import struct
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from appliance.errors import ApplianceError
 
@@ -372,9 +373,50 @@ def _fail(path: Path, problem: str) -> ApplianceError:
     return ApplianceError(f"{path}: not a valid streamOptimized VMDK: {problem}")
 
 
-def walk_stream(path: Path) -> tuple[Header, str, list[Record]]:
-    """Walk the file front to back, as a streaming importer does: header, descriptor, records."""
-    with open(path, "rb") as fh:
+class _Window(io.RawIOBase):
+    """A read-only slice [offset, offset+size) of a file, e.g. a VMDK inside an OVA."""
+
+    def __init__(self, path: Path, offset: int, size: int | None) -> None:
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._base = offset
+        self._size = os.fstat(self._fh.fileno()).st_size - offset if size is None else size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = max(base + pos, 0)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        want = max(min(len(buffer), self._size - self._pos), 0)
+        data = os.pread(self._fh.fileno(), want, self._base + self._pos) if want else b""
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+def _open(path: Path, offset: int, size: int | None) -> BinaryIO:
+    if offset == 0 and size is None:
+        return open(path, "rb")
+    return io.BufferedReader(_Window(path, offset, size))
+
+
+def walk_stream(path: Path, *, offset: int = 0, size: int | None = None) -> tuple[Header, str, list[Record]]:
+    """Walk the file (or a slice) front to back as a streaming importer does: header, descriptor, records."""
+    with _open(path, offset, size) as fh:
         header = parse_header(fh.read(SECTOR))
         fh.seek(header.descriptor_offset * SECTOR)
         descriptor = fh.read(header.descriptor_size * SECTOR).rstrip(b"\0").decode()
@@ -386,10 +428,10 @@ def walk_stream(path: Path) -> tuple[Header, str, list[Record]]:
             raw = fh.read(SECTOR)
             if len(raw) < _MARKER.size:
                 raise _fail(path, f"stream ends at sector {sector} without an end-of-stream marker")
-            val, size, kind = _MARKER.unpack_from(raw)
-            if size:
-                records.append(Record("grain", sector, val, size))
-                sector += -(-(12 + size) // SECTOR)
+            val, packed_size, kind = _MARKER.unpack_from(raw)
+            if packed_size:
+                records.append(Record("grain", sector, val, packed_size))
+                sector += -(-(12 + packed_size) // SECTOR)
                 continue
             if kind not in kinds:
                 raise _fail(path, f"unknown marker type {kind} at sector {sector}")
@@ -399,29 +441,32 @@ def walk_stream(path: Path) -> tuple[Header, str, list[Record]]:
             sector += 1 + val
 
 
-def read_footer(path: Path) -> Header:
+def read_footer(path: Path, *, offset: int = 0, size: int | None = None) -> Header:
     """The footer header (the header copy just before the end-of-stream marker)."""
-    with open(path, "rb") as fh:
-        fh.seek(-3 * SECTOR, os.SEEK_END)
+    with _open(path, offset, size) as fh:
+        end = fh.seek(0, os.SEEK_END)
+        if end < 4 * SECTOR or end % SECTOR:
+            raise _fail(path, f"{end} bytes is not a whole number of sectors holding a header and footer")
+        fh.seek(end - 3 * SECTOR)
         tail = fh.read(3 * SECTOR)
-    val, size, kind = _MARKER.unpack_from(tail)
-    if size != 0 or kind != MARKER_FOOTER:
+    _val, marker_size, kind = _MARKER.unpack_from(tail)
+    if marker_size != 0 or kind != MARKER_FOOTER:
         raise _fail(path, "no footer marker before the end-of-stream marker")
     if _MARKER.unpack_from(tail, 2 * SECTOR) != (0, 0, MARKER_EOS):
         raise _fail(path, "no end-of-stream marker at the end")
     return parse_header(tail[SECTOR : 2 * SECTOR])
 
 
-def read_stream_optimized(path: Path) -> Iterator[bytes]:
+def read_stream_optimized(path: Path, *, offset: int = 0, size: int | None = None) -> Iterator[bytes]:
     """The disk's contents, grain by grain, found through the footer's GD and the GTs."""
-    footer = read_footer(path)
+    footer = read_footer(path, offset=offset, size=size)
     if footer.flags != FLAGS or footer.compress_algorithm != COMPRESS_DEFLATE:
         raise _fail(path, f"flags {footer.flags:#x}, compression {footer.compress_algorithm}")
     grain_bytes = footer.grain_size * SECTOR
     total = footer.capacity * SECTOR
     num_grains = -(-footer.capacity // footer.grain_size)
     num_gts = -(-num_grains // footer.gtes_per_gt)
-    with open(path, "rb") as fh:
+    with _open(path, offset, size) as fh:
         fh.seek(footer.gd_offset * SECTOR)
         gd = struct.unpack(f"<{num_gts}I", fh.read(num_gts * 4))
         done = 0
@@ -440,14 +485,14 @@ def read_stream_optimized(path: Path) -> Iterator[bytes]:
                     yield bytes(want)
                 else:
                     fh.seek(grain_sector * SECTOR)
-                    lba, size = struct.unpack("<QI", fh.read(12))
+                    lba, packed_size = struct.unpack("<QI", fh.read(12))
                     if lba != index * footer.grain_size:
                         raise _fail(
                             path,
                             f"grain at sector {grain_sector} has LBA {lba}, expected "
                             f"{index * footer.grain_size}",
                         )
-                    grain = zlib.decompress(fh.read(size))
+                    grain = zlib.decompress(fh.read(packed_size))
                     if len(grain) != grain_bytes:
                         raise _fail(path, f"grain {index} inflates to {len(grain)} bytes")
                     yield grain[:want]

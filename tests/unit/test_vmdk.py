@@ -225,6 +225,9 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
     with pytest.raises(ApplianceError, match=r"unknown disk controller 'nvme'"):
         adapter_type("nvme")
+    (tmp_path / "tiny.vmdk").write_bytes(b"KDMV")
+    with pytest.raises(ApplianceError, match=r"tiny\.vmdk: not a valid streamOptimized VMDK: 4 bytes is not"):
+        read_back(tmp_path / "tiny.vmdk")
     (tmp_path / "junk.vmdk").write_bytes(bytes(4096))
     with pytest.raises(
         ApplianceError, match=r"junk\.vmdk: not a valid streamOptimized VMDK: no footer marker"
@@ -273,3 +276,15 @@ def test_compare_with_raw(sample: tuple[Path, bytes, Path, VmdkInfo], tmp_path: 
     longer.write_bytes(content + bytes(info.capacity - len(content)) + b"tail")
     with pytest.raises(ApplianceError, match="shorter than"):
         compare_with_raw(vmdk, longer)
+
+
+def test_reads_a_slice_of_a_larger_file(sample: tuple[Path, bytes, Path, VmdkInfo], tmp_path: Path) -> None:
+    # As inside an OVA: the VMDK sits between other bytes.
+    _raw, content, vmdk, info = sample
+    wrapped = tmp_path / "wrapped.bin"
+    wrapped.write_bytes(os.urandom(1536) + vmdk.read_bytes() + os.urandom(1000))
+    window = {"offset": 1536, "size": info.file_size}
+    assert walk_stream(wrapped, **window) == walk_stream(vmdk)
+    assert read_footer(wrapped, **window) == read_footer(vmdk)
+    back = b"".join(read_stream_optimized(wrapped, **window))
+    assert back[: len(content)] == content
