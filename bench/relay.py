@@ -1,0 +1,359 @@
+"""Relay benchmark: direct vs our tunnel vs `ssh -R`, interleaved, against nginx on loopback.
+
+Prints req/s for a 1 KiB JSON at c=1/16/64, p50/p99 at c=1, MB/s for a 64 MiB body, peak RSS of
+gateway + plane, and ratios against `ssh -R`. Bounded: fixed rounds and durations (< 5 minutes).
+
+    .venv/bin/python bench/relay.py [--rounds 3] [--seconds 2]
+
+Everything runs on 127.0.0.1; every process is started and stopped by this script. The plane
+runs in its own process (`bench/relay.py --role plane`), with the hub's relay route also on a
+plain-HTTP loopback port so the load client pays the same per-request cost on every path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+NGINX = "/usr/sbin/nginx"
+SSHD = "/usr/sbin/sshd"
+SMALL = b'{"items": [' + b",".join(b'{"id": %d, "name": "vm-%04d"}' % (i, i) for i in range(34)) + b"]}"
+BIG_SIZE = 64 * 1024 * 1024
+CONCURRENCY = (1, 16, 64)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Procs:
+    items: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, args: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+        self.items.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.items):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.items):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# --- the three paths -----------------------------------------------------------------------------
+
+
+def start_nginx(work: Path, procs: Procs) -> int:
+    root = work / "www"
+    root.mkdir()
+    (root / "small.json").write_bytes(SMALL + b" " * (1024 - len(SMALL)))
+    with (root / "big.bin").open("wb") as f:
+        f.truncate(BIG_SIZE)
+    for path in (work, root, root / "small.json", root / "big.bin"):
+        path.chmod(0o755)
+    port = free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(
+        f"""daemon off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    keepalive_requests 1000000;
+    types {{ application/json json; application/octet-stream bin; }}
+    client_body_temp_path {work}/nginx-body;
+    proxy_temp_path {work}/nginx-proxy;
+    fastcgi_temp_path {work}/nginx-fcgi;
+    uwsgi_temp_path {work}/nginx-uwsgi;
+    scgi_temp_path {work}/nginx-scgi;
+    server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+"""
+    )
+    proc = procs.start([NGINX, "-c", str(conf), "-p", str(work)])
+    wait_port(port, proc)
+    return port
+
+
+def start_ssh_tunnel(work: Path, procs: Procs, nginx_port: int) -> int:
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / name)], check=True)
+    shutil.copy(work / "user_key.pub", work / "authorized_keys")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+    sshd_port, fwd_port = free_port(), free_port()
+    conf = work / "sshd_config"
+    conf.write_text(
+        f"Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {work}/host_key\nPidFile {work}/sshd.pid\n"
+        f"AuthorizedKeysFile {work}/authorized_keys\nStrictModes no\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n"
+        "AllowTcpForwarding yes\nGatewayPorts no\n"
+    )
+    sshd = procs.start([SSHD, "-D", "-e", "-f", str(conf)], stderr=subprocess.DEVNULL)
+    wait_port(sshd_port, sshd)
+    user = os.environ.get("USER") or "root"
+    ssh = procs.start(
+        [
+            "ssh", "-N", "-T", "-p", str(sshd_port), "-i", str(work / "user_key"),
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+            "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR",
+            "-R", f"127.0.0.1:{fwd_port}:127.0.0.1:{nginx_port}", f"{user}@127.0.0.1",
+        ]
+    )  # fmt: skip
+    wait_port(fwd_port, ssh)
+    return fwd_port
+
+
+@dataclass
+class Tunnel:
+    http_port: int
+    gateway_id: str
+    plane: subprocess.Popen[bytes]
+    gateway: subprocess.Popen[bytes]
+
+
+def start_our_tunnel(work: Path, procs: Procs, nginx_port: int) -> Tunnel:
+    from tests.integration.tunnel_support import make_pki, write_policies
+
+    pki = make_pki(work / "pki")
+    tls_port, http_port = free_port(), free_port()
+    plane = procs.start(
+        [
+            sys.executable, str(Path(__file__).resolve()), "--role", "plane", "--dir", str(pki.plane_dir),
+            "--tls-port", str(tls_port), "--http-port", str(http_port),
+        ],
+        cwd=REPO,
+    )  # fmt: skip
+    wait_port(http_port, plane)
+    targets = work / "targets.yaml"
+    targets.write_text(
+        f"targets:\n  - name: nginx\n    url: http://127.0.0.1:{nginx_port}\n    kind: http\n"
+        "    allow_private: [127.0.0.1]\n"
+    )
+    config = work / "gateway.yaml"
+    config.write_text(
+        f"plane_url: https://127.0.0.1:{tls_port}\nstate_dir: {pki.state_dir}\ntargets: {targets}\n"
+        f"policy_dirs: [{write_policies(work)}]\n"
+    )
+    gateway = procs.start([sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=REPO)
+    tunnel = Tunnel(http_port, pki.gateway_id, plane, gateway)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # wait for the tunnel: the relay answers 503 until then
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", http_port)) as s:
+            s.sendall(f"GET /v1/gateways/{pki.gateway_id}/targets/nginx/small.json HTTP/1.0\r\n\r\n".encode())
+            if s.recv(12).endswith(b"200"):
+                return tunnel
+        time.sleep(0.1)
+    raise RuntimeError("the tunnel did not come up")
+
+
+def run_plane(plane_dir: Path, tls_port: int, http_port: int) -> None:
+    """--role plane: the hub on TLS (for the gateway) and plain HTTP on loopback (for the load client)."""
+    from aiohttp import web
+
+    from tests.integration.tunnel_support import plane_app, plane_ssl_context
+
+    async def main() -> None:
+        app, _hub = plane_app()
+        runner = web.AppRunner(app, shutdown_timeout=1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", tls_port, ssl_context=plane_ssl_context(plane_dir)).start()
+        await web.TCPSite(runner, "127.0.0.1", http_port).start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+# --- load client ---------------------------------------------------------------------------------
+
+
+async def run_small(url: str, concurrency: int, seconds: float) -> tuple[float, list[float]]:
+    """Requests/s and per-request latencies (s) for GETs of `url` at `concurrency` for `seconds`."""
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async with http.get(url) as r:  # warm the pool and the path
+            assert r.status == 200, (url, r.status)
+            await r.read()
+        deadline = time.perf_counter() + seconds
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                async with http.get(url) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{url}: HTTP {r.status}")
+                latencies.append(time.perf_counter() - t0)
+                done += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.perf_counter() - start), latencies
+
+
+async def run_big(url: str) -> float:
+    """MB/s for one download of the 64 MiB file."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+        t0 = time.perf_counter()
+        got = 0
+        async with http.get(url) as r:
+            async for chunk in r.content.iter_chunked(1 << 20):
+                got += len(chunk)
+        assert got == BIG_SIZE, got
+        return got / (time.perf_counter() - t0) / 1e6
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def bench(rounds: int, seconds: float, big_reps: int) -> None:
+    with workdir() as work:
+        procs = Procs()
+        try:
+            nginx = start_nginx(work, procs)
+            ssh_port = start_ssh_tunnel(work, procs, nginx)
+            tunnel = start_our_tunnel(work, procs, nginx)
+            base = {
+                "direct": f"http://127.0.0.1:{nginx}",
+                "tunnel": f"http://127.0.0.1:{tunnel.http_port}/v1/gateways/{tunnel.gateway_id}/targets/nginx",
+                "ssh -R": f"http://127.0.0.1:{ssh_port}",
+            }
+            rps: dict[tuple[str, int], list[float]] = {}
+            lat: dict[str, list[float]] = {m: [] for m in base}
+            mbs: dict[str, list[float]] = {m: [] for m in base}
+            t_start = time.monotonic()
+            for rnd in range(rounds):
+                for c in CONCURRENCY:
+                    for mode, url in base.items():  # interleaved: drift hits every path alike
+                        value, latencies = await run_small(f"{url}/small.json", c, seconds)
+                        rps.setdefault((mode, c), []).append(value)
+                        if c == 1:
+                            lat[mode] += latencies
+                print(f"round {rnd + 1}/{rounds} done ({time.monotonic() - t_start:.0f}s)", flush=True)
+            for _ in range(big_reps):
+                for mode, url in base.items():
+                    mbs[mode].append(await run_big(f"{url}/big.bin"))
+            rss = peak_rss_mib(tunnel.gateway.pid) + peak_rss_mib(tunnel.plane.pid)
+        finally:
+            procs.stop_all()
+    report(rps, lat, mbs, rss)
+
+
+def report(
+    rps: dict[tuple[str, int], list[float]],
+    lat: dict[str, list[float]],
+    mbs: dict[str, list[float]],
+    rss: float,
+) -> None:
+    med = {k: statistics.median(v) for k, v in rps.items()}
+    big = {k: statistics.median(v) for k, v in mbs.items()}
+    print()
+    print(f"{'figure':<22}{'direct':>12}{'tunnel':>12}{'ssh -R':>12}{'tunnel/ssh':>12}")
+    for c in CONCURRENCY:
+        row = [med[(m, c)] for m in ("direct", "tunnel", "ssh -R")]
+        print(f"{f'c={c} req/s':<22}{row[0]:>12.0f}{row[1]:>12.0f}{row[2]:>12.0f}{row[1] / row[2]:>11.2f}x")
+    for q in (0.5, 0.99):
+        row = [pct(lat[m], q) * 1000 for m in ("direct", "tunnel", "ssh -R")]
+        label = f"c=1 p{int(q * 100)} ms"
+        print(f"{label:<22}{row[0]:>12.3f}{row[1]:>12.3f}{row[2]:>12.3f}{row[1] / row[2]:>11.2f}x")
+    row = [big[m] for m in ("direct", "tunnel", "ssh -R")]
+    print(f"{'64 MiB MB/s':<22}{row[0]:>12.1f}{row[1]:>12.1f}{row[2]:>12.1f}{row[1] / row[2]:>11.2f}x")
+    print(f"{'peak RSS gw+plane':<22}{rss:>36.1f} MiB")
+    print()
+    for c in CONCURRENCY:
+        print(f"c={c} req/s: {med[('tunnel', c)] / med[('ssh -R', c)]:.2f}x ssh -R")
+    print(
+        f"c=1 p50: {pct(lat['tunnel'], 0.5) * 1000:.2f} ms (ssh -R {pct(lat['ssh -R'], 0.5) * 1000:.2f} ms)"
+    )
+    print(
+        f"c=1 p99: {pct(lat['tunnel'], 0.99) * 1000:.2f} ms (ssh -R {pct(lat['ssh -R'], 0.99) * 1000:.2f} ms)"
+    )
+    print(f"large MB/s: {big['tunnel'] / big['ssh -R']:.2f}x ssh -R")
+    print(f"peak RSS gateway+plane: {rss:.1f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--big-reps", type=int, default=3)
+    parser.add_argument("--role", choices=["bench", "plane"], default="bench")
+    parser.add_argument("--dir", type=Path)
+    parser.add_argument("--tls-port", type=int)
+    parser.add_argument("--http-port", type=int)
+    args = parser.parse_args()
+    if args.role == "plane":
+        run_plane(args.dir, args.tls_port, args.http_port)
+        return
+    for tool in (NGINX, SSHD, "ssh", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            sys.exit(f"error: {tool} not found (needed for the relay benchmark)")
+    asyncio.run(bench(args.rounds, args.seconds, args.big_reps))
+
+
+if __name__ == "__main__":
+    main()
