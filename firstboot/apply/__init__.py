@@ -152,3 +152,8 @@ def forget(system: System, step_name: str) -> None:
     if isinstance(completed, list) and step_name in completed:
         state["completed"] = [s for s in completed if s != step_name]
         atomic_write(system.path(STATE_FILE), json.dumps(state, indent=2) + "\n", mode=0o600)
+
+
+def remember(system: System, settings: Settings) -> None:
+    """Record changed settings after first boot (e.g. a network reconfiguration) as fully applied."""
+    _save(system, settings, [step.name for step in steps()])
