@@ -165,10 +165,9 @@ class Hub:
         """ANY /v1/gateways/{id}/targets/{target}/{path}: stream a request through the gateway's tunnel."""
         gateway_id = request.match_info["gateway_id"]
         session = self._sessions.get(gateway_id)
-        if session is None:
-            return _json_error(404, "gateway-unknown", f"no gateway {gateway_id!r} has connected")
-        mux = session.mux
-        if mux is None or mux.closed or not session.connected:
+        # The hub cannot tell "never registered" from "registered, not connected yet": both are 503.
+        mux = session.mux if session is not None else None
+        if session is None or mux is None or mux.closed or not session.connected:
             return _json_error(503, "gateway-offline", f"gateway {gateway_id} is not connected")
         if not mux.ready.is_set():
             with contextlib.suppress(TimeoutError):
