@@ -14,12 +14,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+from xml.etree import ElementTree as ET
+
+import defusedxml.ElementTree as DET
+from defusedxml import DefusedXmlException
 
 from appliance.errors import ApplianceError
-from appliance.ovf import DiskInfo, render_ovf
+from appliance.ovf import DiskInfo, render_ovf, validate_ovf
 from appliance.progress import PhaseProgress
 from appliance.spec import Spec
-from appliance.vmdk import DEFAULT_LEVEL, write_stream_optimized
+from appliance.vmdk import DEFAULT_LEVEL, read_footer, walk_stream, write_stream_optimized
 
 log = logging.getLogger(__name__)
 
@@ -226,3 +230,88 @@ def write_sha256sums(
         os.fsync(fh.fileno())
     os.replace(tmp, out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking a finished OVA: what importers check, plus the VMDK layout, without unpacking it.
+
+
+@dataclass(frozen=True)
+class OvaCheck:
+    """What check_ova() found in a valid OVA."""
+
+    members: tuple[str, ...]
+    disk_capacity: int
+    disk_records: int  # markers walked in the VMDK stream
+
+
+def _fail(path: Path, problem: str) -> ApplianceError:
+    return ApplianceError(f"{path}: not a valid OVA: {problem}")
+
+
+def check_ova(path: Path, *, schema_dir: Path | None = None) -> OvaCheck:
+    """Check member order and format, manifest hashes, OVF references and the VMDK stream layout."""
+    try:
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+            members = tar.getmembers()
+            for m in members:
+                raw.seek(m.offset)
+                if raw.read(BLOCK)[257:265] != b"ustar\x0000":
+                    raise _fail(path, f"{m.name} is not in POSIX ustar format")
+                if not m.isreg():
+                    raise _fail(path, f"{m.name} is not a regular file")
+            names = [m.name for m in members]
+            if len(names) < 3 or not names[0].endswith(".ovf") or not names[1].endswith(".mf"):
+                raise _fail(path, f"members are {names}, expected the .ovf, then the .mf, then the disks")
+            hashes = {}
+            for m in members:
+                sha = hashlib.sha256()
+                fh = tar.extractfile(m)
+                assert fh is not None
+                while chunk := fh.read(COPY_CHUNK):
+                    sha.update(chunk)
+                hashes[m.name] = sha.hexdigest()
+            ovf_file, mf_file = tar.extractfile(members[0]), tar.extractfile(members[1])
+            assert ovf_file is not None and mf_file is not None
+            ovf, manifest = ovf_file.read().decode(), mf_file.read().decode()
+    except (OSError, tarfile.TarError, UnicodeDecodeError) as exc:
+        raise _fail(path, str(exc)) from None
+
+    listed: dict[str, str] = {}
+    for number, line in enumerate(manifest.splitlines(), 1):
+        name, sep, digest = line.partition(")= ")
+        if not (name.startswith("SHA256(") and sep and len(digest) == 64):
+            raise _fail(path, f"{names[1]} line {number}: expected 'SHA256(file)= hex', got {line!r}")
+        listed[name[len("SHA256(") :]] = digest
+    if set(listed) != set(names) - {names[1]}:
+        raise _fail(
+            path, f"{names[1]} lists {sorted(listed)}, the archive holds {sorted(set(names) - {names[1]})}"
+        )
+    for name, digest in listed.items():
+        if hashes[name] != digest:
+            raise _fail(path, f"{name}: SHA-256 {hashes[name]} does not match the manifest's {digest}")
+
+    if schema_dir is not None:
+        validate_ovf(ovf, schema_dir)
+    ns = {"ovf": "http://schemas.dmtf.org/ovf/envelope/1"}
+    try:
+        root = DET.fromstring(ovf)
+    except (ET.ParseError, DefusedXmlException) as exc:
+        raise _fail(path, f"{names[0]}: {exc}") from None
+    sizes = {m.name: m.size for m in members}
+    capacity = 0
+    records = 0
+    for ref in root.iterfind("ovf:References/ovf:File", ns):
+        href, size = ref.get(f"{{{ns['ovf']}}}href", ""), ref.get(f"{{{ns['ovf']}}}size")
+        if href not in sizes:
+            raise _fail(path, f"the OVF references {href!r}, which is not in the archive")
+        if size is not None and int(size) != sizes[href]:
+            raise _fail(path, f"the OVF gives {href} ovf:size={size}, the file has {sizes[href]} bytes")
+        member = next(m for m in members if m.name == href)
+        window = {"offset": member.offset_data, "size": member.size}
+        _header, _descriptor, walked = walk_stream(path, **window)
+        if [r.kind for r in walked[-3:]] != ["gd", "footer", "eos"]:
+            raise _fail(path, f"{href}: the stream does not end with GD, footer and end-of-stream markers")
+        capacity += read_footer(path, **window).capacity * 512
+        records += len(walked)
+    return OvaCheck(tuple(names), capacity, records)

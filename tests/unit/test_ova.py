@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import ApplianceError
-from appliance.ova import build_ova, manifest_text, pack_ova, write_sha256sums, write_ustar
+from appliance.ova import build_ova, check_ova, manifest_text, pack_ova, write_sha256sums, write_ustar
 from appliance.ovf import validate_ovf
 from appliance.spec import Spec, load_spec
 from appliance.vmdk import GRAIN, read_stream_optimized
@@ -191,3 +191,61 @@ def test_tar_readable_as_stream(spec: Spec, raw: tuple[Path, bytes], tmp_path: P
     with tarfile.open(fileobj=io.BytesIO(ova.read_bytes()), mode="r|") as tar:
         names = [m.name for m in tar]
     assert names[0].endswith(".ovf") and names[1].endswith(".mf")
+
+
+def test_check_ova_accepts_ours(spec: Spec, raw: tuple[Path, bytes], tmp_path: Path) -> None:
+    result = pack_ova(spec, raw[0], tmp_path)
+    check = check_ova(result.path, schema_dir=SCHEMAS)
+    assert check.members == result.members
+    assert check.disk_capacity == -(-len(raw[1]) // 512) * 512
+    assert check.disk_records == 4 + 1 + 3  # 4 grains, one GT, then GD, footer, EOS
+
+
+def _repack(tmp_path: Path, good: Path, edit: object) -> Path:
+    files = list(members_of(good).items())
+    assert callable(edit)
+    out = tmp_path / "bad.ova"
+    write_ustar(out, edit(files))
+    return out
+
+
+def _flip_disk_byte(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    name, data = files[2]
+    return [*files[:2], (name, data[:-2000] + bytes([data[-2000] ^ 1]) + data[-1999:])]
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (
+            lambda f: [f[1], f[0], f[2]],
+            r"members are \[.*\], expected the .ovf, then the .mf, then the disks$",
+        ),
+        (_flip_disk_byte, r"gateway-0.1.0-disk1.vmdk: SHA-256 [0-9a-f]{64} does not match the manifest's"),
+        (
+            lambda f: [f[0], (f[1][0], b"MD5(x)= 00\n"), f[2]],
+            r"gateway-0.1.0.mf line 1: expected 'SHA256\(file\)= hex'",
+        ),
+        (lambda f: [f[0], f[1], ("other.vmdk", f[2][1])], r"gateway-0.1.0.mf lists .* the archive holds"),
+    ],
+    ids=["order", "tampered-disk", "manifest-line", "renamed-disk"],
+)
+def test_check_ova_rejects(
+    spec: Spec, raw: tuple[Path, bytes], tmp_path: Path, edit: object, problem: str
+) -> None:
+    good = build_ova(spec, raw[0], tmp_path / "good")
+    bad = _repack(tmp_path, good, edit)
+    with pytest.raises(ApplianceError, match=r"bad\.ova: not a valid OVA: " + problem):
+        check_ova(bad)
+
+
+def test_check_ova_rejects_gnu_tar(spec: Spec, raw: tuple[Path, bytes], tmp_path: Path) -> None:
+    good = build_ova(spec, raw[0], tmp_path / "good")
+    gnu = tmp_path / "gnu.ova"
+    with tarfile.open(gnu, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members_of(good).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ApplianceError, match=r"gateway-0.1.0.ovf is not in POSIX ustar format$"):
+        check_ova(gnu)
