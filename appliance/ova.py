@@ -63,7 +63,10 @@ def _tar_header(name: str, size: int, mtime: int) -> bytes:
     info.uid = info.gid = 0
     info.uname = info.gname = "root"
     info.type = tarfile.REGTYPE
-    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+    try:
+        return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+    except ValueError as exc:  # ustar: names <= 100 bytes, sizes < 8 GiB
+        raise ApplianceError(f"{name}: cannot be stored in a POSIX ustar archive: {exc}") from None
 
 
 class _HashingFile:

@@ -249,3 +249,9 @@ def test_check_ova_rejects_gnu_tar(spec: Spec, raw: tuple[Path, bytes], tmp_path
             tar.addfile(info, io.BytesIO(data))
     with pytest.raises(ApplianceError, match=r"gateway-0.1.0.ovf is not in POSIX ustar format$"):
         check_ova(gnu)
+
+
+def test_ustar_limits_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(ApplianceError, match=r"^x{120}\.ovf: cannot be stored in a POSIX ustar archive: "):
+        write_ustar(tmp_path / "x.ova", [("x" * 120 + ".ovf", b"")])
+    assert not list(tmp_path.iterdir())
