@@ -1,0 +1,188 @@
+"""Status gathering and rendering, the support bundle's redaction, and the wizard's pure pieces."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from firstboot import apply as applier
+from firstboot.errors import FirstbootError
+from firstboot.settings import build
+from firstboot.status import gather, render
+from firstboot.support import create_bundle, redact, redact_text
+from firstboot.system import System
+from firstboot.wizard.cli import want_line_mode
+from firstboot.wizard.flow import explain
+from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, WizardModel, load_answers
+from tests.unit.test_firstboot_apply import make_root
+from tests.unit.test_firstboot_settings import SHA512, make_token
+
+
+def configured(tmp_path: Path) -> System:
+    system = make_root(tmp_path)
+    (system.root / "etc/os-release").write_text('PRETTY_NAME="Debian"\nIMAGE_VERSION=1.4.2\n')
+    settings = build(
+        {
+            "gateway.join_token": make_token("https://plane.example.com:8443"),
+            "network.hostname": "gw-st",
+            "proxy.url": "http://bob:hunter2@proxy.example.com:3128",
+            "admin.password_hash": SHA512,
+        }
+    )
+    applier.apply(system, settings, plan=applier.steps(simulate_register=True))
+    return system
+
+
+def test_status_without_gateway_report(tmp_path: Path) -> None:
+    system = configured(tmp_path)
+    info = gather(system)
+    assert render(info) == [
+        "Gateway appliance 1.4.2",
+        "",
+        "Host name:    gw-st",
+        "Address:      (none)",
+        "Plane:        https://plane.example.com:8443",
+        "Gateway id:   (none)",
+        "Service:      unknown",
+        "Tunnel:       unknown (the gateway has not reported)",
+        "Targets:      ?",
+        "Last error:   none",
+    ]
+    assert info.configured
+
+
+def test_status_with_gateway_report_and_torn_file(tmp_path: Path) -> None:
+    system = configured(tmp_path)
+    status = system.root / "run/gateway/status.json"
+    status.parent.mkdir(parents=True)
+    status.write_text(json.dumps({"state": "connected", "last_error": "proxy said 502", "targets": 4}))
+    lines = render(gather(system))
+    assert "Tunnel:       connected" in lines and "Targets:      4" in lines
+    assert "Last error:   proxy said 502" in lines
+    status.write_text('{"state": "conn')
+    assert "Tunnel:       unknown (the gateway has not reported)" in render(gather(system))
+
+
+def test_status_before_first_boot_finished_shows_its_error(tmp_path: Path) -> None:
+    system = make_root(tmp_path)
+    (system.root / "var/lib/firstboot").mkdir(parents=True)
+    (system.root / "var/lib/firstboot/last-error").write_text("Registration: plane unreachable\n")
+    lines = render(gather(system))
+    assert "Last error:   Registration: plane unreachable" in lines
+    assert lines[-1] == "First boot has not completed: use the wizard or re-register."
+
+
+def test_support_bundle_is_private_and_redacted(tmp_path: Path) -> None:
+    system = configured(tmp_path)
+    (system.root / "var/lib/gateway").mkdir(parents=True)
+    (system.root / "var/lib/gateway/key.pem").write_text("-----BEGIN PRIVATE KEY-----\nsecret\n")
+    (system.root / "var/lib/gateway/identity.json").write_text(
+        '{"gateway_id": "g-1", "plane_url": "https://p"}'
+    )
+    path = create_bundle(system)
+    assert path.parent == system.root / "var/lib/gateway-support"
+    assert path.stat().st_mode & 0o777 == 0o600
+    with tarfile.open(path) as tar:
+        names = tar.getnames()
+        blobs = {n: tar.extractfile(n).read().decode() for n in names}  # type: ignore[union-attr]
+    assert "bundle/etc/gateway/gateway.yaml" in names and "bundle/journal.txt" in names
+    assert not any("key.pem" in n for n in names)
+    everything = "\n".join(blobs.values())
+    for secret in ("hunter2", SHA512, make_token("https://plane.example.com:8443")[5:40]):
+        assert secret not in everything
+    conf = yaml.safe_load(blobs["bundle/etc/gateway/gateway.yaml"])
+    assert conf["proxy_url"] == "http://bob:<redacted>@proxy.example.com:3128"
+    state = json.loads(blobs["bundle/var/lib/firstboot/state.json"])
+    assert state["settings"]["gateway.join_token"] == "<redacted>"
+    assert state["settings"]["admin.password_hash"] == "<redacted>"
+    assert json.loads(blobs["bundle/var/lib/gateway/identity.json"])["gateway_id"] == "g-1"
+    assert ["journalctl", "-b", "--no-pager", "-o", "short-iso", "-n", "20000"] in system.recorded
+
+
+def test_redaction_is_pure_and_recursive() -> None:
+    data = {"a": [{"password": "x", "url": "https://u:p@h/"}], "token": "", "keep": 3}
+    assert redact(data) == {
+        "a": [{"password": "<redacted>", "url": "https://u:<redacted>@h/"}],
+        "token": "",
+        "keep": 3,
+    }
+    assert data["a"][0]["password"] == "x"
+    assert redact_text("join GWJ1.abc-_9 now") == "join GWJ1.<redacted> now"
+
+
+@pytest.mark.parametrize(
+    ("message", "screen", "refuse"),
+    [
+        ("plane CA hash mismatch at https://p: possible interception, refusing to register", "plane", True),
+        ("join token has expired; create a new one", "plane", False),
+        ("join token was already used; create a new one", "plane", False),
+        ("proxy http://p:3128 requires authentication (HTTP 407)", "proxy", False),
+        ("cannot reach proxy http://p:3128: Connection refused", "proxy", False),
+        ("cannot resolve the plane host in https://p/v1/ca (DNS failure)", "network", False),
+        ("plane unreachable at https://p/v1/ca: Connection refused", "network", False),
+        ("Console password: /etc/shadow: no entry for user 'admin'", "review", False),
+    ],
+)
+def test_failures_in_words(message: str, screen: str, refuse: bool) -> None:
+    why = explain(message)
+    assert (why.screen, why.refuse) == (screen, refuse)
+    assert why.what_next
+
+
+@pytest.mark.parametrize(
+    ("term", "console", "tty", "line"),
+    [
+        ("xterm-256color", "tty1", True, False),
+        ("linux", "tty1", True, False),
+        ("vt220", "ttyS0", True, True),
+        ("xterm-256color", "ttyS0", True, False),
+        ("dumb", None, True, True),
+        ("", None, True, True),
+        ("xterm", None, False, True),
+    ],
+)
+def test_line_mode_selection(term: str, console: str | None, tty: bool, line: bool) -> None:
+    assert want_line_mode(term, console, tty) is line
+
+
+def test_wizard_model_validates_screens() -> None:
+    model = WizardModel()
+    network = BY_NAME["network"]
+    # DHCP ignores leftover static fields instead of failing on them.
+    assert model.validate(network, {"network.mode": "dhcp", "network.address": "junk"}) == {
+        "network.address": "network.address: expected an IPv4/IPv6 address with prefix like 192.0.2.10/24, "
+        "got 'junk'"
+    }
+    model.store(network, {"network.mode": "dhcp", "network.address": "192.0.2.10/24"})
+    assert model.values == {"network.mode": "dhcp"} and model.sources == {"network.mode": "wizard"}
+    admin = BY_NAME["admin"]
+    assert model.validate(admin, {PASSWORD: "longenough", PASSWORD2: "different"}) == {
+        PASSWORD2: "admin.password: the two passwords differ"
+    }
+    plane = BY_NAME["plane"]
+    model.values["gateway.plane_url"] = "https://elsewhere.example.com"
+    errors = model.validate(plane, {"gateway.join_token": make_token()})
+    assert errors["gateway.join_token"].startswith(
+        "gateway.plane_url: https://elsewhere.example.com does not match"
+    )
+
+
+def test_answers_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text("network.mode: static\nconfirm_network: false\nadmin.password: pw123456\n")
+    answers = load_answers(path)
+    assert dict(answers.values) == {"network.mode": "static", "admin.password": "pw123456"}
+    assert answers.confirm_network is False
+    path.write_text("network.bogus: 1\n")
+    with pytest.raises(FirstbootError, match=r"a.yaml: network.bogus: unknown key \(known: network.mode, "):
+        load_answers(path)
+    path.write_text("confirm_network: maybe\n")
+    with pytest.raises(FirstbootError, match=r"confirm_network: expected true or false, got 'maybe'$"):
+        load_answers(path)
+    path.write_text("- a\n")
+    with pytest.raises(FirstbootError, match=r"expected a mapping of setting keys to values$"):
+        load_answers(path)
