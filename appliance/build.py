@@ -1,0 +1,141 @@
+"""The build: spec -> wheel -> mkosi image -> bootable raw disk -> qcow2 and OVA -> SHA256SUMS."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.errors import ApplianceError
+from appliance.log import complete_step
+from appliance.ova import build_ova, write_sha256sums
+from appliance.progress import TerminalProgress
+from appliance.render import BuildPaths, render_mkosi
+from appliance.run import find_tool, run
+from appliance.spec import Spec
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGE_TREE = REPO / "image"
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+ESP_PARTITION = 2  # the order of image/mkosi.repart/
+MIN_MKOSI = 24
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """The files a build leaves in the output directory."""
+
+    raw: Path
+    qcow2: Path
+    ova: Path
+    kernel: Path
+    sums: Path
+
+
+def check_host() -> None:
+    """Fail early, in one line, when the build host lacks a tool or the right mkosi."""
+    for tool in ("mkosi", "qemu-img", "sfdisk", "grub-bios-setup"):
+        find_tool(tool)
+    version = run(["mkosi", "--version"], capture=True).stdout.strip()
+    match = re.search(r"mkosi (\d+)", version)
+    if not match or int(match.group(1)) < MIN_MKOSI:
+        raise ApplianceError(f"mkosi {MIN_MKOSI} or newer is required, found {version!r}",
+                             hint="install mkosi from bookworm-backports, or run 'make setup'")  # fmt: skip
+    if os.geteuid() != 0:
+        raise ApplianceError("the image build must run as root (mkosi, grub-bios-setup)", hint="use sudo")
+
+
+def build_wheel(paths: BuildPaths) -> Path:
+    """Build the project's wheel into the directory mkosi mounts for the image's post-install script."""
+    if paths.work.exists():
+        shutil.rmtree(paths.work)
+    paths.work.mkdir(parents=True)
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--wheel-dir", paths.work, REPO], capture=True)  # fmt: skip
+    wheels = list(paths.work.glob("*.whl"))
+    if len(wheels) != 1:
+        raise ApplianceError(f"{paths.work}: expected one wheel, found {len(wheels)}")
+    return wheels[0]
+
+
+def run_mkosi(spec: Spec, conf: Path, paths: BuildPaths) -> Path:
+    """Run mkosi over image/ with the generated config; return the raw disk it wrote."""
+    paths.incremental_cache(spec).mkdir(parents=True, exist_ok=True)
+    paths.package_cache.mkdir(parents=True, exist_ok=True)
+    debug = ["--debug"] if log.isEnabledFor(logging.DEBUG) else []
+    run(["mkosi", *debug, "--directory", IMAGE_TREE, "--include", conf, "--force", "build"])
+    raw = paths.mkosi_output / f"{spec.artifact_stem}.raw"
+    if not raw.exists():
+        raise ApplianceError(f"mkosi finished but {raw} is missing")
+    return raw
+
+
+def install_bios_boot(raw: Path, boot_img: Path, core_img: Path) -> None:
+    """Write grub's boot.img to the MBR and core.img to the BIOS boot partition.
+
+    grub-bios-setup insists on finding the block device behind its --directory; like mkosi, we
+    show it a mountinfo in which the image file is that device, so no loop device is needed.
+    """
+    setup = find_tool("grub-bios-setup")
+    with tempfile.TemporaryDirectory(prefix="grub-") as tmp:
+        grub_dir = Path(tmp) / "i386-pc"
+        grub_dir.mkdir()
+        shutil.copy(boot_img, grub_dir / "boot.img")
+        shutil.copy(core_img, grub_dir / "core.img")
+        mountinfo = Path(tmp) / "mountinfo"
+        mountinfo.write_text(f"1 0 1:1 / / - fat {raw.resolve()}\n")
+        script = 'mount --bind "$1" /proc/$$/mountinfo && shift && exec "$@"'
+        run(["unshare", "--mount", "sh", "-c", script, "sh", mountinfo, setup,
+             f"--directory={grub_dir}", raw.resolve()], capture=True)  # fmt: skip
+
+
+def finish_disk(spec: Spec, built: Path, paths: BuildPaths) -> Path:
+    """Turn mkosi's raw output into the bootable disk artifact of the spec's size."""
+    raw = paths.output / f"{spec.artifact_stem}.raw"
+    os.replace(built, raw)
+    size = spec.hardware.disk_gib * 1024**3
+    if raw.stat().st_size > size:
+        raise ApplianceError(f"{spec.source}: hardware.disk_gib: the image needs {raw.stat().st_size} bytes, "
+                             f"more than {spec.hardware.disk_gib} GiB")  # fmt: skip
+    # A sparse file: the empty space costs nothing here or in the VMDK. First boot's
+    # systemd-repart fills it (root slot B, a larger /var).
+    os.truncate(raw, size)
+    run(["sfdisk", "--quiet", "--relocate", "gpt-bak-std", raw], capture=True)
+    run(["sfdisk", "--quiet", "--part-type", raw, str(ESP_PARTITION), ESP_TYPE], capture=True)
+    install_bios_boot(raw, paths.mkosi_output / "grub-boot.img", paths.mkosi_output / "grub-core.img")
+    return raw
+
+
+def build(spec: Spec, output: Path) -> Artifacts:
+    """Build every artifact of the spec into output."""
+    paths = BuildPaths(output.resolve())
+    paths.output.mkdir(parents=True, exist_ok=True)
+    with complete_step(f"Building {spec.artifact_stem} ({spec.debian_release})"):
+        check_host()
+        with complete_step("Building the project wheel"):
+            build_wheel(paths)
+        with complete_step("Rendering the mkosi configuration"):
+            conf = render_mkosi(spec, paths)
+        with complete_step("Building the image with mkosi"):
+            built = run_mkosi(spec, conf, paths)
+        with complete_step("Making the disk bootable (BIOS and UEFI)"):
+            raw = finish_disk(spec, built, paths)
+            kernel = paths.output / f"{spec.artifact_stem}.vmlinuz"
+            os.replace(paths.mkosi_output / f"{spec.artifact_stem}.vmlinuz", kernel)
+        with complete_step("Converting to qcow2"):
+            qcow2 = paths.output / f"{spec.artifact_stem}.qcow2"
+            run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow2], capture=True)
+        with complete_step("Packing the OVA"), TerminalProgress() as progress:
+            ova = build_ova(spec, raw, paths.output, progress)
+        with complete_step("Writing SHA256SUMS"), TerminalProgress() as progress:
+            sums = write_sha256sums([raw, qcow2, ova], paths.output / "SHA256SUMS", progress=progress)
+    for path in (raw, qcow2, ova):
+        log.info("%s: %.1f MiB on disk", path, path.stat().st_blocks * 512 / 2**20)
+    return Artifacts(raw=raw, qcow2=qcow2, ova=ova, kernel=kernel, sums=sums)

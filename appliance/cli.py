@@ -1,0 +1,146 @@
+"""Command-line entry for `appliance`: build, summary, boot, smoke."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from appliance.errors import ApplianceError
+from appliance.log import setup_logging
+from appliance.qemu import DISK_DEVICES, NIC_DEVICES, BootOptions, Firmware, Forward
+
+log = logging.getLogger("appliance")
+
+
+def _forward(text: str) -> Forward:
+    try:
+        host, guest = text.split(":")
+        return Forward(int(host), int(guest))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOSTPORT:GUESTPORT, got {text!r}") from None
+
+
+def _credential(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _boot_options(args: argparse.Namespace) -> BootOptions:
+    return BootOptions(
+        image=args.image,
+        firmware=Firmware(args.firmware),
+        memory_mib=args.memory,
+        cpus=args.cpus,
+        disk=args.disk,
+        nic=args.nic,
+        forwards=tuple(args.forward),
+        host_ports=tuple(args.host_port),
+        credentials=dict(args.credential),
+        ovf_iso=args.ovf_iso,
+        snapshot=not args.persist,
+        accel=args.accel,
+    )
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from appliance.build import build
+    from appliance.spec import load_spec
+
+    artifacts = build(load_spec(args.spec), args.output)
+    for path in (artifacts.raw, artifacts.qcow2, artifacts.ova, artifacts.sums):
+        print(path)
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from appliance.spec import format_summary, load_spec
+
+    print(format_summary(load_spec(args.spec)))
+    return 0
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from appliance.qemu import boot
+
+    return boot(_boot_options(args))
+
+
+def cmd_smoke(args: argparse.Namespace) -> int:
+    from appliance.smoke import smoke
+    from appliance.spec import load_spec
+
+    spec = load_spec(args.spec)
+    result = smoke(_boot_options(args), version=spec.version, timeout=args.timeout)
+    login = f", login prompt after {result.login_seconds:.0f}s" if result.login_seconds else ""
+    if result.passed:
+        print(f"smoke: PASS: {args.image.name} under {result.accel.upper()} in {result.seconds:.0f}s{login}")
+        return 0
+    for problem in result.problems:
+        print(f"smoke: FAIL: {args.image.name}: {problem}", file=sys.stderr)
+    return 1
+
+
+def _add_boot_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", type=Path, help="a .raw, .qcow2, .vmdk or .ova artifact")
+    p.add_argument("--firmware", choices=[f.value for f in Firmware], default="bios")
+    p.add_argument("--memory", type=int, default=2048, help="MiB (default 2048)")
+    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--disk", choices=sorted(DISK_DEVICES), default="virtio", help="disk controller")
+    p.add_argument("--nic", choices=sorted(NIC_DEVICES), default="virtio")
+    p.add_argument("--forward", type=_forward, action="append", default=[], metavar="HOST:GUEST",
+                   help="forward 127.0.0.1:HOST on the host to port GUEST in the guest")  # fmt: skip
+    p.add_argument("--host-port", type=int, action="append", default=[], metavar="PORT",
+                   help="let the guest reach 127.0.0.1:PORT on the host as 10.0.2.2:PORT")  # fmt: skip
+    p.add_argument("--credential", type=_credential, action="append", default=[], metavar="KEY=VALUE",
+                   help="pass a systemd credential through SMBIOS type 11")  # fmt: skip
+    p.add_argument("--ovf-iso", type=Path, help="attach an OVF environment ISO (the ISO transport)")
+    p.add_argument("--persist", action="store_true", help="write to the image instead of a snapshot")
+    p.add_argument("--accel", choices=["kvm", "tcg"], help="default: KVM if it really works here, else TCG")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `appliance` argument parser."""
+    parser = argparse.ArgumentParser(prog="appliance", description="Build and boot the gateway appliance")
+    parser.add_argument("--debug", action="store_true", help="show commands run and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("build", help="build the raw, qcow2 and OVA artifacts")
+    p.add_argument("--spec", type=Path, default=Path("appliance.yaml"))
+    p.add_argument("--output", type=Path, default=Path("build"))
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("summary", help="print the resolved spec")
+    p.add_argument("--spec", type=Path, default=Path("appliance.yaml"))
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("boot", help="boot an artifact under QEMU with the serial console here")
+    _add_boot_arguments(p)
+    p.set_defaults(func=cmd_boot)
+
+    p = sub.add_parser("smoke", help="boot an artifact and check it from inside the guest")
+    _add_boot_arguments(p)
+    p.add_argument("--spec", type=Path, default=Path("appliance.yaml"))
+    p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the verdict")
+    p.set_defaults(func=cmd_smoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI: `error: ...` and exit 1 for user errors, tracebacks only with --debug."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.debug)
+    try:
+        result: int = args.func(args)
+        return result
+    except ApplianceError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

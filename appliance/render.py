@@ -1,0 +1,77 @@
+"""Renders the generated mkosi configuration from the spec (templates, StrictUndefined)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2 import FileSystemLoader, StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from appliance.spec import Spec
+
+TEMPLATES = Path(__file__).parent / "templates"
+DEFAULT_CACHE = Path(os.environ.get("APPLIANCE_CACHE_DIR", "/var/cache/gateway-appliance"))
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+
+
+@dataclass(frozen=True)
+class BuildPaths:
+    """Where one build keeps its files: the output tree, generated config and caches."""
+
+    output: Path
+    cache: Path = DEFAULT_CACHE
+
+    @property
+    def generated(self) -> Path:
+        return self.output / "mkosi"
+
+    @property
+    def work(self) -> Path:
+        return self.output / "work"
+
+    @property
+    def mkosi_output(self) -> Path:
+        return self.output / "mkosi.output"
+
+    def incremental_cache(self, spec: Spec) -> Path:
+        # Each mkosi config (release) gets its own incremental cache: mkosi keys its cache
+        # by image name only, so two releases sharing a directory would clobber each other.
+        return self.cache / "incremental" / f"{spec.name}-{spec.debian_release}"
+
+    @property
+    def package_cache(self) -> Path:
+        return self.cache / "packages"
+
+
+def _environment() -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True
+    )
+
+
+def render_mkosi(spec: Spec, paths: BuildPaths, mirror: str = DEFAULT_MIRROR) -> Path:
+    """Write the generated mkosi config and apt sources; return the config file to include."""
+    env = _environment()
+    pkgmngr = paths.generated / "pkgmngr"
+    sources = pkgmngr / "etc/apt/sources.list.d/mkosi.sources"
+    sources.parent.mkdir(parents=True, exist_ok=True)
+    sources.write_text(
+        env.get_template("debian.sources.j2").render(
+            mirror=mirror, security_mirror=DEFAULT_SECURITY_MIRROR, release=spec.debian_release
+        )
+    )
+    conf = paths.generated / "mkosi.conf"
+    conf.write_text(
+        env.get_template("mkosi.conf.j2").render(
+            spec=spec,
+            pkgmngr=pkgmngr.resolve(),
+            output_dir=paths.mkosi_output.resolve(),
+            incremental_cache=paths.incremental_cache(spec),
+            package_cache=paths.package_cache,
+            work_dir=paths.work.resolve(),
+        )
+    )
+    return conf
