@@ -14,7 +14,7 @@ from firstboot import apply as applier
 from firstboot.errors import FirstbootError
 from firstboot.seeds import Resolved, SeedContext, resolve
 from firstboot.settings import BY_KEY, KEYS, Settings, build, check_cross, check_fields, masked, missing
-from firstboot.system import System
+from firstboot.system import System, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _record_error(system: System, text: str) -> None:
-    from firstboot.system import atomic_write
-
     atomic_write(system.path(applier.ERROR_FILE), text + "\n")
 
 
