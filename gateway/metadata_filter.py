@@ -6,16 +6,13 @@ these functions raise. No I/O happens here; the relay does the I/O and `gateway.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from gateway.jsonpath import Allowlist, Node
+from gateway.jsonfilter import JsonRejected, filter_json
 from gateway.policy import KNOWN_METHODS, MAX_REQUEST_BODY_BYTES, BodyAllow, PolicySet, Rule
 from gateway.xmlfilter import XmlRejected, filter_xml, soap_operation
 
@@ -25,7 +22,6 @@ _JSON_TYPES = frozenset({"application/json"})
 _XML_TYPES = frozenset({"text/xml", "application/xml", "application/soap+xml"})
 # Response headers we manage ourselves: the body we emit is decoded and re-serialized.
 _MANAGED = frozenset({"content-length", "content-encoding", "transfer-encoding", "content-type"})
-_MAX_FLOAT_TEXT = 64
 # Never relayed, whatever a local policy says (issue 5): datastore files, NFC disk streams, console
 # screenshots, guest file transfer and the managed object browser on vCenter/ESXi hosts...
 _VSPHERE_KINDS = frozenset({"vsphere", "vsphere-soap"})
@@ -230,118 +226,6 @@ def _is_xml(mtype: str) -> bool:
     return mtype in _XML_TYPES or (mtype.startswith("application/") and mtype.endswith("+xml"))
 
 
-class _Duplicate(Exception):
-    pass
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise _Duplicate
-    return out
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if len(text) > _MAX_FLOAT_TEXT or not math.isfinite(value):
-        raise _Reject("JSON number out of range")
-    return value
-
-
-def _constant(text: str) -> Any:
-    raise _Reject(f"JSON constant {text} is not allowed")
-
-
-def _walk_dict(value: dict[str, Any], node: Node, counts: list[int]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    keys, wild = node.keys, node.wild
-    kept = removed = 0
-    for k, x in value.items():
-        child = keys.get(k, wild)
-        if child is None:
-            removed += 1
-        elif child.subtree:
-            out[k] = x
-            kept += 1
-        elif type(x) is dict:
-            out[k] = _walk_dict(x, child, counts)
-        elif type(x) is list:
-            r = _walk_list(x, child, counts)
-            if r is None:
-                removed += 1
-            else:
-                out[k] = r
-        elif child.leaf:
-            out[k] = x
-            kept += 1
-        else:
-            removed += 1
-    counts[0] += kept
-    counts[1] += removed
-    return out
-
-
-def _walk_list(value: list[Any], node: Node, counts: list[int]) -> list[Any] | None:
-    items = node.items
-    if items is None:
-        return None
-    if items.subtree:
-        counts[0] += len(value)
-        return value
-    out: list[Any] = []
-    kept = removed = 0
-    for x in value:
-        if type(x) is dict:
-            out.append(_walk_dict(x, items, counts))
-        elif type(x) is list:
-            r = _walk_list(x, items, counts)
-            if r is None:
-                removed += 1
-            else:
-                out.append(r)
-        elif items.leaf:
-            out.append(x)
-            kept += 1
-        else:
-            removed += 1
-    counts[0] += kept
-    counts[1] += removed
-    return out
-
-
-def filter_json(body: bytes, allow: Allowlist) -> tuple[bytes, int, int]:
-    """Keep only allowed JSON paths; return (body, kept, removed) or raise ValueError naming the reason."""
-    try:
-        text = body.decode("utf-8-sig") if body.startswith(b"\xef\xbb\xbf") else body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _Reject("JSON body is not valid UTF-8") from None
-    try:
-        doc = json.loads(text, object_pairs_hook=_pairs, parse_float=_float, parse_constant=_constant)
-    except _Duplicate:
-        raise _Reject("JSON object has duplicate keys") from None
-    except RecursionError:
-        raise _Reject("JSON nested too deeply") from None
-    except _Reject:
-        raise
-    except ValueError:
-        raise _Reject("unparseable JSON") from None
-    counts = [0, 0]
-    root = allow.root
-    if root.subtree:
-        out = doc
-        counts[0] += 1
-    elif type(doc) is dict:
-        out = _walk_dict(doc, root, counts)
-    elif type(doc) is list:
-        out = _walk_list(doc, root, counts)
-        if out is None:
-            raise _Reject("top-level JSON array is not allowed")
-    else:
-        raise _Reject("top-level JSON value is not an object or array")
-    encoded = json.dumps(out, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return encoded.encode("utf-8"), counts[0], counts[1]
-
-
 def _filter_body(allow: BodyAllow, headers: Mapping[str, str], body: bytes) -> tuple[bytes, int, int]:
     ctype = headers.get("content-type", "")
     if not ctype:
@@ -351,7 +235,10 @@ def _filter_body(allow: BodyAllow, headers: Mapping[str, str], body: bytes) -> t
     if allow.json is not None and _is_json(mtype):
         if charset != "utf-8":
             raise _Reject(f"JSON charset {charset[:20]!r} is not supported")
-        return filter_json(body, allow.json)
+        try:
+            return filter_json(body, allow.json)
+        except JsonRejected as exc:
+            raise _Reject(str(exc)) from None
     if allow.xml is not None and _is_xml(mtype):
         try:
             return filter_xml(body, allow.xml)

@@ -1,0 +1,178 @@
+"""Metadata filter throughput and memory vs plain json.loads + json.dumps of the same body.
+
+Prints figures; asserts nothing. Bounded: a handful of passes over ~50 MB, well under 2 minutes.
+Usage: .venv/bin/python bench/filter.py [--vms 100000] [--servers 10000] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Run from a checkout whether or not the package is installed into the venv.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.metadata_filter import Allowed, FilterRequest, FilterResponse, filter_response
+from gateway.policy import PolicySet, default_policy_dirs, load_policies
+
+MB = 1_000_000
+
+
+def vcenter_inventory(n: int) -> bytes:
+    """A /api/vcenter/vm-shaped list, padded with the detail fields a richer collector returns."""
+    vms = []
+    for i in range(n):
+        vms.append(
+            {
+                "vm": f"vm-{1000 + i}",
+                "name": f"app-{i:06d}.prod.corp.example",
+                "power_state": "POWERED_ON" if i % 7 else "POWERED_OFF",
+                "cpu_count": 2 + i % 8,
+                "memory_size_MiB": 2048 * (1 + i % 16),
+                "guest_OS": "UBUNTU_64",
+                "identity": {
+                    "bios_uuid": f"4231d1a0-8a3b-4c3e-9f1a-{i:012x}",
+                    "instance_uuid": f"5031c2b1-7f2a-4d6e-8c1b-{i:012x}",
+                },
+                "annotation": f"owner=team-{i % 50}; ticket=OPS-{i}; do not power off during business hours",
+                "nics": [{"mac_address": f"00:50:56:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"}],
+                "disks": [
+                    {"capacity": 42949672960, "vmdk_file": f"[datastore{i % 12}] app-{i:06d}/app.vmdk"}
+                ],
+                "host": f"host-{i % 400}",
+            }
+        )
+    return json.dumps(vms).encode()
+
+
+def nova_servers(n: int) -> bytes:
+    """A /v2.1/servers/detail body at microversion 2.3+ (user_data included)."""
+    servers = []
+    for i in range(n):
+        servers.append(
+            {
+                "id": f"9168b536-cd40-4630-b43f-{i:012x}",
+                "name": f"srv-{i}",
+                "status": "ACTIVE",
+                "tenant_id": "6f70656e737461636b20342065766572",
+                "user_id": "admin",
+                "created": "2026-11-25T08:00:00Z",
+                "updated": "2026-11-25T08:01:00Z",
+                "hostId": "2091634baaccdc4c5a1d57069c833e402921df696b7f970791b12ec6",
+                "key_name": "ops",
+                "image": {
+                    "id": "70a599e0-31e7-49b7-b260-868f441e862b",
+                    "links": [{"href": "http://x/i", "rel": "bookmark"}],
+                },
+                "flavor": {
+                    "vcpus": 2,
+                    "ram": 4096,
+                    "disk": 40,
+                    "ephemeral": 0,
+                    "swap": 0,
+                    "original_name": "m1.medium",
+                },
+                "addresses": {
+                    "private": [
+                        {
+                            "addr": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+                            "version": 4,
+                            "OS-EXT-IPS:type": "fixed",
+                            "OS-EXT-IPS-MAC:mac_addr": "fa:16:3e:00:00:01",
+                        }
+                    ]
+                },
+                "metadata": {"role": "web", "owner": "team-a"},
+                "OS-EXT-STS:power_state": 1,
+                "OS-EXT-STS:vm_state": "active",
+                "OS-EXT-STS:task_state": None,
+                "OS-EXT-SRV-ATTR:host": f"compute{i % 50}",
+                "OS-EXT-SRV-ATTR:user_data": "IyEvYmluL2Jhc2gKZWNobyBoZWxsbwo=" * 8,
+                "os-extended-volumes:volumes_attached": [{"id": f"a26887c6-c47b-4654-abb5-{i:012x}"}],
+                "security_groups": [{"name": "default"}],
+                "links": [{"href": f"http://x/v2.1/servers/{i}", "rel": "self"}],
+            }
+        )
+    return json.dumps({"servers": servers}).encode()
+
+
+def _best(fn: Callable[[], Any], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _peak(fn: Callable[[], Any]) -> int:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def run(name: str, policies: PolicySet, kind: str, path: str, body: bytes, repeat: int) -> None:
+    """Print throughput and peak memory of the filter and of the json yardstick for one body."""
+    req = FilterRequest("GET", path, {})
+    resp = FilterResponse(200, {"content-type": "application/json"}, body)
+
+    def yardstick() -> bytes:
+        return json.dumps(json.loads(body)).encode()
+
+    def filtered() -> bytes:
+        out = filter_response(policies, kind, req, resp)
+        assert isinstance(out, Allowed), out
+        return out.body
+
+    out = filtered()
+    size = len(body) / MB
+    t_json = _best(yardstick, repeat)
+    t_filter = _best(filtered, repeat)
+    m_json = _peak(yardstick)
+    m_filter = _peak(filtered)
+    print(f"{name}: body {size:.1f} MB -> {len(out) / MB:.1f} MB filtered")
+    print(
+        f"  yardstick json.loads+dumps: {size / t_json:7.1f} MB/s  peak extra {m_json / len(body):.2f}x body"
+    )
+    print(
+        f"  metadata filter           : {size / t_filter:7.1f} MB/s"
+        f"  peak extra {m_filter / len(body):.2f}x body"
+    )
+    ratio = t_json / t_filter
+    verdict = "ok" if ratio >= 0.5 and m_filter <= 3 * len(body) else "BELOW TARGET"
+    print(f"  filter/yardstick speed {ratio:.2f}x (target >= 0.5x), memory target <= 3x body: {verdict}")
+
+
+def main() -> None:
+    """Generate the bodies, run both benchmarks, print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--vms", type=int, default=100_000)
+    parser.add_argument("--servers", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    policies = load_policies(default_policy_dirs()[:1])
+    run("vCenter inventory", policies, "vsphere", "/api/vcenter/vm", vcenter_inventory(args.vms), args.repeat)
+    run(
+        "Nova servers/detail",
+        policies,
+        "openstack-nova",
+        "/v2.1/servers/detail",
+        nova_servers(args.servers),
+        args.repeat,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""JSON allowlist filtering: stream the top levels, parse each element with the C decoder, keep allowed paths.
+
+The top-level container (and the containers directly inside a top-level object, such as Nova's
+`{"servers": [...]}`) are scanned here one element at a time, so the parsed Python objects of a
+50 MB inventory never exist all at once: peak memory stays near the body size, not 5x of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from json.decoder import scanstring  # type: ignore[attr-defined]
+from typing import Any
+
+from gateway.jsonpath import Allowlist, Node
+
+_WS = re.compile(r"[ \t\n\r]*")
+_MAX_FLOAT_TEXT = 64
+# Elements are serialized in batches: one encoder call per element would dominate the run time.
+_BATCH = 64
+
+
+class JsonRejected(ValueError):
+    """The JSON body cannot be filtered safely; the message is the denial reason."""
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _Duplicate
+    return out
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if len(text) > _MAX_FLOAT_TEXT or not math.isfinite(value):
+        raise JsonRejected("JSON number out of range")
+    return value
+
+
+def _constant(text: str) -> Any:
+    raise JsonRejected(f"JSON constant {text} is not allowed")
+
+
+def _walk_dict(value: dict[str, Any], node: Node, counts: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    keys, wild = node.keys, node.wild
+    kept = removed = 0
+    for k, x in value.items():
+        child = keys.get(k, wild)
+        if child is None:
+            removed += 1
+        elif child.subtree:
+            out[k] = x
+            kept += 1
+        elif type(x) is dict:
+            out[k] = _walk_dict(x, child, counts)
+        elif type(x) is list:
+            r = _walk_list(x, child, counts)
+            if r is None:
+                removed += 1
+            else:
+                out[k] = r
+        elif child.leaf:
+            out[k] = x
+            kept += 1
+        else:
+            removed += 1
+    counts[0] += kept
+    counts[1] += removed
+    return out
+
+
+def _walk_list(value: list[Any], node: Node, counts: list[int]) -> list[Any] | None:
+    items = node.items
+    if items is None:
+        return None
+    if items.subtree:
+        counts[0] += len(value)
+        return value
+    out: list[Any] = []
+    kept = removed = 0
+    for x in value:
+        if type(x) is dict:
+            out.append(_walk_dict(x, items, counts))
+        elif type(x) is list:
+            r = _walk_list(x, items, counts)
+            if r is None:
+                removed += 1
+            else:
+                out.append(r)
+        elif items.leaf:
+            out.append(x)
+            kept += 1
+        else:
+            removed += 1
+    counts[0] += kept
+    counts[1] += removed
+    return out
+
+
+class _Stream:
+    """One pass over the body text; `out` collects the serialized pieces of the filtered document."""
+
+    def __init__(self, text: str) -> None:
+        self.s = text
+        self.counts = [0, 0]
+        self.out: list[str] = []
+        self.decoder = json.JSONDecoder(
+            object_pairs_hook=_pairs, parse_float=_float, parse_constant=_constant
+        )
+        self.encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+    def ws(self, i: int) -> int:
+        m = _WS.match(self.s, i)
+        assert m is not None  # the pattern matches the empty string
+        return m.end()
+
+    def decode(self, i: int) -> tuple[Any, int]:
+        value, end = self.decoder.raw_decode(self.s, i)
+        return value, end
+
+    def expect(self, i: int, chars: str) -> str:
+        c = self.s[i : i + 1]
+        if not c or c not in chars:
+            raise JsonRejected("unparseable JSON")
+        return c
+
+    def run(self, root: Node) -> None:
+        i = self.ws(0)
+        if root.subtree:
+            value, i = self.decode(i)
+            self.counts[0] += 1
+            self.out.append(self.encode(value))
+        else:
+            c = self.s[i : i + 1]
+            if c == "[":
+                if root.items is None:
+                    raise JsonRejected("top-level JSON array is not allowed")
+                i = self.array(i, root.items)
+            elif c == "{":
+                i = self.object(i, root, stream=True)
+            else:
+                self.decode(i)  # unparseable text is reported as such, not as a scalar
+                raise JsonRejected("top-level JSON value is not an object or array")
+        if self.ws(i) != len(self.s):
+            raise JsonRejected("unparseable JSON: trailing data")
+
+    def array(self, i: int, items: Node | None) -> int:
+        """Filter the array at s[i] == '[' element by element; `items` None drops it all."""
+        out, counts = self.out, self.counts
+        if items is not None:
+            out.append("[")
+        batch: list[Any] = []
+        first = True
+        kept = removed = 0
+        i = self.ws(i + 1)
+        if self.s[i : i + 1] == "]":
+            i += 1
+        else:
+            while True:
+                x, i = self.decode(i)
+                if items is None:
+                    pass
+                elif items.subtree:
+                    batch.append(x)
+                    kept += 1
+                elif type(x) is dict:
+                    batch.append(_walk_dict(x, items, counts))
+                elif type(x) is list:
+                    r = _walk_list(x, items, counts)
+                    if r is None:
+                        removed += 1
+                    else:
+                        batch.append(r)
+                elif items.leaf:
+                    batch.append(x)
+                    kept += 1
+                else:
+                    removed += 1
+                if len(batch) >= _BATCH:
+                    out.append(("" if first else ",") + self.encode(batch)[1:-1])
+                    first = False
+                    batch.clear()
+                i = self.ws(i)
+                if self.expect(i, ",]") == "]":
+                    i += 1
+                    break
+                i = self.ws(i + 1)
+        if items is not None:
+            if batch:
+                out.append(("" if first else ",") + self.encode(batch)[1:-1])
+            out.append("]")
+        counts[0] += kept
+        counts[1] += removed
+        return i
+
+    def object(self, i: int, node: Node, *, stream: bool) -> int:
+        """Filter the object at s[i] == '{' member by member; with `stream`, child containers too."""
+        s, out, counts = self.s, self.out, self.counts
+        keys, wild = node.keys, node.wild
+        out.append("{")
+        seen: set[str] = set()
+        first = True
+        i = self.ws(i + 1)
+        if s[i : i + 1] == "}":
+            out.append("}")
+            return i + 1
+        while True:
+            self.expect(i, '"')
+            key, i = scanstring(s, i + 1, True)
+            if key in seen:
+                raise JsonRejected("JSON object has duplicate keys")
+            seen.add(key)
+            i = self.ws(i)
+            self.expect(i, ":")
+            i = self.ws(i + 1)
+            child = keys.get(key, wild)
+            c = s[i : i + 1]
+            prefix = ("" if first else ",") + self.encode(key) + ":"
+            if stream and c == "[" and (child is None or (not child.subtree and child.items is None)):
+                i = self.array(i, None)  # dropped whole, without building it
+                counts[1] += 1
+            elif stream and c in "[{" and child is not None and not child.subtree:
+                out.append(prefix)
+                first = False
+                i = self.array(i, child.items) if c == "[" else self.object(i, child, stream=False)
+            else:
+                x, i = self.decode(i)
+                kept_value = _filter_value(x, child, counts)
+                if kept_value is not _REMOVED:
+                    out.append(prefix + self.encode(kept_value))
+                    first = False
+            i = self.ws(i)
+            if self.expect(i, ",}") == "}":
+                out.append("}")
+                return i + 1
+            i = self.ws(i + 1)
+
+
+_REMOVED = object()
+
+
+def _filter_value(x: Any, node: Node | None, counts: list[int]) -> Any:
+    """One member value under `node`, as _walk_dict treats it; _REMOVED when it does not stay."""
+    if node is None:
+        counts[1] += 1
+        return _REMOVED
+    if node.subtree:
+        counts[0] += 1
+        return x
+    if type(x) is dict:
+        return _walk_dict(x, node, counts)
+    if type(x) is list:
+        r = _walk_list(x, node, counts)
+        if r is None:
+            counts[1] += 1
+            return _REMOVED
+        return r
+    if node.leaf:
+        counts[0] += 1
+        return x
+    counts[1] += 1
+    return _REMOVED
+
+
+def filter_json(body: bytes, allow: Allowlist) -> tuple[bytes, int, int]:
+    """Keep only allowed JSON paths; return (body, kept, removed) or raise JsonRejected naming the reason."""
+    try:
+        text = body.decode("utf-8-sig") if body.startswith(b"\xef\xbb\xbf") else body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise JsonRejected("JSON body is not valid UTF-8") from None
+    stream = _Stream(text)
+    del text  # the stream holds the only reference; it is dropped before the output is joined
+    try:
+        stream.run(allow.root)
+        stream.s = ""
+        joined = "".join(stream.out)
+        stream.out.clear()
+        encoded = joined.encode("utf-8")
+    except _Duplicate:
+        raise JsonRejected("JSON object has duplicate keys") from None
+    except RecursionError:
+        raise JsonRejected("JSON nested too deeply") from None
+    except JsonRejected:
+        raise
+    except UnicodeEncodeError:
+        raise JsonRejected("JSON string is not valid Unicode") from None
+    except ValueError:
+        raise JsonRejected("unparseable JSON") from None
+    return encoded, stream.counts[0], stream.counts[1]
