@@ -235,18 +235,22 @@ class TunnelClient:
         finally:
             self.connected.clear()
             self.connected_at = None
+            reason = mux.close_reason
             mux.close(p.ErrorCode.GOING_AWAY, "tunnel connection lost")
-            receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receiver
             if drainer is not None:
                 drainer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await drainer
             self._drainer = None
             await mux.stop()
+            # Close while the receiver still runs, so the close handshake completes cleanly; a dead
+            # link gets no time for it.
+            dead = reason is not None and reason[0] is p.ErrorCode.HEARTBEAT_TIMEOUT
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 2.0)
+                await asyncio.wait_for(ws.close(), 0.2 if dead else 2.0)
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await receiver
             self._ws = None
             self.mux = None
 

@@ -135,18 +135,19 @@ class Hub:
             closed_wait.cancel()
             reason = mux.close_reason
             mux.close(p.ErrorCode.GOING_AWAY, "tunnel closed")
+            await mux.stop()
+            dead = reason is not None and reason[0] is p.ErrorCode.HEARTBEAT_TIMEOUT
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 0.2 if dead else 2.0)
             receiver.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await receiver
-            await mux.stop()
             session.connected = False
             if reason is not None and reason[0] not in (p.ErrorCode.NO_ERROR, p.ErrorCode.GOING_AWAY):
                 session.last_error = f"{reason[0]}: {reason[1]}"
             elif ws.close_code not in (None, 1000, 1001):
                 session.last_error = f"WebSocket closed with code {ws.close_code}"
             log.info("gateway %s: tunnel down (%s)", gateway_id, session.last_error or "closed")
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 2.0)
         return ws
 
     async def _receive(self, ws: web.WebSocketResponse, mux: Mux) -> None:

@@ -165,6 +165,24 @@ async def test_redirect_to_an_internal_address_is_returned_not_followed(env: Env
     assert headers["Location"] == "http://169.254.169.254/latest/meta-data/"
 
 
+async def test_target_failing_mid_body_aborts_the_callers_response(env: Env) -> None:
+    async with env.http.get(env.url("t1", "/truncated"), ssl=env.caller_ssl) as r:
+        assert r.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    await asyncio.sleep(0.1)
+    assert env.client.mux is not None and env.client.mux.streams == {}
+    status, _h, _b = await env.get("t1", "/small")  # the tunnel itself is fine
+    assert status == 200
+
+
+async def test_head_request_and_empty_bodies(env: Env) -> None:
+    async with env.http.head(env.url("t1", "/small"), ssl=env.caller_ssl) as r:
+        assert r.status == 200 and await r.read() == b""
+    status, _h, body = await env.get("t1", "/sized?size=0")
+    assert status == 200 and body == b""
+
+
 async def test_500_concurrent_streams(env: Env) -> None:
     async def one(i: int) -> int:
         status, _h, body = await env.get("t1", f"/sized?size={1000 + i}")

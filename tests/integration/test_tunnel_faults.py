@@ -60,7 +60,7 @@ async def test_plane_killed_and_restarted(tmp_path: Path) -> None:
                 await wait_until(lambda: not relay._tasks, 5)
                 with pytest.raises(aiohttp.ClientError):
                     await inflight
-            assert client.state in (State.BACKOFF, State.CONNECTING)
+            await wait_until(lambda: client.state in (State.BACKOFF, State.CONNECTING), 5)
             before = client.connects
             proc = spawn_plane(pki, port)
             took = await wait_until(lambda: client.connects > before and client.state is State.CONNECTED, 10)

@@ -196,6 +196,16 @@ def target_app() -> web.Application:
         await resp.write_eof()
         return resp
 
+    async def truncated(request: web.Request) -> web.StreamResponse:
+        # Promise 10 MB, send 1 MB, then drop the connection.
+        resp = web.StreamResponse()
+        resp.content_length = 10_000_000
+        await resp.prepare(request)
+        await resp.write(b"t" * 1_000_000)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
     async def headers(request: web.Request) -> web.Response:
         return web.json_response({k: v for k, v in request.headers.items()})
 
@@ -205,13 +215,15 @@ def target_app() -> web.Application:
     app.router.add_get("/redirect", redirect)
     app.router.add_post("/echo", echo)
     app.router.add_get("/headers", headers)
+    app.router.add_get("/truncated", truncated)
     return app
 
 
 @contextlib.asynccontextmanager
 async def running_target(ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[URL]:
     """The target server on 127.0.0.1; yields its base URL."""
-    runner = web.AppRunner(target_app(), shutdown_timeout=0.5)
+    # handler_cancellation: a target handler stops when the gateway drops its connection.
+    runner = web.AppRunner(target_app(), shutdown_timeout=0.5, handler_cancellation=True)
     await runner.setup()
     port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)

@@ -28,6 +28,7 @@ def test_header_layout_is_ten_bytes_big_endian() -> None:
     assert raw[10:] == b"abc"
 
 
+@settings(deadline=None)
 @given(sid=st.integers(1, 2**32 - 1), data=st.binary(max_size=3000), fin=st.booleans())
 def test_data_round_trip(sid: int, data: bytes, fin: bool) -> None:
     (frame,) = decode_all(p.encode_data(sid, data, fin))
@@ -39,6 +40,7 @@ def test_data_round_trip(sid: int, data: bytes, fin: bool) -> None:
     )
 
 
+@settings(deadline=None)
 @given(
     method=TOKEN,
     target=st.text(min_size=1, max_size=40).filter(lambda t: len(t.encode()) < 256),
@@ -53,6 +55,7 @@ def test_request_head_round_trip(method: str, target: str, path: str, headers, f
     assert p.decode_request_head(frame.payload) == head
 
 
+@settings(deadline=None)
 @given(status=st.integers(100, 999), headers=HEADERS)
 def test_response_head_round_trip(status: int, headers) -> None:
     (frame,) = decode_all(p.encode_response_head(3, p.ResponseHead(status, headers)))
@@ -119,6 +122,7 @@ def test_unknown_reset_code_reads_as_internal() -> None:
     assert p.decode_reset(struct.pack("!H", 999) + b"x") == (p.ErrorCode.INTERNAL, "x")
 
 
+@settings(deadline=None)
 @given(data=st.binary(max_size=400), cuts=st.lists(st.integers(0, 400), max_size=6))
 def test_any_split_gives_the_same_frames(data: bytes, cuts: list[int]) -> None:
     stream = p.encode_data(1, data) + p.encode_ping(3) + p.encode_data(2, data[::-1], True)
@@ -133,7 +137,7 @@ def test_any_split_gives_the_same_frames(data: bytes, cuts: list[int]) -> None:
     assert dec.pending == 0
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=200))
 def test_garbage_only_ever_raises_protocol_error(data: bytes) -> None:
     dec = p.Decoder(max_frame_size=4096)
