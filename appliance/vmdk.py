@@ -19,8 +19,9 @@ import logging
 import os
 import struct
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -190,6 +191,21 @@ def grain_runs(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return runs
 
 
+def nonzero_grains(fd: int, size: int) -> Iterator[tuple[int, bytes, int]]:
+    """(grain index, 64 KiB of data, bytes of the disk covered so far) for each grain that is not all zero."""
+    for first, last in grain_runs(data_extents(fd, size)):
+        for chunk_start in range(first, last, CHUNK_GRAINS):
+            chunk_end = min(chunk_start + CHUNK_GRAINS, last)
+            data = os.pread(fd, (chunk_end - chunk_start) * GRAIN, chunk_start * GRAIN)
+            for index in range(chunk_start, chunk_end):
+                grain = data[(index - chunk_start) * GRAIN : (index - chunk_start + 1) * GRAIN]
+                if len(grain) < GRAIN:
+                    # The last grain is padded: readers (qemu's too) expect whole grains.
+                    grain = grain.ljust(GRAIN, b"\0")
+                if grain != _ZERO_GRAIN:
+                    yield index, grain, min((index + 1) * GRAIN, size)
+
+
 class _HashingWriter:
     """Sequential writer that counts sectors and hashes what it writes."""
 
@@ -226,7 +242,7 @@ def write_stream_optimized(
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         with src, open(tmp, "wb") as dst, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            info = _convert(src, dst, out, ddb_adapter, progress, level, pool)
+            info = _convert(src, dst, out, ddb_adapter, progress, level, pool, 4 * max(1, workers))
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, out)
@@ -248,6 +264,7 @@ def _convert(
     progress: Progress | None,
     level: int,
     pool: ThreadPoolExecutor,
+    in_flight: int,
 ) -> VmdkInfo:
     fd = src.fileno()
     st = os.fstat(fd)
@@ -282,31 +299,31 @@ def _convert(
         gt = [0] * GTES_PER_GT
         gt_used = False
 
-    def compress(grain: bytes) -> bytes:
-        return zlib.compress(grain, level)
+    def emit(index: int, packed: bytes) -> None:
+        nonlocal gt_index, gt_used, grains
+        if index // GTES_PER_GT != gt_index:
+            flush_gt()
+            gt_index = index // GTES_PER_GT
+        lba = index * GRAIN_SECTORS
+        gt[index % GTES_PER_GT] = w.write(_pad(struct.pack("<QI", lba, len(packed)) + packed))
+        gt_used = True
+        grains += 1
 
-    for first, last in grain_runs(data_extents(fd, size)):
-        for chunk_start in range(first, last, CHUNK_GRAINS):
-            chunk_end = min(chunk_start + CHUNK_GRAINS, last)
-            data = os.pread(fd, (chunk_end - chunk_start) * GRAIN, chunk_start * GRAIN)
-            pieces = []
-            for index in range(chunk_start, chunk_end):
-                grain = data[(index - chunk_start) * GRAIN : (index - chunk_start + 1) * GRAIN]
-                if len(grain) < GRAIN:
-                    # The last grain is padded: readers (qemu's too) expect whole grains.
-                    grain = grain.ljust(GRAIN, b"\0")
-                if grain != _ZERO_GRAIN:
-                    pieces.append((index, grain))
-            for (index, _), packed in zip(pieces, pool.map(compress, [g for _, g in pieces]), strict=True):
-                if index // GTES_PER_GT != gt_index:
-                    flush_gt()
-                    gt_index = index // GTES_PER_GT
-                lba = index * GRAIN_SECTORS
-                gt[index % GTES_PER_GT] = w.write(_pad(struct.pack("<QI", lba, len(packed)) + packed))
-                gt_used = True
-                grains += 1
+    # A short pipeline: the workers deflate while this thread reads, skips zeros and writes in order;
+    # a few grains per worker in flight keep them busy with bounded memory.
+    pending: deque[tuple[int, Future[bytes], int]] = deque()
+    for index, grain, done in nonzero_grains(fd, size):
+        pending.append((index, pool.submit(zlib.compress, grain, level), done))
+        while len(pending) > in_flight:
+            first, future, first_done = pending.popleft()
+            emit(first, future.result())
             if progress:
-                progress(min(chunk_end * GRAIN, size), size)
+                progress(first_done, size)
+    while pending:
+        first, future, first_done = pending.popleft()
+        emit(first, future.result())
+        if progress:
+            progress(first_done, size)
     flush_gt()
 
     gd_bytes = _pad(struct.pack(f"<{num_gts}I", *gd))
