@@ -7,8 +7,6 @@ import io
 import os
 import random
 import re
-import shutil
-import subprocess
 import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -109,15 +107,6 @@ def test_manifest_and_contents(spec: Spec, raw: tuple[Path, bytes], tmp_path: Pa
     assert disk_el.get(f"{OVF}populatedSize") == str(4 * GRAIN)  # grains 0, 7, 32 and 96
 
 
-def test_gnu_tar_lists_the_same_order(spec: Spec, raw: tuple[Path, bytes], tmp_path: Path) -> None:
-    if not shutil.which("tar"):
-        pytest.skip("tar not installed")
-    ova = build_ova(spec, raw[0], tmp_path)
-    listing = subprocess.run(["tar", "-tf", str(ova)], check=True, capture_output=True, text=True).stdout
-    stem = spec.artifact_stem
-    assert listing.split() == [f"{stem}.ovf", f"{stem}.mf", f"{stem}-disk1.vmdk"]
-
-
 def test_reproducible_and_source_date_epoch(
     spec: Spec, raw: tuple[Path, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,8 +168,6 @@ def test_sha256sums(tmp_path: Path) -> None:
     text = sums.read_text()
     assert text.splitlines()[0] == f"{hashlib.sha256(b'alpha').hexdigest()}  a.raw"
     assert [line.split("  ")[1] for line in text.splitlines()] == ["a.raw", "b.qcow2", "c.ova"]
-    if shutil.which("sha256sum"):
-        subprocess.run(["sha256sum", "--check", "--quiet", "SHA256SUMS"], cwd=tmp_path, check=True)
     with pytest.raises(ApplianceError, match=r"gone\.raw: cannot hash"):
         write_sha256sums([tmp_path / "gone.raw"], tmp_path / "SHA256SUMS")
 
