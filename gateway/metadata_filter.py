@@ -22,6 +22,9 @@ _JSON_TYPES = frozenset({"application/json"})
 _XML_TYPES = frozenset({"text/xml", "application/xml", "application/soap+xml"})
 # Response headers we manage ourselves: the body we emit is decoded and re-serialized.
 _MANAGED = frozenset({"content-length", "content-encoding", "transfer-encoding", "content-type"})
+# Two of these would leave the meaning of the body ambiguous.
+_SINGLE = frozenset({"content-type", "content-encoding", "content-length"})
+_METHOD_OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 # Never relayed, whatever a local policy says (issue 5): datastore files, NFC disk streams, console
 # screenshots, guest file transfer and the managed object browser on vCenter/ESXi hosts...
 _VSPHERE_KINDS = frozenset({"vsphere", "vsphere-soap"})
@@ -116,8 +119,12 @@ def _match(policies: PolicySet, kind: str, req: FilterRequest) -> Rule | Denied:
     method = req.method.upper()
     if method not in KNOWN_METHODS:
         return Denied(f"method {req.method[:20]!r} is not allowed")
-    if any(k.lower() == "upgrade" for k in req.headers):
+    names = {k.lower() for k in req.headers}
+    if "upgrade" in names:
         return Denied("protocol upgrades are not relayed")
+    if names & _METHOD_OVERRIDES:
+        # Some servers honour these and would turn an allowed GET into a write.
+        return Denied("method override headers are not relayed")
     split = _split_path(req.path)
     if isinstance(split, str):
         return Denied(split)
@@ -252,7 +259,12 @@ def _response(policies: PolicySet, kind: str, req: FilterRequest, resp: FilterRe
     if isinstance(found, Denied):
         return found
     rule = found
-    src = {k.lower(): v for k, v in resp.headers.items()}
+    src: dict[str, str] = {}
+    for k, v in resp.headers.items():
+        key = k.lower()
+        if key in src and key in _SINGLE:
+            return Denied(f"response has more than one {key} header", rule.name)
+        src[key] = v
     headers = {k: v for k, v in src.items() if k in rule.headers and k not in _MANAGED}
     if rule.passthrough:
         for k in ("content-type", "content-encoding"):

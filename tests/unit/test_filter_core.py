@@ -137,6 +137,26 @@ def test_upgrade_is_denied(policies: PolicySet) -> None:
     assert isinstance(check_request(policies, "openstack-nova", req), Denied)
 
 
+def test_method_override_is_denied(policies: PolicySet) -> None:
+    req = FilterRequest("GET", "/v2.1/servers/detail", {"X-HTTP-Method-Override": "DELETE"})
+    assert isinstance(check_request(policies, "openstack-nova", req), Denied)
+
+
+def test_duplicate_content_headers_are_denied(policies: PolicySet) -> None:
+    from multidict import CIMultiDict
+
+    headers = CIMultiDict([("Content-Type", "application/json"), ("Content-Encoding", "identity")])
+    headers.add("content-encoding", "gzip")
+    resp = FilterResponse(200, headers, b'{"server": {"id": "a1"}}')
+    out = filter_response(policies, "openstack-nova", _get("/v2.1/servers/a1"), resp)
+    assert isinstance(out, Denied) and "more than one content-encoding" in out.reason
+    single = CIMultiDict([("Content-Type", "application/json"), ("Set-Cookie", "a"), ("Set-Cookie", "b")])
+    out = filter_response(
+        policies, "openstack-nova", _get("/v2.1/servers/a1"), FilterResponse(200, single, b"{}")
+    )
+    assert isinstance(out, Allowed)
+
+
 def test_explicit_write_rule_allows_post_without_body(policies: PolicySet) -> None:
     req = _get("/v2.1/servers/a1/action", "POST")
     assert isinstance(check_request(policies, "openstack-nova", req), Rule)
