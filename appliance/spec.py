@@ -541,7 +541,8 @@ def _plain(value: object) -> str:
     if isinstance(value, tuple):
         return ", ".join(str(v) for v in value) if value else "(none)"
     if isinstance(value, str):
-        return value if value else '""'
+        # One line per setting, even for a multi-line annotation.
+        return " ".join(value.split()) if value.strip() else '""'
     return str(value)
 
 

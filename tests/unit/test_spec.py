@@ -353,3 +353,10 @@ def test_odd_unknown_keys_stay_on_one_line() -> None:
     with pytest.raises(ApplianceError) as info:
         parse_spec(data, Path("appliance.yaml"))
     assert str(info.value).startswith("appliance.yaml: hardware.'bad\\nkey': unknown key")
+
+
+def test_summary_keeps_one_line_per_setting() -> None:
+    data = copy.deepcopy(BASE)
+    data["product"]["annotation"] = "first line\nsecond   line\n"
+    text = format_summary(parse_spec(data, Path("appliance.yaml")))
+    assert "product.annotation        first line second line" in text.splitlines()
