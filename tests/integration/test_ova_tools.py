@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,30 @@ def test_gnu_tar_and_sha256sum_agree(raw: tuple[Path, bytes], tmp_path: Path) ->
     sums = write_sha256sums([raw[0], ova], tmp_path / "SHA256SUMS")
     subprocess.run([sha256sum, "--check", "--strict", "--quiet", sums.name], cwd=tmp_path, check=True)
     assert os.path.relpath(ova, tmp_path) in sums.read_text()
+
+
+def test_tar_block_offsets_as_virt_v2v_reads_them(raw: tuple[Path, bytes], tmp_path: Path) -> None:
+    # virt-v2v -i ova reads disks in place: it takes "block N:" from `tar -tRvf` and assumes the data
+    # starts one header block later. That holds only with a single ustar header per member.
+    tar = need("tar")
+    spec = load_spec(REPO / "appliance.yaml")
+    ova = build_ova(spec, raw[0], tmp_path)
+    out = subprocess.run(
+        [tar, "--no-auto-compress", "-tRvf", str(ova)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LANG": "C"},
+    ).stdout
+    with tarfile.open(ova) as archive:
+        members = {m.name: m for m in archive.getmembers()}
+    seen = 0
+    for line in out.splitlines():
+        fields = line.split(None, 7)
+        if len(fields) != 8 or fields[0] != "block":
+            continue
+        block, size, name = int(fields[1].rstrip(":")), int(fields[4]), fields[7]
+        assert (block + 1) * 512 == members[name].offset_data, name
+        assert size == members[name].size
+        seen += 1
+    assert seen == 3
