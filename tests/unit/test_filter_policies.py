@@ -437,6 +437,9 @@ DENIED: list[tuple[str, str, str, bytes | None, str]] = [
     ("openstack-heat", "GET", "/v1/p1/stacks/web/s1/environment", None, "hidden"),
     ("openstack-heat", "GET", "/v1/p1/stacks/web/s1/outputs/admin_url", None, "secrets"),
     ("openstack-heat", "GET", "/v1/p1/stacks/web/s1/files", None, "user data"),
+    ("openstack-heat", "GET", "/v1/p1/stacks/web/environment", None, "hidden"),
+    ("openstack-heat", "GET", "/v1/p1/stacks/web/template", None, "hidden"),
+    ("openstack-heat", "GET", "/v1/p1/stacks/web/outputs", None, "secrets"),
     # Telemetry
     ("openstack-gnocchi", "POST", "/v1/metric/m1/measures", None, "no rule"),
     ("openstack-gnocchi", "GET", "/v1/metric/m1/measures?filter=x", None, "query parameter"),
