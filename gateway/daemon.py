@@ -98,7 +98,7 @@ class Daemon:
             log.error("reload failed, keeping the previous targets and policies: %s", exc)
         else:
             assert self.relay is not None
-            self.relay.reload(targets, policies)
+            self.relay.reload(targets, policies, own_addresses())
             log.info("reloaded %d targets and %d policy files", len(targets.targets), len(policies.files))
         sd_notify("READY=1")
 
@@ -182,6 +182,8 @@ class Daemon:
             await asyncio.wait({first, tunnel}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             first.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
         state = self.client.state
         sd_notify(f"READY=1\nSTATUS=tunnel {state}")
         log.info("ready (tunnel %s)", state if state is not State.CONNECTED else "connected")

@@ -123,12 +123,17 @@ class Relay:
         self._tasks: set[asyncio.Task[None]] = set()
         self.handled = 0
 
-    def reload(self, targets: TargetSet, policies: PolicySet | None) -> None:
+    def reload(
+        self, targets: TargetSet, policies: PolicySet | None, own_addresses: Iterable[IPAddress] | None = None
+    ) -> None:
         """Swap in a new inventory and policy set; in-flight requests finish on the old sessions."""
         self.targets = targets
         self.filter = PolicyFilter(policies)
+        own_changed = own_addresses is not None and frozenset(own_addresses) != self.own
+        if own_addresses is not None:
+            self.own = frozenset(own_addresses)
         for name, (old, session) in list(self._sessions.items()):
-            if targets.get(name) != old:
+            if own_changed or targets.get(name) != old:
                 del self._sessions[name]
                 self._spawn(self._retire(session, old.total_timeout + _RETIRE_GRACE))
 

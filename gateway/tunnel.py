@@ -225,6 +225,8 @@ class TunnelClient:
                 await asyncio.wait({receiver, closed_wait}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 closed_wait.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await closed_wait
             drainer = self._drainer
             reason = mux.close_reason
             if reason is not None and reason[0] is not p.ErrorCode.CANCELLED:

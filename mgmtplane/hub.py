@@ -133,6 +133,8 @@ class Hub:
             await asyncio.wait({receiver, closed_wait}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             closed_wait.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await closed_wait
             reason = mux.close_reason
             mux.close(p.ErrorCode.GOING_AWAY, "tunnel closed")
             await mux.stop()
