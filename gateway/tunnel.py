@@ -87,9 +87,10 @@ def classify_failure(exc: BaseException) -> str | None:
         if isinstance(cur, ssl.SSLCertVerificationError):
             return f"the plane's certificate does not verify against the pinned CA: {cur.verify_message}"
         if isinstance(cur, ssl.SSLError):
-            text = f"{cur.reason or ''} {cur}".upper()
+            reason = getattr(cur, "reason", None) or ""
+            text = f"{reason} {cur}".upper()
             if any(alert in text for alert in _AUTH_ALERTS):
-                return f"the plane rejected our client certificate in the TLS handshake ({cur.reason})"
+                return f"the plane rejected our client certificate in the TLS handshake ({reason or cur})"
         cur = cur.__cause__ or cur.__context__
     return None
 
