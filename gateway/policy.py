@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from gateway.errors import GatewayError
-from gateway.jsonpath import Allowlist, PathSyntaxError, compile_paths
+from gateway.jsonpath import Allowlist, PathSyntaxError, compile_paths, parse_json_path
 
 SYSTEM_POLICY_DIR = Path("/etc/gateway/policies.d")
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -381,6 +381,13 @@ def _load_file(path: Path) -> tuple[Kind, list[Rule], list[str]]:
             f"{r.source}: rule {r.name!r} is passthrough (body leaves unfiltered)"
             for r in rules
             if r.passthrough
+        ]
+        # YAML strips the quotes of `- "@odata.id"`, leaving two steps; almost always a mistake.
+        warnings += [
+            f"{r.source}: rule {r.name!r}: path {p!r} splits an OData key at '.'; quote it: '\"@odata.id\"'"
+            for r in rules
+            for p in (r.body.json.paths if r.body.json else ())
+            if any(step.endswith("@odata") for step in parse_json_path(p))
         ]
         return kind, rules, warnings
     except _Problem as exc:

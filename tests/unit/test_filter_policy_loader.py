@@ -95,6 +95,15 @@ def test_passthrough_on_http_warns(tmp_path: Path) -> None:
     assert warnings == list(policies.warnings)
 
 
+def test_unquoted_odata_key_warns(tmp_path: Path) -> None:
+    # YAML strips the double quotes of `- "@odata.id"`, leaving the two steps `@odata` and `id`.
+    _write(tmp_path, 'kind: redfish\nrules:\n  - name: a\n    path: /a\n    json:\n      - "@odata.id"\n')
+    policies = load_policies([tmp_path])
+    assert len(policies.warnings) == 1 and "quote it" in policies.warnings[0]
+    _write(tmp_path, "kind: redfish\nrules:\n  - name: a\n    path: /a\n    json:\n      - '\"@odata.id\"'\n")
+    assert load_policies([tmp_path]).warnings == ()
+
+
 def test_write_methods_need_allow_write(tmp_path: Path) -> None:
     _write(
         tmp_path,
