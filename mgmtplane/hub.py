@@ -24,7 +24,8 @@ RELAY_ROUTE = "/v1/gateways/{gateway_id}/targets/{target}/{path:.*}"
 TUNNEL_ROUTE = "/v1/tunnel"
 READ_CHUNK = 256 * 1024
 # The caller's plane credentials never reach the target; X-Target-Authorization becomes Authorization.
-_PLANE_ONLY = frozenset({"authorization", "cookie", "x-forwarded-for", "x-real-ip"})
+# Expect: 100-continue is answered by the plane's own HTTP server, never forwarded.
+_PLANE_ONLY = frozenset({"authorization", "cookie", "x-forwarded-for", "x-real-ip", "expect"})
 _TARGET_AUTH = "x-target-authorization"
 
 STATUS_FOR_CODE: dict[p.ErrorCode, int] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -115,6 +116,15 @@ async def test_request_and_response_bodies_stream_both_ways(env: Env) -> None:
         got = await r.read()
     assert r.status == 200
     assert got == b"".join(bytes([i]) * 65536 for i in range(64))
+
+
+async def test_fixed_length_request_body(env: Env) -> None:
+    body = bytes(range(256)) * 12_000  # 3 MB, sent with Content-Length and Expect: 100-continue
+    url = env.url("t1", "/echo")
+    async with env.http.post(url, data=io.BytesIO(body), ssl=env.caller_ssl, expect100=True) as r:
+        assert r.status == 200
+        assert r.headers["X-Request-Length"] == str(len(body))  # not re-chunked on the way
+        assert await r.read() == body
 
 
 async def test_query_and_headers_reach_the_target_but_plane_credentials_do_not(env: Env) -> None:

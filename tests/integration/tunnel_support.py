@@ -189,6 +189,7 @@ def target_app() -> web.Application:
 
     async def echo(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
+        resp.headers["X-Request-Length"] = request.headers.get("Content-Length", "chunked")
         resp.content_type = "application/octet-stream"
         await resp.prepare(request)
         async for chunk in request.content.iter_any():
