@@ -79,6 +79,9 @@ def line_wizard(tmp: Path, token: str, *, dry_run: bool) -> None:
     child.expect_exact("Join token")
     child.expect(r"\]: ")
     child.sendline(token)
+    child.expect_exact("Plane URL")
+    child.expect(r"\]: ")
+    child.sendline("")
     for prompt in ("Admin SSH key", "Console password", "Repeat password"):
         child.expect_exact(prompt)
         child.expect(r"\]: ")

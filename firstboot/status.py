@@ -217,7 +217,9 @@ def line_console(
             say("No saved settings: run the wizard first.")
             return
         model = WizardModel(values=old.raw(), sources=dict.fromkeys(old.raw(), "current"))
-        wizard = LineWizard(Session(system=system, model=model, revert_after=revert_after), inp, out)
+        wizard = LineWizard(
+            Session(system=system, model=model, revert_after=revert_after), inp, out, watch_done=False
+        )
         wizard.ask_screen(BY_NAME["network"])
         new = model.settings()
         previous, problem = try_network(system, new)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import sys
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
+from firstboot import apply as applier
 from firstboot.errors import FirstbootError
+from firstboot.settings import parse_token
 from firstboot.wizard.flow import ApplyFlow, explain, handoff
 from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, SCREENS, Field, Screen
 from firstboot.wizard.session import Session, appliance_info
@@ -18,13 +21,61 @@ from firstboot.wizard.session import Session, appliance_info
 CLEAR = "-"
 
 
+class OtherConsoleFinished(Exception):
+    """First boot was completed on the other console while this one waited for input."""
+
+
+class LineReader:
+    """Lines straight from the file descriptor, so select() timeouts see all input (no hidden buffer)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        try:
+            self.fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self.fd = None
+        self.buf = b""
+
+    def readline(self, timeout: float | None = None, poll: Callable[[], bool] | None = None) -> str | None:
+        """A line ('' at EOF) or None on timeout; poll() is asked every second and may end the wait."""
+        if self.fd is None:
+            return self.stream.readline()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            wait = 1.0 if poll is not None else None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                wait = left if wait is None else min(wait, left)
+            ready, _, _ = select.select([self.fd], [], [], wait)
+            if not ready:
+                if poll is not None and poll():
+                    raise OtherConsoleFinished
+                continue
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                rest, self.buf = self.buf, b""
+                return rest.decode("utf-8", "replace")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode("utf-8", "replace") + "\n"
+
+
 class LineWizard:
     """The wizard as a sequence of prompts."""
 
-    def __init__(self, session: Session, inp: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
+    def __init__(
+        self, session: Session, inp: TextIO = sys.stdin, out: TextIO = sys.stdout, *, watch_done: bool = True
+    ) -> None:
         self.s = session
         self.inp = inp
         self.out = out
+        self.reader = LineReader(inp)
+        # Unconfigured, tty1 and the serial console both run a wizard: notice when the other one finishes.
+        self.poll: Callable[[], bool] | None = (
+            (lambda: applier.is_done(session.system)) if watch_done else None
+        )
 
     def say(self, text: str = "") -> None:
         self.out.write(text + "\n")
@@ -34,13 +85,11 @@ class LineWizard:
         """One line of input; None on timeout. EOF is an error (nobody is there to answer)."""
         self.out.write(prompt)
         self.out.flush()
-        if timeout is not None:
-            ready, _, _ = select.select([self.inp], [], [], timeout)
-            if not ready:
-                self.say()
-                return None
         with self._no_echo(secret):
-            line = self.inp.readline()
+            line = self.reader.readline(timeout, self.poll)
+        if line is None:
+            self.say()
+            return None
         if secret:
             self.say()
         if not line:
@@ -93,6 +142,9 @@ class LineWizard:
             errors = self.s.model.validate(screen, entries)
             if not errors:
                 self.s.commit(screen, entries)
+                if screen.name == "plane":
+                    tok = parse_token(self.s.model.values["gateway.join_token"])
+                    self.say(f"  Plane: {tok.plane_url}   CA {tok.ca_hash[:23]}...")
                 return
             for message in errors.values():
                 self.say(f"  ! {message}")
@@ -161,6 +213,15 @@ class LineWizard:
 
     def run(self) -> int:
         """The whole wizard; returns the exit code."""
+        try:
+            return self._run()
+        except OtherConsoleFinished:
+            self.say()
+            self.say("First boot was completed on another console.")
+            handoff(self.s.system, self.s.console)
+            return 0
+
+    def _run(self) -> int:
         m = self.s.model
         self.say(f"Gateway appliance setup - version {m.version}")
         for line in appliance_info(self.s.system):

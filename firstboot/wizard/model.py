@@ -46,7 +46,7 @@ SCREENS: tuple[Screen, ...] = (
     ),
     Screen("host", "Host name and time", (_f("network.hostname"), _f("network.ntp"))),
     Screen("proxy", "Outbound proxy", (_f("proxy.url"),)),
-    Screen("plane", "Management plane", (_f("gateway.join_token"),)),
+    Screen("plane", "Management plane", (_f("gateway.join_token"), _f("gateway.plane_url"))),
     Screen(
         "admin",
         "Admin access",
@@ -99,10 +99,8 @@ class WizardModel:
             if "gateway.join_token" not in good:
                 errors["gateway.join_token"] = "gateway.join_token: required: paste the token from the plane"
             else:
-                probe = {k: v for k, v in self.values.items() if k == "gateway.plane_url"}
-                problems = check_cross({**probe, "gateway.join_token": good["gateway.join_token"]})
-                if problems:
-                    errors["gateway.join_token"] = problems[0]
+                # A plane URL given alongside the token (seed or typed) must be the token's own.
+                errors.update(_by_key(check_cross(good)))
         if screen.name == "admin":
             pw, pw2 = entries.get(PASSWORD, ""), entries.get(PASSWORD2, "")
             if pw and len(pw) < MIN_PASSWORD:

@@ -58,8 +58,16 @@ def test_line_mode_bad_input_on_every_screen_then_apply(tmp_path: Path) -> None:
 
         child.expect_exact("== Management plane ==")
         ask(child, "Join token (GWJ1.... from the management plane) []: ", "abc")
+        ask(child, "Plane URL (empty = taken from the join token) []: ", "https://other.example.com")
         child.expect_exact("  ! gateway.join_token: must start with 'GWJ1.'")
+        # Only the bad field is asked again; the cross check then catches the mismatched URL.
         ask(child, "Join token (GWJ1.... from the management plane) [abc]: ", fake_token())
+        child.expect_exact(
+            "  ! gateway.plane_url: https://other.example.com does not match the join token's "
+            "https://127.0.0.1:9 (leave it empty to use the token's)"
+        )
+        ask(child, "Plane URL (empty = taken from the join token) [https://other.example.com]: ", "-")
+        child.expect_exact("  Plane: https://127.0.0.1:9   CA sha256:abababababababab...")
 
         child.expect_exact("== Admin access ==")
         ask(child, "Admin SSH key (enables SSH for user admin; empty = SSH off) []: ", "")
@@ -95,6 +103,7 @@ def test_line_mode_rolls_back_unconfirmed_network(tmp_path: Path) -> None:
             child.expect(r"\]: ")
             child.sendline("")
         ask(child, "Join token (GWJ1.... from the management plane) []: ", fake_token())
+        ask(child, "Plane URL (empty = taken from the join token) []: ", "")
         for prompt in ("Admin SSH key", "Console password", "Repeat password"):
             child.expect_exact(prompt)
             child.expect(r"\]: ")
@@ -121,3 +130,17 @@ def test_dumb_terminal_gets_line_mode(tmp_path: Path) -> None:
     finally:
         child.close()
     assert child.exitstatus == 1
+
+
+def test_steps_aside_when_the_other_console_finishes(tmp_path: Path) -> None:
+    root = make_root(tmp_path / "root")
+    child = spawn("--root", str(root), "wizard", "--line")
+    try:
+        child.expect_exact("Network mode (dhcp or static) [dhcp]: ")
+        (root / "var/lib/firstboot").mkdir(parents=True)
+        (root / "var/lib/firstboot/done").write_text("tty1\n")
+        child.expect_exact("First boot was completed on another console.")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0

@@ -38,6 +38,9 @@ def line_wizard(root: Path, token: str) -> pexpect.spawn:
     child.expect_exact("Join token")
     child.expect(r"\]: ")
     child.sendline(token)
+    child.expect_exact("Plane URL")
+    child.expect(r"\]: ")
+    child.sendline("")
     for prompt in ("Admin SSH key", "Console password", "Repeat password"):
         child.expect_exact(prompt)
         child.expect(r"\]: ")

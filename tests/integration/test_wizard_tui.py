@@ -46,7 +46,7 @@ def test_good_path(tmp_path: Path, tmuxes: list[Tmux]) -> None:
     t.wait_for("5/8: Management plane")
     t.type(fake_token("https://127.0.0.1:9"))
     t.wait_for("Plane: https://127.0.0.1:9   CA sha256:abababab")
-    t.keys("Enter", "Enter")
+    t.keys("Enter", "Enter", "Enter")  # token, empty plane URL (taken from the token), Next
     t.wait_for("6/8: Admin access")
     t.keys("Enter")
     t.type("correct horse")
@@ -137,14 +137,21 @@ def test_bad_input_on_every_screen_and_network_rollback(tmp_path: Path, tmuxes: 
     t.keys("C-u", "Enter", "Enter")
     # Plane: empty, then not a token.
     t.wait_for("5/8: Management plane")
-    t.keys("Enter", "Enter")
+    t.keys("Enter", "Enter", "Enter")
     t.wait_for("gateway.join_token: required: paste the token from the plane")
     t.type("abc")
-    t.keys("Enter", "Enter")
+    t.keys("Enter", "Enter", "Enter")
     t.wait_for("gateway.join_token: must start with 'GWJ1.'")
     t.keys("C-u")
     t.type(fake_token("https://127.0.0.1:9"))
+    t.keys("Enter")
+    t.type("https://other.example.com")
     t.keys("Enter", "Enter")
+    t.wait_for(
+        "gateway.plane_url: https://other.example.com does not match the join token's https://127.0.0.1:9 "
+        "(leave it empty to use the token's)"
+    )
+    t.keys("C-u", "Enter", "Enter")
     # Admin: a bad key and a short password, then two different passwords.
     t.wait_for("6/8: Admin access")
     t.type("ssh-rsa AAAA")

@@ -164,9 +164,10 @@ def test_wizard_model_validates_screens() -> None:
         PASSWORD2: "admin.password: the two passwords differ"
     }
     plane = BY_NAME["plane"]
-    model.values["gateway.plane_url"] = "https://elsewhere.example.com"
-    errors = model.validate(plane, {"gateway.join_token": make_token()})
-    assert errors["gateway.join_token"].startswith(
+    errors = model.validate(
+        plane, {"gateway.join_token": make_token(), "gateway.plane_url": "https://elsewhere.example.com"}
+    )
+    assert errors["gateway.plane_url"].startswith(
         "gateway.plane_url: https://elsewhere.example.com does not match"
     )
 
