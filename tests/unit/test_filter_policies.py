@@ -503,3 +503,22 @@ def test_json_output_is_valid_json(shipped: PolicySet) -> None:
         )
         assert isinstance(out, Allowed)
         json.loads(out.body)
+
+
+def test_redirect_keeps_only_allowed_headers_and_no_body(shipped: PolicySet) -> None:
+    req = FilterRequest("GET", "/v1/p1/stacks/web-tier", {})
+    headers = {
+        "Content-Type": "text/html",
+        "Location": "https://heat/v1/p1/stacks/web-tier/3095",
+        "X-Debug": "CANARY",
+    }
+    out = filter_response(shipped, "openstack-heat", req, FilterResponse(302, headers, b"<a>CANARY</a>"))
+    assert isinstance(out, Allowed) and out.status == 302 and out.body == b""
+    assert out.headers == {"location": "https://heat/v1/p1/stacks/web-tier/3095"}
+
+
+def test_head_has_no_body(shipped: PolicySet) -> None:
+    req = FilterRequest("HEAD", "/v2.1/servers/detail", {})
+    resp = FilterResponse(200, {"Content-Type": "application/json", "Content-Length": "999"}, b"")
+    out = filter_response(shipped, "openstack-nova", req, resp)
+    assert isinstance(out, Allowed) and out.body == b"" and "content-length" not in out.headers
