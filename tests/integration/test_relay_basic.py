@@ -127,6 +127,15 @@ async def test_fixed_length_request_body(env: Env) -> None:
         assert await r.read() == body
 
 
+async def test_buffered_response_goes_through_the_metadata_filter(env: Env) -> None:
+    status, headers, body = await env.get("t1", "/inventory")
+    assert status == 200, body
+    assert __import__("json").loads(body) == [{"id": i, "name": f"vm-{i}"} for i in range(3)]
+    assert b"CANARY" not in body and "X-Secret-Header" not in headers
+    assert headers["X-Gateway-Filter"] == "test-filtered; removed=3"
+    assert headers["Content-Length"] == str(len(body))
+
+
 async def test_query_and_headers_reach_the_target_but_plane_credentials_do_not(env: Env) -> None:
     status, _h, body = await env.get(
         "t1",

@@ -38,6 +38,11 @@ PYTHON = sys.executable
 PASSTHROUGH_POLICY = """\
 kind: http
 rules:
+  - name: test-filtered
+    path: /inventory
+    json:
+      - "[].id"
+      - "[].name"
   - name: test-passthrough
     path: /**
     methods: [GET, POST, PUT]
@@ -207,6 +212,10 @@ def target_app() -> web.Application:
         request.transport.abort()
         return resp
 
+    async def inventory(request: web.Request) -> web.Response:
+        items = [{"id": i, "name": f"vm-{i}", "password": f"CANARY-{i}"} for i in range(3)]
+        return web.json_response(items, headers={"X-Secret-Header": "CANARY-H"})
+
     async def headers(request: web.Request) -> web.Response:
         return web.json_response({k: v for k, v in request.headers.items()})
 
@@ -217,6 +226,7 @@ def target_app() -> web.Application:
     app.router.add_post("/echo", echo)
     app.router.add_get("/headers", headers)
     app.router.add_get("/truncated", truncated)
+    app.router.add_get("/inventory", inventory)
     return app
 
 
