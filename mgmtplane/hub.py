@@ -204,17 +204,18 @@ class Hub:
             resp = web.StreamResponse(status=rhead.status)
             for key, value in strip_hop_headers(rhead.headers):
                 resp.headers.add(key, value)
-            await resp.prepare(request)
             try:
+                await resp.prepare(request)
                 while chunk := await stream.read():
                     await resp.write(chunk)
+                await resp.write_eof()
             except StreamReset as exc:
                 # Headers are gone already: the only honest signal left is an aborted connection.
                 log.info("gateway %s: stream %d reset mid-body: %s", gateway_id, stream.id, exc)
                 if request.transport is not None:
                     request.transport.abort()
-                return resp
-            await resp.write_eof()
+            except ConnectionError as exc:
+                log.debug("gateway %s: stream %d: caller went away: %s", gateway_id, stream.id, exc)
             return resp
         finally:
             stream.reset(p.ErrorCode.CANCELLED, "caller went away")

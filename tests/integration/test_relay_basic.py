@@ -228,3 +228,16 @@ async def test_stalled_reader_does_not_slow_other_streams(env: Env) -> None:
         assert loop.time() - start < 20
     finally:
         stalled.close()
+
+
+async def test_caller_going_away_cancels_the_stream_on_the_gateway(env: Env) -> None:
+    resp = await env.http.get(env.url("t1", "/sized?size=500000000"), ssl=env.caller_ssl)
+    assert resp.status == 200
+    await resp.content.read(1 << 20)
+    resp.close()  # drop the connection mid-body
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while env.relay._tasks and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    assert not env.relay._tasks
+    assert env.client.mux is not None and env.client.mux.streams == {}
