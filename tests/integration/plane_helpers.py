@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -39,6 +40,40 @@ def run(*args: str, timeout: float = 60, stdin: str | None = None) -> subprocess
         input=stdin,
         check=False,
     )
+
+
+def _socket_inodes_to(port: int) -> set[str]:
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def open_sockets_to(port: int) -> int:
+    """How many of this process's sockets still talk to `port` on loopback."""
+    inodes = _socket_inodes_to(port)
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                count += 1
+    return count
+
+
+async def wait_sockets_closed(port: int, timeout: float = 15.0) -> None:
+    """Let closing TLS connections finish their close_notify exchange before the test's loop ends.
+
+    Otherwise a transport still closing when the loop stops is reported as leaked later, in
+    whichever test the garbage collector happens to run.
+    """
+    deadline = time.monotonic() + timeout
+    while open_sockets_to(port) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 def free_port() -> int:

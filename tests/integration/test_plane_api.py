@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from firstboot.register import load_identity, parse_token
-from tests.integration.plane_helpers import Plane, register, running_plane
+from tests.integration.plane_helpers import Plane, register, running_plane, wait_sockets_closed
 
 
 @pytest.fixture
@@ -37,9 +38,13 @@ def _ctx(plane: Plane, client_dir: Path | None = None) -> ssl.SSLContext:
 async def _session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         yield http
-    # A closed TLS connection still exchanges close_notify; give it a moment before the loop ends
-    # (aiohttp's documented graceful-shutdown advice), or its transport is reported as leaked.
-    await asyncio.sleep(0.25)
+
+
+@pytest.fixture(autouse=True)
+async def _no_lingering_tls(plane: Plane) -> AsyncIterator[None]:
+    yield
+    await wait_sockets_closed(plane.port)
+    gc.collect()  # a leaked transport is then reported in the test that leaked it
 
 
 def _csr(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from aiohttp import web
 from firstboot.errors import FirstbootError
 from firstboot.register import parse_token, register_async
 from mgmtplane.tokens import encode_token
-from tests.integration.plane_helpers import Plane, register, running_plane
+from tests.integration.plane_helpers import Plane, register, running_plane, wait_sockets_closed
 
 
 @pytest.fixture
@@ -53,7 +52,7 @@ async def test_tls_interception_refused_before_secret_leaves(plane: Plane, tmp_p
             await register_async(token, tmp_path / "gw", hostname="gw", timeout=10)
     finally:
         await runner.cleanup()
-        await asyncio.sleep(0.1)
+        await wait_sockets_closed(port)
     assert "possible interception" in str(info.value)
     assert "TLS verification" in str(info.value)
     assert posted == []  # the secret never reached the interceptor
