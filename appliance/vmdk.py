@@ -12,6 +12,7 @@ markers, no footer), and VMware's importers check for it.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import io
@@ -379,15 +380,39 @@ class Record:
 
 
 def parse_header(data: bytes) -> Header:
-    """Parse a 512-byte header (or footer); raises ApplianceError on a bad magic."""
+    """Parse a 512-byte header (or footer); ValueError if it is short or has a bad magic."""
+    if len(data) < _HEADER.size:
+        raise ValueError(f"a header needs {_HEADER.size} bytes, got {len(data)}")
     header = Header(*_HEADER.unpack_from(data))
     if header.magic != MAGIC:
-        raise ApplianceError(f"vmdk: bad magic {header.magic:#x}")
+        raise ValueError(f"bad magic {header.magic:#x}")
     return header
 
 
 def _fail(path: Path, problem: str) -> ApplianceError:
     return ApplianceError(f"{path}: not a valid streamOptimized VMDK: {problem}")
+
+
+_CORRUPT = (struct.error, zlib.error, UnicodeDecodeError, ValueError, OverflowError)
+
+
+def _damaged(path: Path, exc: Exception) -> ApplianceError:
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
+        return ApplianceError(f"{path}: cannot read: {exc.strerror}")
+    # Other OSErrors here come from seeks past any sane offset, i.e. damaged pointers.
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return _fail(path, f"damaged ({detail})")
+
+
+def _check_layout(header: Header, path: Path) -> None:
+    # Bounds first: a damaged header must give an error, not a division by zero or a huge read.
+    def pow2(n: int) -> bool:
+        return n > 0 and n & (n - 1) == 0
+
+    if not (pow2(header.grain_size) and header.grain_size <= 128 and pow2(header.gtes_per_gt)):
+        raise _fail(path, f"grain size {header.grain_size}, {header.gtes_per_gt} entries per grain table")
+    if not 0 < header.capacity <= (1 << 32) * header.grain_size or header.descriptor_size > 4096:
+        raise _fail(path, f"capacity {header.capacity} sectors, descriptor {header.descriptor_size} sectors")
 
 
 class _Window(io.RawIOBase):
@@ -433,8 +458,16 @@ def _open(path: Path, offset: int, size: int | None) -> BinaryIO:
 
 def walk_stream(path: Path, *, offset: int = 0, size: int | None = None) -> tuple[Header, str, list[Record]]:
     """Walk the file (or a slice) front to back as a streaming importer does: header, descriptor, records."""
+    try:
+        return _walk(path, offset, size)
+    except (*_CORRUPT, OSError) as exc:
+        raise _damaged(path, exc) from None
+
+
+def _walk(path: Path, offset: int, size: int | None) -> tuple[Header, str, list[Record]]:
     with _open(path, offset, size) as fh:
         header = parse_header(fh.read(SECTOR))
+        _check_layout(header, path)
         fh.seek(header.descriptor_offset * SECTOR)
         descriptor = fh.read(header.descriptor_size * SECTOR).rstrip(b"\0").decode()
         records: list[Record] = []
@@ -460,6 +493,13 @@ def walk_stream(path: Path, *, offset: int = 0, size: int | None = None) -> tupl
 
 def read_footer(path: Path, *, offset: int = 0, size: int | None = None) -> Header:
     """The footer header (the header copy just before the end-of-stream marker)."""
+    try:
+        return _footer(path, offset, size)
+    except (*_CORRUPT, OSError) as exc:
+        raise _damaged(path, exc) from None
+
+
+def _footer(path: Path, offset: int, size: int | None) -> Header:
     with _open(path, offset, size) as fh:
         end = fh.seek(0, os.SEEK_END)
         if end < 4 * SECTOR or end % SECTOR:
@@ -471,12 +511,26 @@ def read_footer(path: Path, *, offset: int = 0, size: int | None = None) -> Head
         raise _fail(path, "no footer marker before the end-of-stream marker")
     if _MARKER.unpack_from(tail, 2 * SECTOR) != (0, 0, MARKER_EOS):
         raise _fail(path, "no end-of-stream marker at the end")
-    return parse_header(tail[SECTOR : 2 * SECTOR])
+    footer = parse_header(tail[SECTOR : 2 * SECTOR])
+    _check_layout(footer, path)
+    return footer
 
 
 def read_stream_optimized(path: Path, *, offset: int = 0, size: int | None = None) -> Iterator[bytes]:
     """The disk's contents, grain by grain, found through the footer's GD and the GTs."""
+    try:
+        yield from _read_grains(path, offset, size)
+    except (*_CORRUPT, OSError) as exc:
+        raise _damaged(path, exc) from None
+
+
+def _read_grains(path: Path, offset: int, size: int | None) -> Iterator[bytes]:
     footer = read_footer(path, offset=offset, size=size)
+    with _open(path, offset, size) as fh:
+        header = parse_header(fh.read(SECTOR))
+    # The footer is the header again with gdOffset filled in; anything else differing is damage.
+    if dataclasses.replace(header, gd_offset=footer.gd_offset) != footer:
+        raise _fail(path, "the footer does not repeat the header")
     if footer.flags != FLAGS or footer.compress_algorithm != COMPRESS_DEFLATE:
         raise _fail(path, f"flags {footer.flags:#x}, compression {footer.compress_algorithm}")
     grain_bytes = footer.grain_size * SECTOR
@@ -509,7 +563,8 @@ def read_stream_optimized(path: Path, *, offset: int = 0, size: int | None = Non
                             f"grain at sector {grain_sector} has LBA {lba}, expected "
                             f"{index * footer.grain_size}",
                         )
-                    grain = zlib.decompress(fh.read(packed_size))
+                    # Bounded: a damaged grain must not inflate without limit.
+                    grain = zlib.decompressobj().decompress(fh.read(packed_size), grain_bytes + 1)
                     if len(grain) != grain_bytes:
                         raise _fail(path, f"grain {index} inflates to {len(grain)} bytes")
                     yield grain[:want]

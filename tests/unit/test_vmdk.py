@@ -233,7 +233,7 @@ def test_round_trip_property(tmp_path: Path, size: int, writes: list[tuple[int, 
     assert info.grains == sum(1 for i in range(0, size, GRAIN) if any(content[i : i + GRAIN]))
 
 
-def testgrain_runs_merge_extents() -> None:
+def test_grain_runs_merge_extents() -> None:
     assert grain_runs([]) == []
     assert grain_runs([(0, 1)]) == [(0, 1)]
     # extents sharing or touching a grain merge; a gap of whole grains does not
@@ -266,3 +266,36 @@ def test_reads_a_slice_of_a_larger_file(sample: tuple[Path, bytes, Path, VmdkInf
     assert read_footer(wrapped, **window) == read_footer(vmdk)
     back = b"".join(read_stream_optimized(wrapped, **window))
     assert back[: len(content)] == content
+
+
+@pytest.fixture(scope="module")
+def small_vmdk(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    tmp = tmp_path_factory.mktemp("small")
+    rng = random.Random(5)
+    content = make_raw(tmp / "s.raw", 3 * GRAIN + 700, [(0, rng.randbytes(900)), (2 * GRAIN, b"ab" * 3000)])
+    write_stream_optimized(tmp / "s.raw", tmp / "s.vmdk")
+    return content, (tmp / "s.vmdk").read_bytes()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=4))
+def test_damaged_files_give_one_line_errors(
+    small_vmdk: tuple[bytes, bytes], tmp_path: Path, edits: list[tuple[int, int]]
+) -> None:
+    content, good = small_vmdk
+    data = bytearray(good)
+    for position, value in edits:
+        # Aim at the structures: header, markers, GT/GD and footer live in the first and last sectors.
+        index = position % len(data) if position % 2 else len(data) - 1 - position % (4 * SECTOR)
+        data[index] = value
+    path = tmp_path / "damaged.vmdk"
+    path.write_bytes(bytes(data))
+    try:
+        walk_stream(path)
+        back = read_back(path)
+    except ApplianceError as exc:
+        assert str(exc).startswith(f"{path}: not a valid streamOptimized VMDK: ")
+        assert "\n" not in str(exc)
+    else:
+        # Damage that no check catches must be damage that changes nothing (padding, unused bytes).
+        assert back[: len(content)] == content and not any(back[len(content) :])
