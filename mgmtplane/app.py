@@ -105,18 +105,6 @@ def server_ssl_context(config: PlaneConfig) -> ssl.SSLContext:
     return ctx
 
 
-def peer_gateway_id(request: web.Request) -> str | None:
-    """The gateway id (client cert CN) of a TLS peer whose certificate the plane CA verified, or None."""
-    peercert = request.transport.get_extra_info("peercert") if request.transport else None
-    if not peercert:
-        return None
-    for rdn in peercert.get("subject", ()):
-        for name, value in rdn:
-            if name == "commonName":
-                return str(value)
-    return None
-
-
 def json_error(status: int, code: str, message: str) -> web.Response:
     """A JSON error body `{"error": code, "message": text}` with `status`."""
     return web.json_response({"error": code, "message": message}, status=status)

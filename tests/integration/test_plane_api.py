@@ -187,3 +187,11 @@ async def test_live_tunnel_shows_in_admin_api(plane: Plane, tmp_path: Path) -> N
         runner.cancel()
         with pytest.raises((asyncio.CancelledError, Exception)):
             await runner
+
+
+async def test_concurrent_registrations_with_one_token(plane: Plane) -> None:
+    secret = parse_token(plane.token()).secret
+    csrs = [_csr(ec.generate_private_key(ec.SECP256R1())) for _ in range(10)]
+    results = await asyncio.gather(*(_post(plane, {"token_secret": secret, "csr": c}) for c in csrs))
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200] + [403] * 9

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given
@@ -164,3 +166,21 @@ def test_corrupt_file_is_one_line_error(tmp_path) -> None:
     (tmp_path / "tokens.json").write_text("{nope")
     with pytest.raises(PlaneError, match=r"tokens\.json: invalid JSON"):
         TokenStore(tmp_path).all()
+
+
+def test_concurrent_redeem_exactly_one_wins(tmp_path) -> None:
+    """Separate store objects (separate lock descriptors), as in separate processes: one winner."""
+    secret, _ = TokenStore(tmp_path).create(60)
+    barrier = threading.Barrier(8)
+
+    def attempt(i: int) -> str:
+        barrier.wait()
+        try:
+            return TokenStore(tmp_path).redeem(secret, f"sha256:k{i}", f"gw-{i}").gateway_id
+        except TokenError as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(attempt, range(8)))
+    winners = [r for r in results if r.startswith("gw-")]
+    assert len(winners) == 1 and results.count("token-used") == 7
