@@ -383,12 +383,12 @@ async def register_async(
     timeout: float = 30,
     force: bool = False,
 ) -> Identity:
-    """Enrol with the plane and store the identity; returns the existing one unless `force`."""
+    """Enrol with the plane and store the identity; one for the same plane is kept unless `force`."""
     if isinstance(token, str):
         token = parse_token(token)
     hostname = _check_hostname(hostname)
     existing = load_identity(state_dir)
-    if existing is not None and not force:
+    if existing is not None and not force and existing.plane_url == token.plane_url:
         return existing
     if token.expired():
         # The local clock may be wrong before NTP syncs; the plane's verdict is the one that counts.
@@ -398,7 +398,8 @@ async def register_async(
     async with aiohttp.ClientSession(timeout=client_timeout, trust_env=False) as session:
         client = _Client(session, proxy_url)
         pinned, ca_pem = await client.fetch_ca(token)
-        key = _prepare_key(state_dir, force)
+        # A key is reused only to finish an interrupted enrolment, never from a complete identity.
+        key = _prepare_key(state_dir, force or existing is not None)
         data = await client.post_register(token, ca_pem, _make_csr(key, hostname), hostname)
     gateway_id, cert_pem = _check_response(data, key, pinned)
     registered_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from firstboot.register import load_identity, parse_token, spki_sha256
+from firstboot.register import register as register_identity
 from mgmtplane.registry import Registry
 from mgmtplane.tokens import encode_token
 from tests.integration.plane_helpers import Plane, free_port, register, run, running_plane
@@ -169,3 +170,18 @@ def test_interrupted_registration_finishes_with_same_token(plane: Plane, tmp_pat
     assert [r.gateway_id for r in after] == [gateway_id]
     assert after[0].registered_at == before[0].registered_at
     assert after[0].cert_serial != before[0].cert_serial  # a fresh certificate for the same key
+
+
+def test_library_enrols_again_only_for_another_plane(plane: Plane, tmp_path: Path) -> None:
+    gw = tmp_path / "gw"
+    assert register(plane.token(), gw).returncode == 0
+    first = load_identity(gw)
+    assert first is not None
+    key_before = (gw / "key.pem").read_bytes()
+    with running_plane(tmp_path / "other") as other:
+        moved = register_identity(other.token(), gw, hostname="gw", timeout=10)
+        spare = other.token()
+    assert moved.plane_url == other.url and moved.gateway_id != first.gateway_id
+    assert (gw / "key.pem").read_bytes() != key_before  # a new plane gets a new key
+    # Same plane again: the stored identity is returned without contacting it (it is stopped now).
+    assert register_identity(spare, gw, hostname="gw", timeout=5) == moved
