@@ -170,6 +170,8 @@ class Relay:
         entry = self._sessions.get(target.name)
         if entry is not None and entry[0] == target:
             return entry[1]
+        # An IP-literal host never reaches the resolver: check it once, before the first connection.
+        check_literal(target.url.host or "", target.allow_private, self.own)
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(target.allow_private, self.own),
             use_dns_cache=False,  # resolve (and check) on every new connection: no stale rebinding window
@@ -234,7 +236,6 @@ class Relay:
             body_bytes = await _read_bounded(stream, MAX_REQUEST_BODY_BYTES)
         freq = FilterRequest(head.method, head.path, CIMultiDict(req_headers), body_bytes)
         rule = self.filter.check(target, freq)
-        check_literal(target.url.host or "", target.allow_private, self.own)
         session = self._session(target)
         body: bytes | AsyncIterator[bytes] | None = body_bytes
         if body is None and not stream.rx_fin:
