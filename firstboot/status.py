@@ -161,11 +161,11 @@ POWER = {"reboot": ["systemctl", "reboot"], "poweroff": ["systemctl", "poweroff"
 
 def try_network(system: System, settings: Settings) -> tuple[bytes | None, str | None]:
     """Apply new network settings and probe the plane; returns (snapshot to revert to, problem or None)."""
-    from firstboot.wizard.flow import probe_plane
+    from firstboot.wizard.flow import probe_until
 
     previous = network.snapshot(system)
     network.apply_network(system, settings)
-    return previous, probe_plane(settings.plane_url, settings.proxy_url)
+    return previous, probe_until(settings.plane_url, settings.proxy_url)
 
 
 def keep_network(system: System, settings: Settings) -> None:

@@ -67,6 +67,17 @@ def probe_plane(plane_url: str, proxy_url: str | None = None, timeout: float = 5
     return last
 
 
+def probe_until(plane_url: str, proxy_url: str | None, attempts: int = 3, pause: float = 2.0) -> str | None:
+    """probe_plane, retried briefly: a link that was just reconfigured may need a moment (DHCP, ARP)."""
+    problem = probe_plane(plane_url, proxy_url)
+    for _ in range(attempts - 1):
+        if problem is None:
+            break
+        time.sleep(pause)
+        problem = probe_plane(plane_url, proxy_url)
+    return problem
+
+
 def _connect_via_proxy(sock: socket.socket, host: str, port: int, proxy_url: str) -> str | None:
     proxy = urlsplit(proxy_url)
     head = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
@@ -152,7 +163,7 @@ class ApplyFlow:
             os.close(fd)
         progress("Testing that the management plane is reachable ...")
         started = time.monotonic()
-        problem = probe_plane(self.settings.plane_url, self.settings.proxy_url)
+        problem = probe_until(self.settings.plane_url, self.settings.proxy_url)
         progress(f"  {'reachable' if problem is None else problem} ({time.monotonic() - started:.1f} s)")
         return problem
 
