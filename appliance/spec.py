@@ -2,14 +2,14 @@
 
 Every setting is declared once, in a table of `Setting` entries (key, parser, default, help). The
 tables drive parsing, validation, the defaults and `format_summary()`. Parsing is pure
-(`parse_spec(data, source)`); `load_spec(path)` only adds reading the file.
+(`parse_spec(data, source)`); `load_spec(path)` only adds reading the file. Property defaults are checked with first boot's own
+validators (firstboot.settings), so the OVA never offers a default the appliance would refuse.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
-import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +21,9 @@ from urllib.parse import urlsplit
 import yaml
 
 from appliance.errors import ApplianceError
+from firstboot.errors import FirstbootError
+from firstboot.settings import KEYS as FIRSTBOOT_KEYS
+from firstboot.settings import validate_value
 
 __all__ = [
     "PROPERTY_KEYS",
@@ -411,24 +414,14 @@ SPEC_SETTINGS: tuple[Setting, ...] = (
 
 
 def _check_value(key: str, text: str) -> str | None:
-    """Why a default is not acceptable for this property, or None."""
+    """Why first boot would reject this default, in first boot's own words; None if it accepts it."""
+    if key not in FIRSTBOOT_KEYS:
+        return None
     try:
-        if key == "network.address":
-            if "/" not in text:
-                return f"expected an address in CIDR form like 192.0.2.10/24, got {text!r}"
-            ipaddress.ip_interface(text)
-        elif key == "network.gateway":
-            ipaddress.ip_address(text)
-        elif key == "network.dns":
-            for part in text.split(","):
-                ipaddress.ip_address(part.strip())
-        elif key in ("gateway.plane_url", "proxy.url"):
-            parts = urlsplit(text)
-            schemes = ("https",) if key == "gateway.plane_url" else ("http", "https")
-            if parts.scheme not in schemes or not parts.hostname:
-                return f"expected a {'/'.join(schemes)} URL, got {text!r}"
-    except ValueError:
-        return f"not a valid value for {key}: {text!r}"
+        validate_value(key, text)
+    except FirstbootError as exc:
+        # validate_value says "key: problem"; the caller already names the key.
+        return exc.message.removeprefix(f"{key}: ")
     return None
 
 

@@ -26,6 +26,9 @@ from appliance.spec import (
     load_spec,
     parse_spec,
 )
+from firstboot.errors import FirstbootError
+from firstboot.settings import KEYS as FIRSTBOOT_KEYS
+from firstboot.settings import validate_value
 
 REPO = Path(__file__).resolve().parents[2]
 BASE: dict[str, Any] = yaml.safe_load((REPO / "appliance.yaml").read_text())
@@ -206,10 +209,6 @@ BAD: list[tuple[Mutation, str]] = [
         "properties[0].default: expected a string, boolean or integer, got a list",
     ),
     (
-        _set("properties/0/default", "http://plane"),
-        "properties[0].default: expected a https URL, got 'http://plane'",
-    ),
-    (
         _set("properties/0/user_configurable", "yes please"),
         "properties[0].user_configurable: expected true or false, got 'yes please'",
     ),
@@ -229,14 +228,6 @@ BAD: list[tuple[Mutation, str]] = [
     (
         _set(f"properties/{MODE}/default", "auto"),
         f"properties[{MODE}].default: 'auto' is not in the ValueMap",
-    ),
-    (
-        _set(f"properties/{ADDR}/default", "192.0.2.5"),
-        f"properties[{ADDR}].default: expected an address in CIDR form like 192.0.2.10/24, got '192.0.2.5'",
-    ),
-    (
-        _set(f"properties/{ADDR}/default", "192.0.2.500/24"),
-        f"properties[{ADDR}].default: not a valid value for network.address: '192.0.2.500/24'",
     ),
 ]
 
@@ -360,3 +351,30 @@ def test_summary_keeps_one_line_per_setting() -> None:
     data["product"]["annotation"] = "first line\nsecond   line\n"
     text = format_summary(parse_spec(data, Path("appliance.yaml")))
     assert "product.annotation        first line second line" in text.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("index", "value"),
+    [
+        (0, "http://plane"),
+        (ADDR, "192.0.2.5"),
+        (ADDR, "192.0.2.500/24"),
+        (_prop_index("proxy.url"), "ftp://x"),
+    ],
+)
+def test_defaults_must_pass_first_boots_validation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index: int, value: str
+) -> None:
+    key = BASE["properties"][index]["key"]
+    with pytest.raises(FirstbootError) as first_boot:
+        validate_value(key, value)
+    data = copy.deepcopy(BASE)
+    data["properties"][index]["default"] = value
+    with pytest.raises(ApplianceError) as info:
+        _load(tmp_path, monkeypatch, data)
+    problem = first_boot.value.message.removeprefix(f"{key}: ")
+    assert str(info.value) == f"appliance.yaml: properties[{index}].default: {problem}"
+
+
+def test_property_keys_are_first_boots() -> None:
+    assert set(PROPERTY_KEYS) == set(FIRSTBOOT_KEYS)
