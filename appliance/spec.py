@@ -2,8 +2,9 @@
 
 Every setting is declared once, in a table of `Setting` entries (key, parser, default, help). The
 tables drive parsing, validation, the defaults and `format_summary()`. Parsing is pure
-(`parse_spec(data, source)`); `load_spec(path)` only adds reading the file. Property defaults are checked with first boot's own
-validators (firstboot.settings), so the OVA never offers a default the appliance would refuse.
+(`parse_spec(data, source)`); `load_spec(path)` only adds reading the file. Property defaults are
+checked with first boot's own validators (firstboot.settings), so the OVA never offers a default
+the appliance would refuse.
 """
 
 from __future__ import annotations
