@@ -85,7 +85,12 @@ class Daemon:
 
     def load_inventory(self) -> tuple[TargetSet, PolicySet]:
         """Targets and policies from the configured paths (GatewayError on bad input)."""
-        targets = load_targets(self.config.targets)
+        if self.config.targets.exists():
+            targets = load_targets(self.config.targets)
+        else:
+            # A fresh appliance has no inventory yet; the tunnel still comes up (SIGHUP loads it later).
+            log.warning("%s does not exist: no targets until it is written and reloaded", self.config.targets)
+            targets = TargetSet({}, str(self.config.targets))
         policies = load_policies([d for d in self.config.policy_dirs if d.is_dir()])
         return targets, policies
 

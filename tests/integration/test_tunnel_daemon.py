@@ -124,6 +124,33 @@ async def test_notify_reload_and_graceful_stop(gateway: Gateway) -> None:
     await wait_for(lambda: not gateway.hub.sessions()[0]["connected"], 5)
 
 
+async def test_missing_inventory_starts_empty_and_sighup_loads_it(gateway: Gateway) -> None:
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(gateway.proc.wait, 10) == 0
+    targets_text = gateway.targets.read_text()
+    gateway.targets.unlink()
+    config = gateway.targets.parent / "gateway.yaml"
+    proc = subprocess.Popen([PYTHON, "-m", "gateway", "run", "--config", str(config)], cwd=REPO)
+    try:
+        caller_ssl = ssl.create_default_context(cafile=str(gateway.pki.plane_dir / "ca.pem"))
+        async with aiohttp.ClientSession() as http:
+            status = 0
+            for _ in range(100):
+                async with http.get(relay_url(gateway, "t1", "/small"), ssl=caller_ssl) as r:
+                    status = r.status
+                if status != 503:
+                    break
+                await asyncio.sleep(0.1)
+            assert status == 404  # tunnel up, inventory empty
+            gateway.targets.write_text(targets_text)
+            proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.5)
+            async with http.get(relay_url(gateway, "t1", "/small"), ssl=caller_ssl) as r:
+                assert r.status == 200
+    finally:
+        stop_process(proc)
+
+
 async def test_bad_reload_keeps_the_old_inventory(gateway: Gateway) -> None:
     gateway.targets.write_text("targets: [{name: broken}]\n")
     gateway.proc.send_signal(signal.SIGHUP)
