@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import protocol as p
 from gateway.streams import Mux, Stream, StreamReset
@@ -194,3 +196,40 @@ async def test_heartbeat_detects_a_silent_peer() -> None:
         assert pair.plane.close_reason[0] is p.ErrorCode.HEARTBEAT_TIMEOUT
         assert elapsed <= 2 * 0.2 + 0.2
         pair.paused = False
+
+
+FRAME_TYPES = st.sampled_from(list(p.FrameType))
+
+
+@st.composite
+def hostile_frames(draw: st.DrawFn) -> bytes:
+    """Well-framed but arbitrary frames (any type, stream, flags, payload) after a valid HELLO."""
+    out = [p.encode_hello(p.Hello(limits=SMALL))]
+    for _ in range(draw(st.integers(0, 8))):
+        ftype = draw(FRAME_TYPES)
+        sid = draw(st.integers(0, 5))
+        payload = draw(st.binary(max_size=64))
+        out.append(p.HEADER.pack(0x10 | ftype, draw(st.integers(0, 255)), sid, len(payload)) + payload)
+    if draw(st.booleans()):
+        out.append(draw(st.binary(max_size=32)))  # trailing garbage
+    return b"".join(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=hostile_frames())
+def test_mux_never_raises_on_hostile_input(data: bytes) -> None:
+    async def run() -> None:
+        sent: list[bytes] = []
+
+        async def send(b: bytes) -> None:
+            sent.append(b)
+
+        for opens in (False, True):
+            mux = Mux(send, SMALL, opens_streams=opens, on_open=lambda s: None)
+            if opens:
+                mux.peer = SMALL
+                mux.open(p.RequestHead("GET", "t", "/"), fin=True)
+            mux.feed(data)  # must not raise: violations close the mux instead
+            assert mux.closed or mux.close_reason is None
+
+    asyncio.run(run())
