@@ -523,6 +523,8 @@ def load_spec(path: Path) -> Spec:
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ApplianceError(f"{path}: {where}invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ApplianceError(f"{path}: invalid YAML: nested too deeply") from None
     return parse_spec(data, path)
 
 

@@ -252,6 +252,7 @@ def test_bad_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mutate: Muta
         ("name: a\nname: b\n", "appliance.yaml: line 2: invalid YAML: duplicate key 'name' (line 2)"),
         ("- a\n- b\n", "appliance.yaml: (top level): expected a mapping, got a list"),
         ("", "appliance.yaml: (top level): expected a mapping, got null"),
+        ("name: " + "[" * 20000, "appliance.yaml: invalid YAML: nested too deeply"),
     ],
 )
 def test_bad_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str) -> None:
