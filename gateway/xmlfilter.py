@@ -1,4 +1,4 @@
-"""XML (SOAP) allowlist filtering: defusedxml parse, keep allowed elements/properties, re-serialize."""
+"""XML (SOAP) allowlist filtering: a streaming defusedxml parse that writes out only allowed elements."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from gateway.jsonpath import Node
 from gateway.policy import XmlAllow
 
 MAX_DEPTH = 128
+_CHUNK = 64 * 1024
 # PropertyCollector results carry the property path in a `name` child; the property decides what leaves.
 _PROPERTY_ELEMENTS = frozenset({"propSet", "changeSet"})
 
@@ -63,102 +64,161 @@ def soap_operation(body: bytes) -> str:
     return _local(bodies[0][0].tag)
 
 
-class _Walker:
+class _Frame:
+    __slots__ = ("has_child", "kept0", "name", "names", "node", "removed0", "start", "text")
+
+    def __init__(self, node: Node, name: str, start: int, kept: int, removed: int) -> None:
+        self.node = node
+        self.name = name  # the qualified name as written to the output
+        self.start = start  # index in the output where this element begins
+        self.kept0, self.removed0 = kept, removed
+        self.text: list[str] = []
+        self.has_child = False
+        self.names: list[str] | None = None  # a property element's `name` children
+
+
+_XML_NS = "http://www.w3.org/XML/1998/namespace"
+
+
+class _Filter:
+    """A streaming parser target: allowed elements go straight to the output, nothing is built.
+
+    Peak memory stays near the output size; a tree of the whole document (20x its size in
+    ElementTree objects) never exists. A property element is written, then cut back out of the
+    output if its `name` turns out not to be an allowed property.
+    """
+
     def __init__(self, allow: XmlAllow) -> None:
         self.allow = allow
-        self.kept = 0
-        self.removed = 0
+        self.done: list[str] = ['<?xml version="1.0" encoding="UTF-8"?>\n']
+        self.out: list[str] = []  # pieces since the last compaction; property frames index into it
+        self.open_props = 0
+        self.stack: list[_Frame] = []
+        self.kept = self.removed = 0
+        self.depth = 0
+        self.skip = 0  # > 0 inside a dropped subtree
+        self.pending: list[tuple[str, str]] = []
+        self.prefix_for: dict[str, str] = {_XML_NS: "xml"}  # uri -> prefix in scope
+        self.uri_for: dict[str, str] = {"xml": _XML_NS, "": ""}  # prefix -> uri in scope
+        self.saved: list[tuple[dict[str, str], dict[str, str]] | None] = []
 
-    def walk(self, elem: ET.Element, node: Node) -> ET.Element | None:
-        local = _local(elem.tag)
-        if local in _PROPERTY_ELEMENTS and not node.subtree:
-            names = [c.text for c in elem if _local(c.tag) == "name"]
-            if len(names) != 1 or (names[0] or "").strip() not in self.allow.properties:
-                self.removed += 1
-                return None
-        out = ET.Element(elem.tag)
-        for key, value in elem.attrib.items():
-            if _local(key) in self.allow.attributes:
-                out.set(key, value)
-            else:
-                self.removed += 1
-        for child in elem:
-            sub = node if node.subtree else node.child(_local(child.tag))
+    def start_ns(self, prefix: str, uri: str) -> None:
+        self.pending.append((prefix or "", uri or ""))
+
+    def _qname(self, tag: str, *, attr: bool = False) -> str:
+        if not tag.startswith("{"):
+            return tag
+        uri, local = tag[1:].split("}", 1)
+        prefix = self.prefix_for.get(uri)
+        if prefix is None or self.uri_for.get(prefix) != uri or (attr and not prefix):
+            raise XmlRejected("namespace prefixes cannot be reproduced faithfully")
+        return f"{prefix}:{local}" if prefix else local
+
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise XmlRejected(f"XML nested deeper than {MAX_DEPTH} levels")
+        decls, self.pending = self.pending, []
+        if decls:
+            self.saved.append((dict(self.prefix_for), dict(self.uri_for)))
+            for prefix, uri in decls:
+                self.uri_for[prefix] = uri
+                if uri:
+                    self.prefix_for[uri] = prefix
+        else:
+            self.saved.append(None)
+        if self.skip:
+            self.skip += 1
+            return
+        local = _local(tag)
+        parent = self.stack[-1] if self.stack else None
+        if parent is None:
+            found = self.allow.elements.root.child(local)
+            if found is None:
+                raise XmlRejected(f"root element {local!r} is not allowed")
+            node = found
+        else:
+            if "".join(parent.text).strip():
+                self.removed += 1  # mixed content: text beside child elements never leaves
+            parent.text.clear()
+            parent.has_child = True
+            sub = parent.node if parent.node.subtree else parent.node.child(local)
             if sub is None:
                 self.removed += 1
-                continue
-            kept = self.walk(child, sub)
-            if kept is not None:
-                out.append(kept)
-        text = (elem.text or "").strip()
-        if text:
-            if len(elem) == 0 and (node.leaf or node.subtree):
-                out.text = elem.text
+                self.skip = 1
+                return
+            node = sub
+        name = self._qname(tag)
+        frame = _Frame(node, name, len(self.out), self.kept, self.removed)
+        if local in _PROPERTY_ELEMENTS and not node.subtree:
+            frame.names = []
+            self.open_props += 1
+        parts = [f"<{name}"]
+        for prefix, uri in decls:
+            parts.append(f" xmlns:{prefix}={quoteattr(uri)}" if prefix else f" xmlns={quoteattr(uri)}")
+        for key, value in attrib.items():
+            if _local(key) in self.allow.attributes:
+                parts.append(f" {self._qname(key, attr=True)}={quoteattr(value)}")
+            else:
+                self.removed += 1
+        parts.append(">")
+        self.out.append("".join(parts))
+        self.stack.append(frame)
+
+    def data(self, text: str) -> None:
+        if not self.skip and self.stack:
+            self.stack[-1].text.append(text)
+
+    def end(self, tag: str) -> None:
+        self.depth -= 1
+        saved = self.saved.pop()
+        if saved is not None:
+            self.prefix_for, self.uri_for = saved
+        if self.skip:
+            self.skip -= 1
+            return
+        frame = self.stack.pop()
+        text = "".join(frame.text)
+        if text.strip():
+            if not frame.has_child and (frame.node.leaf or frame.node.subtree):
+                self.out.append(escape(text))
                 self.kept += 1
             else:
                 self.removed += 1
-        return out
+        self.out.append(f"</{frame.name}>")
+        parent = self.stack[-1] if self.stack else None
+        if parent is not None and parent.names is not None and _local(tag) == "name":
+            parent.names.append(text.strip())
+        if frame.names is not None:
+            self.open_props -= 1
+            if len(frame.names) != 1 or frame.names[0] not in self.allow.properties:
+                # Not an allowed property: cut it back out, with whatever it counted.
+                del self.out[frame.start :]
+                self.kept, self.removed = frame.kept0, frame.removed0 + 1
+        if not self.open_props and len(self.out) > 4096:
+            # Thousands of tiny strings cost far more memory than their text; nothing indexes them now.
+            self.done.append("".join(self.out))
+            self.out.clear()
 
-
-def _serialize(root: ET.Element, namespaces: list[tuple[str, str]]) -> bytes:
-    # Our own writer keeps the original prefixes: xsi:type="xsd:string" values name them, and
-    # ElementTree's writer would rename them to ns0, ns1 and break the QNames. Prefixed
-    # namespaces are declared once on the root; default namespaces where they change.
-    prefix_of: dict[str, str] = {}
-    decls: list[str] = []
-    for prefix, uri in namespaces:
-        if prefix and uri not in prefix_of and prefix not in prefix_of.values():
-            prefix_of[uri] = prefix
-            decls.append(f" xmlns:{prefix}={quoteattr(uri)}")
-    out: list[str] = ['<?xml version="1.0" encoding="UTF-8"?>\n']
-
-    def emit(elem: ET.Element, default: str, top: bool) -> None:
-        tag = elem.tag
-        uri, local = tag[1:].split("}", 1) if tag.startswith("{") else ("", tag)
-        decl = "".join(decls) if top else ""
-        prefix = prefix_of.get(uri) if uri else None
-        if prefix:
-            name = f"{prefix}:{local}"
-        else:
-            name = local
-            if uri != default:
-                decl += f" xmlns={quoteattr(uri)}"
-                default = uri
-        attrs: list[str] = []
-        for key, value in elem.attrib.items():
-            if key.startswith("{"):
-                auri, alocal = key[1:].split("}", 1)
-                aprefix = prefix_of.get(auri)
-                if not aprefix:
-                    raise XmlRejected("attribute in an undeclared namespace")
-                key = f"{aprefix}:{alocal}"
-            attrs.append(f" {key}={quoteattr(value)}")
-        out.append(f"<{name}{decl}{''.join(attrs)}")
-        if elem.text is None and len(elem) == 0:
-            out.append("/>")
-            return
-        out.append(">")
-        if elem.text:
-            out.append(escape(elem.text))
-        for child in elem:
-            emit(child, default, False)
-        out.append(f"</{name}>")
-
-    emit(root, "", True)
-    return "".join(out).encode("utf-8")
+    def close(self) -> None:
+        if self.stack or self.depth:
+            raise XmlRejected("unparseable XML: unclosed elements")
 
 
 def filter_xml(body: bytes, allow: XmlAllow) -> tuple[bytes, int, int]:
     """Keep only allowed elements/properties/attributes; return (body, kept, removed) or raise XmlRejected."""
-    root, namespaces = parse(body)
-    node = allow.elements.root.child(_local(root.tag))
-    if node is None:
-        raise XmlRejected(f"root element {_local(root.tag)!r} is not allowed")
-    walker = _Walker(allow)
+    target = _Filter(allow)
+    parser = DET.DefusedXMLParser(target=target, forbid_dtd=True)
     try:
-        kept = walker.walk(root, node)
-    except RecursionError:
-        raise XmlRejected("XML nested too deeply") from None
-    if kept is None:
-        raise XmlRejected("nothing of the XML body is allowed")
-    return _serialize(kept, namespaces), walker.kept, walker.removed
+        view = memoryview(body)
+        for pos in range(0, len(body), _CHUNK):
+            parser.feed(view[pos : pos + _CHUNK])
+        parser.close()
+    except XmlRejected:
+        raise
+    except Exception as exc:  # defusedxml's DTD/entity errors, expat's ParseError, encoding errors
+        raise XmlRejected(f"unparseable XML: {type(exc).__name__}") from None
+    target.done.extend(target.out)
+    if len(target.done) == 1:
+        raise XmlRejected("empty XML document")
+    return "".join(target.done).encode("utf-8"), target.kept, target.removed
