@@ -13,9 +13,8 @@ from typing import TextIO
 
 from firstboot import apply as applier
 from firstboot.errors import FirstbootError
-from firstboot.settings import parse_token
 from firstboot.wizard.flow import ApplyFlow, explain, handoff
-from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, SCREENS, Field, Screen
+from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, SCREENS, Field, Screen, plane_summary
 from firstboot.wizard.session import Session, appliance_info
 
 CLEAR = "-"
@@ -143,8 +142,7 @@ class LineWizard:
             if not errors:
                 self.s.commit(screen, entries)
                 if screen.name == "plane":
-                    tok = parse_token(self.s.model.values["gateway.join_token"])
-                    self.say(f"  Plane: {tok.plane_url}   CA {tok.ca_hash[:23]}...")
+                    self.say("  " + plane_summary(self.s.model.values["gateway.join_token"])[1])
                 return
             for message in errors.values():
                 self.say(f"  ! {message}")

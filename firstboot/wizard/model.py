@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,17 @@ from typing import Any
 import yaml
 
 from firstboot.errors import FirstbootError
-from firstboot.settings import BY_KEY, KEYS, NetworkMode, Settings, build, check_cross, masked, validate_value
+from firstboot.settings import (
+    BY_KEY,
+    KEYS,
+    NetworkMode,
+    Settings,
+    build,
+    check_cross,
+    masked,
+    parse_token,
+    validate_value,
+)
 
 PASSWORD = "admin.password"  # typed at the console, turned into admin.password_hash
 PASSWORD2 = "admin.password2"
@@ -141,6 +152,21 @@ class WizardModel:
         if "admin.ssh_key" not in raw:
             rows.append(("SSH", "off (no key)", ""))
         return rows
+
+
+def plane_summary(token_text: str, now: float | None = None) -> tuple[bool, str]:
+    """(ok, line) describing what a pasted token points at, for the plane screen (pure but for the clock)."""
+    try:
+        tok = parse_token(token_text.strip())
+    except ValueError:
+        return False, "Plane: (paste the join token from the management plane)"
+    line = f"Plane: {tok.plane_url}   CA {tok.ca_hash[:23]}..."
+    when = time.time() if now is None else now
+    if tok.expires_at <= when:
+        # Only a warning: before NTP the clock may be wrong; the plane has the last word.
+        return False, line + "   EXPIRED by this appliance's clock (check the time)"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(tok.expires_at))
+    return True, f"{line}   valid until {stamp}"
 
 
 def _by_key(problems: list[str]) -> dict[str, str]:

@@ -14,9 +14,8 @@ import urwid
 
 from firstboot import apply as applier
 from firstboot.errors import FirstbootError
-from firstboot.settings import parse_token
 from firstboot.wizard.flow import ApplyFlow, Explained, explain, handoff
-from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, SCREENS, Screen
+from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, SCREENS, Screen, plane_summary
 from firstboot.wizard.session import Session, appliance_info
 
 log = logging.getLogger(__name__)
@@ -130,15 +129,8 @@ class FormView:
         self.widget = urwid.Filler(self.pile, valign="top")
 
     def _show_plane(self) -> None:
-        text = self.edits["gateway.join_token"].edit_text.strip()
-        try:
-            tok = parse_token(text) if text else None
-        except ValueError:
-            tok = None
-        if tok is None:
-            self.extra.set_text(("help", "Plane: (paste the join token from the management plane)"))
-        else:
-            self.extra.set_text(("ok", f"Plane: {tok.plane_url}   CA {tok.ca_hash[:23]}..."))
+        ok, line = plane_summary(self.edits["gateway.join_token"].edit_text)
+        self.extra.set_text(("ok" if ok else "help", line))
 
     def entries(self) -> dict[str, str]:
         """What the operator typed."""

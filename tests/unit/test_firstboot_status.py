@@ -187,3 +187,17 @@ def test_answers_file(tmp_path: Path) -> None:
     path.write_text("- a\n")
     with pytest.raises(FirstbootError, match=r"expected a mapping of setting keys to values$"):
         load_answers(path)
+
+
+def test_plane_summary_warns_about_expired_tokens() -> None:
+    from firstboot.wizard.model import plane_summary
+
+    token = make_token("https://plane.example.com:8443", expires=2_000_000_000)
+    assert plane_summary(token, now=1_900_000_000) == (
+        True,
+        "Plane: https://plane.example.com:8443   CA sha256:abababababababab...   "
+        "valid until 2033-05-18 03:33 UTC",
+    )
+    ok, line = plane_summary(token, now=2_100_000_000)
+    assert not ok and line.endswith("EXPIRED by this appliance's clock (check the time)")
+    assert plane_summary("GWJ1.nope") == (False, "Plane: (paste the join token from the management plane)")
