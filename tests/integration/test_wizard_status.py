@@ -169,3 +169,38 @@ def test_status_line_mode_reregisters_with_a_real_plane(plane: Plane, tmp_path: 
     identity = json.loads((root / "var/lib/gateway/identity.json").read_text())
     assert identity == {**identity, "gateway_id": gid, "plane_url": plane.url}
     assert not (root / "var/lib/gateway.new").exists() and not (root / "var/lib/gateway.old").exists()
+
+
+def test_status_line_mode_network_keep(tmp_path: Path) -> None:
+    root = configured_root(tmp_path)
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "firstboot", "--root", str(root), "status", "--line", "--revert-after", "20"],
+        env=env(TERM="xterm"),
+        encoding="utf-8",
+        timeout=30,
+    )
+    try:
+        child.expect_exact("Choice: ")
+        child.sendline("1")
+        child.expect_exact("Network mode (dhcp or static) [static]: ")
+        child.sendline("")
+        child.expect_exact("Address/prefix (static only, e.g. 192.0.2.10/24) [192.0.2.10/24]: ")
+        child.sendline("192.0.2.20/24")
+        child.expect_exact("Gateway (static only, e.g. 192.0.2.1) [192.0.2.1]: ")
+        child.sendline("")
+        child.expect_exact("DNS servers (comma-separated, e.g. 192.0.2.53) []: ")
+        child.sendline("192.0.2.53")
+        child.expect_exact("The plane is NOT reachable: plane 127.0.0.1 unreachable")
+        child.expect_exact("Keep these network settings? [y/n] (reverting in 20 s) ")
+        child.sendline("y")
+        child.expect_exact("Kept.")
+        child.expect_exact("Choice: ")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    network = (root / "etc/systemd/network/10-firstboot.network").read_text()
+    assert "Address=192.0.2.20/24\nGateway=192.0.2.1\nDNS=192.0.2.53\n" in network
+    saved = json.loads((root / "var/lib/firstboot/state.json").read_text())["settings"]
+    assert saved["network.address"] == "192.0.2.20/24"
