@@ -241,3 +241,32 @@ def test_sane_document_still_passes(policies: PolicySet) -> None:
     out = _filter(policies, b'{"items":[{"name":"n","secret":"CANARY"}],"meta":{"k":[1,2.5,null,true]}}')
     assert isinstance(out, Allowed)
     assert out.body == b'{"items":[{"name":"n"}],"meta":{"k":[1,2.5,null,true]}}'
+
+
+def test_large_xml_streams_in_bounded_memory(policies: PolicySet) -> None:
+    items = b"".join(
+        b"<item><name>n%d</name><secret>CANARY%d</secret></item>" % (i, i) for i in range(100_000)
+    )
+    body = b"<root>" + items + b"</root>"
+    result, peak = _peak(policies, body, "text/xml")
+    assert (
+        isinstance(result, Allowed) and b"CANARY" not in result.body and b"<name>n19999</name>" in result.body
+    )
+    assert peak < 4 * len(body)
+
+
+def test_xml_namespaces_round_trip(policies: PolicySet) -> None:
+    import defusedxml.ElementTree as DET
+
+    body = (
+        b'<a:root xmlns:a="urn:a" xmlns="urn:d"><a:meta><x xmlns="">plain</x><y>in-d</y>'
+        b'<a:z xmlns:a="urn:other">shadowed</a:z></a:meta></a:root>'
+    )
+    ok = _filter(policies, body, "text/xml")
+    # The element `a:z` is written with a prefix that, where it stands, means urn:other: faithful.
+    assert isinstance(ok, Allowed), ok
+    tree = DET.fromstring(ok.body)
+    meta = tree.find("{urn:a}meta")
+    assert meta is not None
+    assert [c.tag for c in meta] == ["x", "{urn:d}y", "{urn:other}z"]
+    assert [c.text for c in meta] == ["plain", "in-d", "shadowed"]
