@@ -128,7 +128,7 @@ def build(spec: Spec, output: Path) -> Artifacts:
         with complete_step("Making the disk bootable (BIOS and UEFI)"):
             raw = finish_disk(spec, built, paths)
             kernel = paths.output / f"{spec.artifact_stem}.vmlinuz"
-            os.replace(paths.mkosi_output / f"{spec.artifact_stem}.vmlinuz", kernel)
+            os.replace(paths.mkosi_output / "kernel", kernel)
         with complete_step("Converting to qcow2"):
             qcow2 = paths.output / f"{spec.artifact_stem}.qcow2"
             run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow2], capture=True)

@@ -39,6 +39,7 @@ DISK_DEVICES = {
     "virtio": ["-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-hd,drive=disk0,bus=scsi0.0"],
     "pvscsi": ["-device", "pvscsi,id=scsi0", "-device", "scsi-hd,drive=disk0,bus=scsi0.0"],
     "lsilogic": ["-device", "lsi53c895a,id=scsi0", "-device", "scsi-hd,drive=disk0,bus=scsi0.0"],
+    "lsilogicsas": ["-device", "mptsas1068,id=scsi0", "-device", "scsi-hd,drive=disk0,bus=scsi0.0"],
     "sata": ["-device", "ahci,id=ahci0", "-device", "ide-hd,drive=disk0,bus=ahci0.0"],
     "ide": ["-device", "ide-hd,drive=disk0"],
 }

@@ -28,6 +28,7 @@ class SmokeResult:
     accel: str
     console: str
     login_seconds: float | None
+    info: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def console_text(raw: bytes) -> str:

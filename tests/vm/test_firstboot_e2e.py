@@ -1,0 +1,321 @@
+"""First boot end to end: the built image registers with a real plane and relays, filtered.
+
+The plane and a target run on the host's loopback; the guest reaches them as 10.0.2.2:PORT
+through QEMU user networking's guest forwards (and nothing else: restrict=on).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from appliance.ovf import render_ovf_environment
+from appliance.qemu import BootOptions, Firmware, accelerator, qemu_command
+from appliance.smoke import console_text
+from appliance.spec import Spec
+from tests.integration.plane_helpers import Plane, free_port
+
+pytestmark = pytest.mark.timeout(1800)
+
+HOST_ALIAS = "10.0.2.2"
+CANARY = "CANARY-adminPass-7f3e"
+NOVA_SERVERS = {
+    "servers": [
+        {
+            "id": "9f1c1d2e-0000-4000-8000-000000000001",
+            "name": "web-01",
+            "status": "ACTIVE",
+            "flavor": {"id": "m1.small"},
+            "adminPass": CANARY,
+            "user_data": base64.b64encode(b"#cloud-config CANARY-userdata").decode(),
+        }
+    ]
+}
+
+
+class _Target(BaseHTTPRequestHandler):
+    """A Nova-like API on loopback: one servers list with secrets the filter must strip."""
+
+    def do_GET(self) -> None:
+        body = json.dumps(NOVA_SERVERS).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Target)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
+    port = free_port()
+    plane = Plane(
+        tmp_path_factory.mktemp("plane") / "state",
+        listen=f"127.0.0.1:{port}",
+        advertise_url=f"https://{HOST_ALIAS}:{port}",
+    )
+    yield plane
+    plane.stop()
+
+
+def targets_credential(target_port: int) -> str:
+    """A tmpfiles.d line (systemd's `tmpfiles.extra` credential) that writes the target inventory."""
+    inventory = (
+        f"targets:\n  - name: nova\n    url: http://{HOST_ALIAS}:{target_port}\n    kind: openstack-nova\n"
+    )
+    return f"f~ /etc/gateway/targets.yaml 0644 root root - {base64.b64encode(inventory.encode()).decode()}\n"
+
+
+def admin_get(plane: Plane, path: str) -> tuple[int, bytes, dict[str, str]]:
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(plane.state_dir / "ca.pem"))
+    req = urllib.request.Request(
+        f"https://127.0.0.1:{plane.port}{path}", headers={"Authorization": f"Bearer {plane.admin_token()}"}
+    )
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), dict(err.headers)
+
+
+class Guest:
+    """One QEMU boot of a persistent overlay over the built image, console to a file or a pty."""
+
+    def __init__(self, disk: Path, workdir: Path, ports: tuple[int, ...], *, serial_file: bool = True,
+                 credentials: dict[str, str] | None = None, ovf_iso: Path | None = None) -> None:  # fmt: skip
+        self.workdir = workdir
+        self.log = workdir / f"serial-{time.monotonic_ns()}.log"
+        opts = BootOptions(image=disk, firmware=Firmware.bios, snapshot=False, host_ports=ports,
+                           serial_log=self.log if serial_file else None, accel=accelerator(None, disk),
+                           credentials=credentials or {}, ovf_iso=ovf_iso)  # fmt: skip
+        self.cmd = [*qemu_command(opts, workdir), "-qmp", f"unix:{workdir}/qmp.sock,server=on,wait=off"]
+        self.started = time.monotonic()
+
+    def console(self) -> str:
+        return console_text(self.log.read_bytes()) if self.log.exists() else ""
+
+
+def overlay(base: Path, dest: Path) -> Path:
+    """A qcow2 overlay, so a boot can write (and reboot) without touching the artifact."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(dest)],
+                   check=True)  # fmt: skip
+    return dest
+
+
+def wait_for(predicate, timeout: float, what: str, console=lambda: "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(2)
+    tail = "\n".join(console().splitlines()[-40:])
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; console:\n{tail}")
+
+
+def connected_gateways(plane: Plane) -> list[dict[str, object]]:
+    status, body, _ = admin_get(plane, "/v1/gateways")
+    assert status == 200, body
+    items = json.loads(body)["gateways"]
+    return [g for g in items if g.get("connected")]
+
+
+def new_gateway_connected(plane: Plane, known: set[object]) -> bool:
+    return any(g["gateway_id"] not in known for g in connected_gateways(plane))
+
+
+def qmp_powerdown(workdir: Path) -> None:
+    """ACPI power button through QMP: a clean shutdown, like a hypervisor's 'shut down guest'."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(workdir / "qmp.sock"))
+        sock.settimeout(10)
+        sock.recv(4096)
+        sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+        sock.recv(4096)
+        sock.sendall(b'{"execute": "system_powerdown"}\n')
+        sock.recv(4096)
+
+
+def run_qemu(guest: Guest) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        guest.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], workdir: Path, timeout: float = 300) -> None:
+    if proc.poll() is None:
+        try:
+            qmp_powerdown(workdir)
+            proc.wait(timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+
+def test_seeded_by_smbios_registers_relays_filtered_and_survives_reboot(
+    artifacts: dict[str, Path], plane: Plane, target: int, tmp_path: Path
+) -> None:
+    disk = overlay(artifacts["qcow2"], tmp_path / "disk.qcow2")
+    creds = {
+        "gateway.join_token": plane.token(),
+        "network.hostname": "gw-e2e",
+        "tmpfiles.extra": targets_credential(target),
+    }
+    t0 = time.monotonic()
+    guest = Guest(disk, tmp_path, (plane.port, target), credentials=creds)
+    proc = run_qemu(guest)
+    try:
+        wait_for(lambda: bool(connected_gateways(plane)), 900, "the tunnel to come up", guest.console)
+        connect_s = time.monotonic() - t0
+        (gw,) = connected_gateways(plane)
+        gw_id = gw["gateway_id"]
+        status, body, headers = admin_get(plane, f"/v1/gateways/{gw_id}/targets/nova/v2.1/servers/detail")
+        assert status == 200, body
+        assert b"web-01" in body and b"9f1c1d2e" in body  # metadata passes
+        assert CANARY.encode() not in body and b"CANARY-userdata" not in body  # secrets do not
+        assert "removed=" in headers.get("X-Gateway-Filter", ""), headers
+        print(f"power-on to connected tunnel: {connect_s:.0f}s under {guest.cmd[2].upper()}")
+    finally:
+        stop(proc, tmp_path)
+    registered = json.loads((plane.state_dir / "gateways.json").read_text())
+
+    # Second boot of the same disk: the tunnel comes back with the stored identity.
+    guest2 = Guest(disk, tmp_path, (plane.port, target))
+    proc = run_qemu(guest2)
+    try:
+        wait_for(lambda: bool(connected_gateways(plane)), 900, "the tunnel after reboot", guest2.console)
+        (gw2,) = connected_gateways(plane)
+        assert gw2["gateway_id"] == gw_id
+        assert json.loads((plane.state_dir / "gateways.json").read_text()) == registered  # no re-registration
+    finally:
+        stop(proc, tmp_path)
+
+
+def test_seeded_by_ovf_iso_registers(
+    artifacts: dict[str, Path], plane: Plane, target: int, spec: Spec, tmp_path: Path
+) -> None:
+    if not shutil.which("xorriso"):
+        pytest.fail("xorriso is missing: run 'make setup'")
+    env_dir = tmp_path / "iso"
+    env_dir.mkdir()
+    (env_dir / "ovf-env.xml").write_text(
+        render_ovf_environment(spec, {"gateway.join_token": plane.token(), "network.hostname": "gw-iso"})
+    )
+    iso = tmp_path / "ovf-env.iso"
+    mkisofs = [
+        "xorriso",
+        "-as",
+        "mkisofs",
+        "-quiet",
+        "-V",
+        "OVF ENV",
+        "-J",
+        "-R",
+        "-o",
+        str(iso),
+        str(env_dir),
+    ]
+    subprocess.run(mkisofs, check=True, capture_output=True)
+    disk = overlay(artifacts["qcow2"], tmp_path / "disk.qcow2")
+    known = {g["gateway_id"] for g in connected_gateways(plane)}
+    guest = Guest(disk, tmp_path, (plane.port, target), ovf_iso=iso,
+                  credentials={"tmpfiles.extra": targets_credential(target)})  # fmt: skip
+    proc = run_qemu(guest)
+    try:
+        wait_for(
+            lambda: new_gateway_connected(plane, known), 900, "the ISO-seeded gateway's tunnel", guest.console
+        )
+    finally:
+        stop(proc, tmp_path)
+
+
+def test_wrong_ca_hash_is_refused_on_the_console(
+    artifacts: dict[str, Path], plane: Plane, tmp_path: Path
+) -> None:
+    token = plane.token()
+    payload = json.loads(base64.urlsafe_b64decode(token[5:] + "=" * (-len(token[5:]) % 4)))
+    payload["h"] = "sha256:" + "00" * 32  # the pin no longer matches the plane's CA
+    forged = "GWJ1." + base64.urlsafe_b64encode(
+        json.dumps(payload, separators=(",", ":")).encode()
+    ).decode().rstrip("=")
+    disk = overlay(artifacts["qcow2"], tmp_path / "disk.qcow2")
+    guest = Guest(disk, tmp_path, (plane.port,), credentials={"gateway.join_token": forged})
+    proc = run_qemu(guest)
+    try:
+        wait_for(lambda: "interception" in guest.console(), 900, "the refusal on the console", guest.console)
+    finally:
+        stop(proc, tmp_path, timeout=60)
+    assert "possible interception" in guest.console()
+
+
+def test_wizard_over_the_serial_console(
+    artifacts: dict[str, Path], plane: Plane, target: int, tmp_path: Path
+) -> None:
+    disk = overlay(artifacts["qcow2"], tmp_path / "disk.qcow2")
+    known = {g["gateway_id"] for g in connected_gateways(plane)}
+    # The serial console on QEMU's stdio, driven like an operator at a serial terminal.
+    guest = Guest(disk, tmp_path, (plane.port, target), serial_file=False,
+                  credentials={"tmpfiles.extra": targets_credential(target)})  # fmt: skip
+    cmd = guest.cmd
+    start = time.monotonic()
+    child = pexpect.spawn(cmd[0], cmd[1:], encoding="utf-8", timeout=900, codec_errors="replace")
+    child.logfile_read = open(tmp_path / "wizard-console.log", "w")  # noqa: SIM115 - closed below
+    try:
+        child.expect_exact("Network mode (dhcp or static) [dhcp]: ")
+        wizard_shown = time.monotonic() - start
+        child.timeout = 120
+        child.sendline("")
+        for prompt in ("DNS servers", "Host name", "NTP servers", "Outbound proxy"):
+            child.expect_exact(prompt)
+            child.expect(r"\]: ")
+            child.sendline("gw-wizard" if prompt == "Host name" else "")
+        child.expect_exact("Join token (GWJ1.... from the management plane) []: ")
+        child.sendline(plane.token())
+        child.expect_exact("Plane URL (empty = taken from the join token) []: ")
+        child.sendline("")
+        for prompt in ("Admin SSH key", "Console password", "Repeat password"):
+            child.expect_exact(prompt)
+            child.expect(r"\]: ")
+            child.sendline("")
+        child.expect_exact("[r]estart: ")
+        child.sendline("y")
+        child.timeout = 600
+        index = child.expect_exact(["Keep these network settings?", "First boot complete."])
+        if index == 0:
+            child.sendline("y")
+            child.expect_exact("First boot complete.")
+        took = time.monotonic() - start
+        wait_for(lambda: new_gateway_connected(plane, known), 600, "the wizard-configured gateway's tunnel")
+        print(f"wizard shown after {wizard_shown:.0f}s; good path done after {took:.0f}s")
+    finally:
+        child.logfile_read.close()
+        if child.isalive():
+            child.kill(signal.SIGKILL)
+        child.close()
