@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -351,25 +352,39 @@ class _Reader:
             raise ProtocolError(f"{len(self.data) - self.pos} trailing bytes in payload")
 
 
-_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_FORBIDDEN_IN_VALUES = frozenset(b"\r\n\x00")
+_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _bad_value(value: bytes) -> bool:
+    # Three C-level scans beat a Python-level set intersection on the hot path.
+    return b"\r" in value or b"\n" in value or b"\x00" in value
 
 
 def _decode_headers(r: _Reader) -> tuple[tuple[str, str], ...]:
     count = r.u16()
     if count > ABSOLUTE_MAX_HEADERS:
         raise ProtocolError(f"too many headers: {count} > {ABSOLUTE_MAX_HEADERS}")
+    data, pos, end = r.data, r.pos, len(r.data)
     headers = []
+    unpack = _HDR_ITEM.unpack_from
+    token = _TOKEN_RE.fullmatch
     for _ in range(count):
-        nlen = r.u8()
-        vlen = r.u16()
-        name = r.take(nlen)
-        value = r.take(vlen)
-        if not name or not _TOKEN_CHARS.issuperset(name):
+        if pos + 3 > end:
+            raise ProtocolError("truncated payload")
+        nlen, vlen = unpack(data, pos)
+        npos = pos + 3
+        vpos = npos + nlen
+        pos = vpos + vlen
+        if pos > end:
+            raise ProtocolError("truncated payload")
+        name = data[npos:vpos]
+        value = data[vpos:pos]
+        if token(name) is None:
             raise ProtocolError(f"invalid header name {name[:40]!r}")
-        if _FORBIDDEN_IN_VALUES.intersection(value):
+        if _bad_value(value):
             raise ProtocolError(f"invalid characters in header {name.decode('ascii')!r}")
         headers.append((name.decode("ascii"), value.decode("utf-8", "surrogateescape")))
+    r.pos = pos
     return tuple(headers)
 
 
@@ -377,14 +392,14 @@ def decode_request_head(payload: bytes) -> RequestHead:
     """The request head of an OPEN frame from the plane."""
     r = _Reader(payload)
     method = r.take(r.u8())
-    if not method or not _TOKEN_CHARS.issuperset(method):
+    if _TOKEN_RE.fullmatch(method) is None:
         raise ProtocolError(f"invalid method {method[:20]!r}")
     try:
         target = r.take(r.u8()).decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError("target name is not UTF-8") from None
     path = r.take(r.u16())
-    if not path.startswith(b"/") or _FORBIDDEN_IN_VALUES.intersection(path) or b" " in path:
+    if not path.startswith(b"/") or _bad_value(path) or b" " in path:
         raise ProtocolError(f"invalid request path {path[:60]!r}")
     headers = _decode_headers(r)
     r.done()

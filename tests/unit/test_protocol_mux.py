@@ -232,4 +232,9 @@ def test_mux_never_raises_on_hostile_input(data: bytes) -> None:
             mux.feed(data)  # must not raise: violations close the mux instead
             assert mux.closed or mux.close_reason is None
 
-    asyncio.run(run())
+    # A private loop, closed here, leaves the policy's loop (pytest-asyncio's) untouched.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
