@@ -244,9 +244,7 @@ def test_sane_document_still_passes(policies: PolicySet) -> None:
 
 
 def test_large_xml_streams_in_bounded_memory(policies: PolicySet) -> None:
-    items = b"".join(
-        b"<item><name>n%d</name><secret>CANARY%d</secret></item>" % (i, i) for i in range(100_000)
-    )
+    items = b"".join(b"<item><name>n%d</name><secret>CANARY%d</secret></item>" % (i, i) for i in range(5_000))
     body = b"<root>" + items + b"</root>"
     result, peak = _peak(policies, body, "text/xml")
     assert (
