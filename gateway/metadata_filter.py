@@ -26,9 +26,10 @@ _MANAGED = frozenset({"content-length", "content-encoding", "transfer-encoding",
 _SINGLE = frozenset({"content-type", "content-encoding", "content-length"})
 _METHOD_OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 # Never relayed, whatever a local policy says (issue 5): datastore files, NFC disk streams, console
-# screenshots, guest file transfer and the managed object browser on vCenter/ESXi hosts...
+# screenshots, ESXi configuration files (/host), guest file transfer and the managed object
+# browser on vCenter/ESXi hosts...
 _VSPHERE_KINDS = frozenset({"vsphere", "vsphere-soap"})
-_VSPHERE_DATA_ROOTS = frozenset({"folder", "nfc", "screen", "guestfile", "mob"})
+_VSPHERE_DATA_ROOTS = frozenset({"folder", "host", "nfc", "screen", "guestfile", "mob"})
 # ...and the SOAP operations that hand out console tickets, export/NFC leases or guest file transfers.
 _SOAP_NEVER = frozenset(
     {

@@ -392,6 +392,7 @@ DENIED: list[tuple[str, str, str, bytes | None, str]] = [
     ("vsphere-soap", "GET", "/screen?id=vm-1001", None, "never relayed"),
     ("vsphere-soap", "GET", "/guestFile?id=1&token=x", None, "never relayed"),
     ("vsphere-soap", "GET", "/mob/?moid=SessionManager", None, "never relayed"),
+    ("vsphere-soap", "GET", "/host/esx.conf", None, "never relayed"),
     ("vsphere-soap", "POST", "/sdk", _soap("acquire-ticket-request.xml"), "never relayed"),
     ("vsphere-soap", "POST", "/sdk", _soap("acquire-mks-ticket-request.xml"), "never relayed"),
     ("vsphere-soap", "POST", "/sdk", _soap("acquire-clone-ticket-request.xml"), "never relayed"),
