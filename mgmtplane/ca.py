@@ -318,6 +318,16 @@ def _server_cert_ok(ca: PlaneCA, cert_path: Path, key_path: Path, hosts: list[st
     return {_host_to_san(h) for h in hosts} <= set(san)
 
 
+def server_cert_covers(state_dir: Path, host: str) -> bool | None:
+    """Whether the stored server certificate names `host` (None when there is no certificate yet)."""
+    try:
+        cert = x509.load_pem_x509_certificate((state_dir / SERVER_CERT_FILE).read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return None
+    return _host_to_san(host) in san
+
+
 def ensure_server_cert(ca: PlaneCA, state_dir: Path, hosts: Iterable[str]) -> tuple[Path, Path]:
     """Paths of a server cert/key covering `hosts` plus the defaults; reissued when missing or stale."""
     names = list(dict.fromkeys([*DEFAULT_SERVER_HOSTS, *hosts]))

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from mgmtplane.app import PlaneConfig, create_app, load_or_create_admin_token, server_ssl_context
-from mgmtplane.ca import load_ca
+from mgmtplane.ca import load_ca, server_cert_covers
 from mgmtplane.errors import PlaneError
 from mgmtplane.registry import Registry, read_json, write_json_atomic
 from mgmtplane.tokens import TokenStore, encode_token, parse_ttl
@@ -134,6 +134,14 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     ttl = parse_ttl(args.ttl)
     ca = load_ca(state_dir)
     url = _plane_url(state_dir, args.url)
+    host = urlsplit(url).hostname or ""
+    if server_cert_covers(state_dir, host) is False:
+        # The gateway would then fail pinned TLS with a hostname mismatch; say so now.
+        print(
+            f"warning: the plane's server certificate does not name {host};"
+            f" restart 'mgmtplane serve' with --san {host} (or --advertise-url)",
+            file=sys.stderr,
+        )
     secret, expires_at = TokenStore(state_dir).create(ttl)
     print(encode_token(url, ca.spki_hash, secret, expires_at))
     return 0

@@ -100,3 +100,17 @@ def test_extra_sans(tmp_path: Path) -> None:
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "plane.test" in sans.get_values_for_type(x509.DNSName)
     assert ipaddress.ip_address("192.0.2.10") in sans.get_values_for_type(x509.IPAddress)
+
+
+def test_token_for_a_name_the_cert_lacks_warns(tmp_path: Path) -> None:
+    state = tmp_path / "plane"
+    with running_plane(state, extra=["--san", "plane.test"]):
+        ok = run(
+            "mgmtplane", "token", "create", "--state-dir", str(state), "--url", "https://plane.test:8443"
+        )
+        odd = run(
+            "mgmtplane", "token", "create", "--state-dir", str(state), "--url", "https://other.test:8443"
+        )
+    assert ok.returncode == 0 and "warning" not in ok.stderr
+    assert odd.returncode == 0 and odd.stdout.startswith("GWJ1.")
+    assert "warning: the plane's server certificate does not name other.test" in odd.stderr
