@@ -523,3 +523,19 @@ def test_head_has_no_body(shipped: PolicySet) -> None:
     resp = FilterResponse(200, {"Content-Type": "application/json", "Content-Length": "999"}, b"")
     out = filter_response(shipped, "openstack-nova", req, resp)
     assert isinstance(out, Allowed) and out.body == b"" and "content-length" not in out.headers
+
+
+def test_every_shipped_allow_rule_is_reachable(shipped: PolicySet) -> None:
+    # A concrete request built from each allow rule's own pattern must land on that rule:
+    # otherwise an earlier rule shadows it (or a deny rule makes it dead).
+    for kind, rules in shipped.rules.items():
+        for rule in rules:
+            if rule.deny:
+                continue
+            path = "/" + "/".join(
+                "x1" if s in ("*", "**") or s.startswith("{") else s for s in rule.path.segments
+            )
+            body = _soap("retrieve-request.xml") if rule.soap_operations else None
+            for method in sorted(rule.methods):
+                found = check_request(shipped, kind.value, FilterRequest(method, path, {}, body))
+                assert isinstance(found, Rule) and found.name == rule.name, (rule.source, method, path, found)
