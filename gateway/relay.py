@@ -185,7 +185,13 @@ class Relay:
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            timeout=aiohttp.ClientTimeout(total=None),
+            # connect bounds TCP+TLS; sock_read bounds every wait for bytes (the head included).
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=target.connect_timeout,
+                sock_connect=target.connect_timeout,
+                sock_read=target.total_timeout,
+            ),
         )
         self._sessions[target.name] = (target, session)
         return session
@@ -240,16 +246,8 @@ class Relay:
         body: bytes | AsyncIterator[bytes] | None = body_bytes
         if body is None and not stream.rx_fin:
             body = _request_body(stream)
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=target.connect_timeout,
-            sock_connect=target.connect_timeout,
-            sock_read=target.total_timeout,
-        )
         async with asyncio.timeout(target.total_timeout):
-            resp_cm = session.request(
-                head.method, url, headers=req_headers, data=body, allow_redirects=False, timeout=timeout
-            )
+            resp_cm = session.request(head.method, url, headers=req_headers, data=body, allow_redirects=False)
             resp = await resp_cm.__aenter__()
         try:
             await self._respond(stream, target, rule, freq, resp)
