@@ -45,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors become `error: ...` and exit code 1."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(message)s"
+    )
     try:
         result: int = args.func(args)
         return result

@@ -7,6 +7,7 @@ through QEMU user networking's guest forwards (and nothing else: restrict=on).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import shutil
 import signal
@@ -26,6 +27,8 @@ from appliance.qemu import BootOptions, Firmware, accelerator, qemu_command
 from appliance.smoke import console_text
 from appliance.spec import Spec
 from tests.integration.plane_helpers import Plane, free_port
+
+from .conftest import BUILD
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -104,6 +107,12 @@ def admin_get(plane: Plane, path: str) -> tuple[int, bytes, dict[str, str]]:
         return err.code, err.read(), dict(err.headers)
 
 
+@functools.cache
+def accel() -> str:
+    """KVM if it really works; probed with the kernel built beside the artifacts (overlays are in tmp)."""
+    return accelerator(None, BUILD / "SHA256SUMS")
+
+
 class Guest:
     """One QEMU boot of a persistent overlay over the built image, console to a file or a pty."""
 
@@ -112,7 +121,7 @@ class Guest:
         self.workdir = workdir
         self.log = workdir / f"serial-{time.monotonic_ns()}.log"
         opts = BootOptions(image=disk, firmware=Firmware.bios, snapshot=False, host_ports=ports,
-                           serial_log=self.log if serial_file else None, accel=accelerator(None, disk),
+                           serial_log=self.log if serial_file else None, accel=accel(),
                            credentials=credentials or {}, ovf_iso=ovf_iso)  # fmt: skip
         self.cmd = [*qemu_command(opts, workdir), "-qmp", f"unix:{workdir}/qmp.sock,server=on,wait=off"]
         self.started = time.monotonic()
