@@ -224,21 +224,39 @@ class Hub:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pump
 
-    async def shutdown(self, app: web.Application) -> None:
-        """on_shutdown: GOAWAY to every gateway, let streams drain (bounded), close the tunnels."""
+    def _live(self) -> list[tuple[GatewaySession, Mux]]:
+        return [(s, s.mux) for s in self._sessions.values() if s.mux is not None and not s.mux.closed]
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Planned shutdown, step 1: GOAWAY to every gateway, refuse new relay calls, and wait
+        (bounded) for in-flight streams. Call it before the runner's cleanup: from then on aiohttp
+        stops reading every connection, tunnels included. True if everything drained."""
         self._closing = True
-        live = [s for s in self._sessions.values() if s.mux is not None and not s.mux.closed]
-        for s in live:
-            assert s.mux is not None
-            s.mux.goaway(p.ErrorCode.GOING_AWAY, "plane shutting down")
-        deadline = time.monotonic() + self.drain_timeout
-        for s in live:
-            assert s.mux is not None
-            await s.mux.drain(max(0.0, deadline - time.monotonic()))
-        for s in live:
-            if s.ws is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(s.ws.close(code=1001, message=b"plane shutting down"), 2.0)
+        live = self._live()
+        for _session, mux in live:
+            mux.goaway(p.ErrorCode.GOING_AWAY, "plane shutting down")
+        deadline = time.monotonic() + (self.drain_timeout if timeout is None else timeout)
+        drained = True
+        for _session, mux in live:
+            drained = await mux.drain(max(0.0, deadline - time.monotonic())) and drained
+        return drained
+
+    async def shutdown(self, app: web.Application) -> None:
+        """on_shutdown: GOAWAY (if drain() did not already) and close every tunnel with 1001.
+
+        aiohttp has stopped reading connections by now, so waiting for streams here is useless:
+        whatever is still open is reset, and the gateways reconnect with backoff.
+        """
+        self._closing = True
+        live = self._live()
+        for _session, mux in live:
+            mux.goaway(p.ErrorCode.GOING_AWAY, "plane shutting down")
+
+        async def close(ws: web.WebSocketResponse) -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(code=1001, message=b"plane shutting down"), 1.0)
+
+        await asyncio.gather(*(close(s.ws) for s, _mux in live if s.ws is not None))
 
 
 async def _pump_body(request: web.Request, stream: Any) -> None:

@@ -157,3 +157,35 @@ async def test_200_reconnect_cycles_leak_nothing(tmp_path: Path) -> None:
             await client.stop(1)
             await task
             await relay.close()
+
+
+async def test_plane_shutdown_sends_goaway_and_drains_in_flight_streams(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    states: list[State] = []
+    async with running_target() as target:
+        relay = make_relay(tmp_path, {"t1": target})
+        async with running_plane(pki) as (plane, hub, runner):
+            client = make_client(pki, plane, relay, on_state=lambda s, r: states.append(s))
+            task = asyncio.create_task(client.run())
+            caller_ssl = ssl.create_default_context(cafile=str(pki.plane_dir / "ca.pem"))
+            try:
+                await asyncio.wait_for(client.connected.wait(), 5)
+                async with aiohttp.ClientSession() as http:
+                    url = f"{plane}/v1/gateways/{pki.gateway_id}/targets/t1/slow?s=1"
+                    inflight = asyncio.create_task(http.get(url, ssl=caller_ssl))
+                    await wait_until(lambda: client.mux is not None and len(client.mux.streams) == 1, 5)
+                    # A planned shutdown: drain first (tunnels are still read), then the runner's cleanup.
+                    drain = asyncio.create_task(hub.drain(5))
+                    resp = await inflight
+                    assert resp.status == 200 and await resp.text() == "late"
+                    resp.release()
+                    assert await drain
+                    async with http.get(url, ssl=caller_ssl) as refused:
+                        assert refused.status == 503  # no new streams while going away
+                    await runner.cleanup()
+                assert State.DRAINING in states
+                await wait_until(lambda: client.state in (State.BACKOFF, State.CONNECTING), 5)
+            finally:
+                await client.stop(1)
+                await task
+                await relay.close()
