@@ -212,6 +212,10 @@ class Relay:
         except AddressForbidden as exc:
             log.warning("stream %d: target %s: %s", stream.id, head.target, exc.message)
             stream.reset(p.ErrorCode.ADDRESS_FORBIDDEN, exc.message)
+        except p.ProtocolError as exc:
+            # The target's response cannot be expressed on the wire (too many or too large headers).
+            log.info("stream %d: target %s: unrelayable response: %s", stream.id, head.target, exc.message)
+            stream.reset(p.ErrorCode.TARGET_ERROR, exc.message)
         except asyncio.CancelledError:
             stream.reset(p.ErrorCode.CANCELLED, "gateway shutting down")
             raise

@@ -105,9 +105,11 @@ class Stream:
     # --- writing --------------------------------------------------------------------------------
 
     def send_head(self, head: p.ResponseHead, fin: bool = False) -> None:
-        """Send the response head (gateway side)."""
+        """Send the response head (gateway side); ProtocolError if it exceeds the peer's limits."""
         self._check_writable()
-        self.mux._queue(p.encode_response_head(self.id, head, fin))
+        frame = p.encode_response_head(self.id, head, fin)
+        self.mux._check_head_size(frame)
+        self.mux._queue(frame)
         if fin:
             self._tx_done()
 
@@ -327,16 +329,29 @@ class Mux:
         if len(self.streams) >= self.peer.max_streams:
             raise StreamReset(p.ErrorCode.TOO_MANY_STREAMS, f"{len(self.streams)} streams open")
         sid = self._next_id
+        frame = p.encode_request_head(sid, head, fin)
+        try:
+            self._check_head_size(frame)
+        except p.ProtocolError as exc:
+            raise StreamReset(p.ErrorCode.BAD_REQUEST, exc.message) from None
         self._next_id += 1
         stream = Stream(self, sid, head)
         stream._head = self._loop.create_future()
         self.streams[sid] = stream
-        self._queue(p.encode_request_head(sid, head, fin))
+        self._queue(frame)
         if fin:
             stream.tx_fin = True
         return stream
 
     # --- output ---------------------------------------------------------------------------------
+
+    def _check_head_size(self, frame: bytes) -> None:
+        # An oversized head would be a protocol error at the peer and kill every stream: refuse it here.
+        size = len(frame) - p.HEADER_SIZE
+        if size > self.peer.max_header_block:
+            raise p.ProtocolError(
+                f"head of {size} bytes exceeds the peer's {self.peer.max_header_block}-byte limit"
+            )
 
     def _queue(self, frame: bytes) -> None:
         if self.closed and not self._tasks:

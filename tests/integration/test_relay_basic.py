@@ -162,6 +162,7 @@ async def test_query_and_headers_reach_the_target_but_plane_credentials_do_not(e
         ("tls-badpin", "/small", 502, "tls-verify-failed"),
         ("tls-system", "/small", 502, "tls-verify-failed"),
         ("vs", "/api/vcenter/vm", 403, "filtered"),
+        ("t1", "/huge-headers", 502, "target-error"),  # 80 KB of headers > the 64 KiB head limit
     ],
 )
 async def test_failures_become_stable_codes(env: Env, target: str, path: str, status: int, code: str) -> None:
@@ -200,6 +201,14 @@ async def test_head_request_and_empty_bodies(env: Env) -> None:
         assert r.status == 200 and await r.read() == b""
     status, _h, body = await env.get("t1", "/sized?size=0")
     assert status == 200 and body == b""
+
+
+async def test_oversized_request_head_is_refused_without_hurting_the_tunnel(env: Env) -> None:
+    headers = {f"X-Big-{i}": "v" * 4000 for i in range(20)}  # 80 KB > the gateway's 64 KiB head limit
+    status, _h, body = await env.get("t1", "/small", headers=headers)
+    assert status == 400 and b"bad-request" in body
+    status, _h, _b = await env.get("t1", "/small")
+    assert status == 200
 
 
 async def test_500_concurrent_streams(env: Env) -> None:

@@ -216,6 +216,9 @@ def target_app() -> web.Application:
         items = [{"id": i, "name": f"vm-{i}", "password": f"CANARY-{i}"} for i in range(3)]
         return web.json_response(items, headers={"X-Secret-Header": "CANARY-H"})
 
+    async def huge_headers(request: web.Request) -> web.Response:
+        return web.Response(text="x", headers={f"X-H{i}": "v" * 1000 for i in range(80)})
+
     async def headers(request: web.Request) -> web.Response:
         return web.json_response({k: v for k, v in request.headers.items()})
 
@@ -227,6 +230,7 @@ def target_app() -> web.Application:
     app.router.add_get("/headers", headers)
     app.router.add_get("/truncated", truncated)
     app.router.add_get("/inventory", inventory)
+    app.router.add_get("/huge-headers", huge_headers)
     return app
 
 
