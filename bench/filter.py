@@ -162,9 +162,10 @@ def _best(fn: Callable[[], Any], repeat: int) -> float:
         if n and time.monotonic() > _DEADLINE:
             break
         gc.collect()
-        start = time.perf_counter()
+        # CPU time, not wall time: the build hosts are shared and wall time measures the neighbours.
+        start = time.process_time()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return best
 
 
@@ -226,7 +227,7 @@ def main() -> None:
         args.repeat,
     )
     run_xml(policies, soap_inventory(args.soap_vms))
-    print(f"(cpu {time.process_time():.0f} s; figures are the best of up to {args.repeat} runs)")
+    print(f"(MB/s from process CPU time, best of {args.repeat} runs; total cpu {time.process_time():.0f} s)")
 
 
 if __name__ == "__main__":
