@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -111,7 +112,7 @@ class Rule:
 class PolicySet:
     """All loaded rules, grouped by kind, in file then rule order; deny rules are checked first."""
 
-    rules: dict[Kind, tuple[Rule, ...]]
+    rules: Mapping[Kind, tuple[Rule, ...]]
     files: tuple[Path, ...]
     warnings: tuple[str, ...] = ()
 
@@ -426,7 +427,7 @@ def load_policies(dirs: Sequence[Path]) -> PolicySet:
     ordered = {
         k: tuple([r for r in rs if r.deny] + [r for r in rs if not r.deny]) for k, rs in by_kind.items()
     }
-    return PolicySet(ordered, tuple(files), tuple(warnings))
+    return PolicySet(MappingProxyType(ordered), tuple(files), tuple(warnings))
 
 
 def check_policy_dirs(dirs: Sequence[Path]) -> tuple[list[str], list[str]]:
