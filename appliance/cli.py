@@ -76,9 +76,11 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     result = smoke(_boot_options(args), version=spec.version, timeout=args.timeout)
-    login = f", login prompt after {result.login_seconds:.0f}s" if result.login_seconds else ""
+    login = f", console ready after {result.login_seconds:.0f}s" if result.login_seconds else ""
+    facts = "".join(f", {key} {value}" for key, value in sorted(result.info.items()))
     if result.passed:
-        print(f"smoke: PASS: {args.image.name} under {result.accel.upper()} in {result.seconds:.0f}s{login}")
+        took = f"in {result.seconds:.0f}s{login}{facts}"
+        print(f"smoke: PASS: {args.image.name} under {result.accel.upper()} {took}")
         return 0
     for problem in result.problems:
         print(f"smoke: FAIL: {args.image.name}: {problem}", file=sys.stderr)
@@ -95,7 +97,7 @@ def _add_boot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forward", type=_forward, action="append", default=[], metavar="HOST:GUEST",
                    help="forward 127.0.0.1:HOST on the host to port GUEST in the guest")  # fmt: skip
     p.add_argument("--host-port", type=int, action="append", default=[], metavar="PORT",
-                   help="let the guest reach 127.0.0.1:PORT on the host as 10.0.2.2:PORT")  # fmt: skip
+                   help="let the guest reach 127.0.0.1:PORT on the host as 10.0.2.100:PORT")  # fmt: skip
     p.add_argument("--credential", type=_credential, action="append", default=[], metavar="KEY=VALUE",
                    help="pass a systemd credential through SMBIOS type 11")  # fmt: skip
     p.add_argument("--ovf-iso", type=Path, help="attach an OVF environment ISO (the ISO transport)")

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Guest connections to HOST_ALIAS:PORT reach 127.0.0.1:PORT on the host (--host-port). Not
+# 10.0.2.2, slirp's own address: it refuses command forwards there.
+HOST_ALIAS = "10.0.2.100"
 # QEMU's isa-debug-exit device: the guest writes a byte to this port and QEMU exits with
 # status (byte << 1) | 1. The in-guest smoke check writes 0x10 (pass) or 0x20 (fail).
 DEBUG_EXIT_PORT = 0xF4
@@ -65,7 +68,7 @@ class BootOptions:
     disk: str = "virtio"
     nic: str = "virtio"
     forwards: Sequence[Forward] = ()
-    # Guest connections to 10.0.2.2:PORT reach 127.0.0.1:PORT on the host (and nothing else does).
+    # Guest connections to HOST_ALIAS:PORT reach 127.0.0.1:PORT on the host (and nothing else does).
     host_ports: Sequence[int] = ()
     credentials: Mapping[str, str] = field(default_factory=dict)
     ovf_iso: Path | None = None
@@ -205,7 +208,8 @@ def qemu_command(opts: BootOptions, workdir: Path) -> list[str]:
     for fwd in opts.forwards:
         netdev += f",hostfwd=tcp:127.0.0.1:{fwd.host_port}-:{fwd.guest_port}"
     for port in opts.host_ports:
-        netdev += f",guestfwd=tcp:10.0.2.2:{port}-tcp:127.0.0.1:{port}"
+        # cmd: runs one socat per guest connection; a tcp: chardev would be one shared stream.
+        netdev += f",guestfwd=tcp:{HOST_ALIAS}:{port}-cmd:{find_tool('socat')} STDIO TCP:127.0.0.1:{port}"
     cmd += ["-netdev", netdev, "-device", f"{NIC_DEVICES[opts.nic]},netdev=net0"]
     if opts.ovf_iso:
         cmd += ["-drive", f"if=none,id=cd0,media=cdrom,readonly=on,format=raw,file={opts.ovf_iso}"]

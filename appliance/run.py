@@ -22,6 +22,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "grub-bios-setup": ("installing the BIOS boot loader", "grub-pc-bin"),
     "sfdisk": ("resizing the partition table", "fdisk"),
     "xorriso": ("making the OVF environment ISO", "xorriso"),
+    "socat": ("letting a guest reach host loopback ports", "socat"),
 }
 
 

@@ -16,6 +16,9 @@ from appliance.qemu import EXIT_FAIL, EXIT_PASS, BootOptions, accelerator, qemu_
 log = logging.getLogger(__name__)
 
 VERDICT_PREFIX = "APPLIANCE-SMOKE:"
+# The console is ready for an operator when it shows a login prompt or, on an unconfigured
+# appliance, the first-boot wizard's first question.
+CONSOLE_READY = (b"login:", b"Network mode (dhcp or static)")
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,10 @@ def smoke(opts: BootOptions, *, version: str, timeout: float = 900) -> SmokeResu
                         f"{opts.image}: no verdict after {timeout:.0f}s under {accel.upper()}; console:\n"
                         + "\n".join(console.splitlines()[-40:])
                     )
-                if login_at is None and log_path.exists() and b"login:" in log_path.read_bytes():
-                    login_at = time.monotonic() - start
+                if login_at is None and log_path.exists():
+                    seen = log_path.read_bytes()
+                    if any(marker in seen for marker in CONSOLE_READY):
+                        login_at = time.monotonic() - start
                 time.sleep(0.5)
         finally:
             if proc.poll() is None:

@@ -15,6 +15,7 @@ PKGS=(
   xorriso                                             # OVF environment ISO (ISO transport)
   tinyproxy nginx-light openssh-server openssh-client # proxy tests and relay benchmark peers
   tmux                                                # wizard tests in a real terminal
+  socat                                               # QEMU guest forwards to host loopback ports
 )
 
 die() { echo "setup: $*" >&2; exit 1; }

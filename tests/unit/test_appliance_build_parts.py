@@ -59,7 +59,7 @@ def test_qemu_vmware_devices_and_loopback_only_network(tmp_path: Path) -> None:
     netdev = cmd[cmd.index("-netdev") + 1]
     assert "restrict=on" in netdev  # the guest reaches nothing but what is forwarded
     assert "hostfwd=tcp:127.0.0.1:2222-:22" in netdev
-    assert "guestfwd=tcp:10.0.2.2:8443-tcp:127.0.0.1:8443" in netdev
+    assert "guestfwd=tcp:10.0.2.100:8443-cmd:" in netdev and "STDIO TCP:127.0.0.1:8443" in netdev
     assert "-machine pc" in line and "snapshot=on" in line
 
 

@@ -1,6 +1,6 @@
 """First boot end to end: the built image registers with a real plane and relays, filtered.
 
-The plane and a target run on the host's loopback; the guest reaches them as 10.0.2.2:PORT
+The plane and a target run on the host's loopback; the guest reaches them as 10.0.2.100:PORT
 through QEMU user networking's guest forwards (and nothing else: restrict=on).
 """
 
@@ -23,7 +23,7 @@ import pexpect
 import pytest
 
 from appliance.ovf import render_ovf_environment
-from appliance.qemu import BootOptions, Firmware, accelerator, qemu_command
+from appliance.qemu import HOST_ALIAS, BootOptions, Firmware, accelerator, qemu_command
 from appliance.smoke import console_text
 from appliance.spec import Spec
 from tests.integration.plane_helpers import Plane, free_port
@@ -32,7 +32,6 @@ from .conftest import BUILD
 
 pytestmark = pytest.mark.timeout(1800)
 
-HOST_ALIAS = "10.0.2.2"
 CANARY = "CANARY-adminPass-7f3e"
 NOVA_SERVERS = {
     "servers": [
@@ -80,6 +79,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
         tmp_path_factory.mktemp("plane") / "state",
         listen=f"127.0.0.1:{port}",
         advertise_url=f"https://{HOST_ALIAS}:{port}",
+        extra=("--san", HOST_ALIAS),
     )
     yield plane
     plane.stop()
@@ -132,8 +132,8 @@ class Guest:
 
 def overlay(base: Path, dest: Path) -> Path:
     """A qcow2 overlay, so a boot can write (and reboot) without touching the artifact."""
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(dest)],
-                   check=True)  # fmt: skip
+    cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base.resolve()), str(dest)]
+    subprocess.run(cmd, check=True)
     return dest
 
 
