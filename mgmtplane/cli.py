@@ -20,6 +20,7 @@ from aiohttp import web
 from mgmtplane.app import PlaneConfig, create_app, load_or_create_admin_token, server_ssl_context
 from mgmtplane.ca import load_ca, server_cert_covers
 from mgmtplane.errors import PlaneError
+from mgmtplane.hub import HUB_KEY
 from mgmtplane.registry import Registry, read_json, write_json_atomic
 from mgmtplane.tokens import TokenStore, encode_token, parse_ttl
 
@@ -105,6 +106,10 @@ async def serve(state_dir: Path, listen: str, advertise_url: str | None, sans: S
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down")
+        # GOAWAY and let in-flight relays finish first: once cleanup starts, aiohttp stops
+        # reading every connection, tunnels included.
+        if (hub := app.get(HUB_KEY)) is not None:
+            await hub.drain()
     finally:
         await runner.cleanup()
 
