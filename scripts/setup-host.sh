@@ -5,7 +5,8 @@ set -euo pipefail
 
 # mkosi 24.x and the systemd it needs (>= 254) come from bookworm-backports; bookworm's own
 # mkosi 14 is too old for systemd-repart based disk images with grub for BIOS and UEFI.
-BACKPORTS_PKGS=(mkosi systemd systemd-container)
+# udev must match backports' systemd, or virt-v2v's dependencies cannot be installed.
+BACKPORTS_PKGS=(mkosi systemd systemd-container udev)
 PKGS=(
   bubblewrap apt dpkg debian-archive-keyring          # mkosi's Debian backend
   dosfstools e2fsprogs mtools                         # systemd-repart: ESP and root filesystems
@@ -16,6 +17,7 @@ PKGS=(
   tinyproxy nginx-light openssh-server openssh-client # proxy tests and relay benchmark peers
   tmux                                                # wizard tests in a real terminal
   socat                                               # QEMU guest forwards to host loopback ports
+  virt-v2v nbdkit linux-image-amd64                   # the OVA's KVM import test (libguestfs boots a kernel)
 )
 
 die() { echo "setup: $*" >&2; exit 1; }
