@@ -91,7 +91,16 @@ class Daemon:
             # A fresh appliance has no inventory yet; the tunnel still comes up (SIGHUP loads it later).
             log.warning("%s does not exist: no targets until it is written and reloaded", self.config.targets)
             targets = TargetSet({}, str(self.config.targets))
+        missing = [d for d in self.config.policy_dirs if not d.is_dir()]
+        for directory in missing:
+            # The filter fails closed, so a missing directory silently denies its targets' calls.
+            log.warning("metadata policy directory %s does not exist", directory)
         policies = load_policies([d for d in self.config.policy_dirs if d.is_dir()])
+        for warning in policies.warnings:
+            log.warning("metadata policy: %s", warning)
+        if not policies.files:
+            log.error("no metadata policies loaded from %s: every relayed call will be denied",
+                      ", ".join(map(str, self.config.policy_dirs)))  # fmt: skip
         return targets, policies
 
     def reload(self) -> None:
