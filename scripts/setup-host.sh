@@ -17,7 +17,7 @@ PKGS=(
   tinyproxy nginx-light openssh-server openssh-client # proxy tests and relay benchmark peers
   tmux                                                # wizard tests in a real terminal
   socat                                               # QEMU guest forwards to host loopback ports
-  virt-v2v nbdkit linux-image-amd64                   # the OVA's KVM import test (libguestfs boots a kernel)
+  virt-v2v nbdkit libnbd-bin linux-image-amd64        # the OVA's KVM import test (libguestfs boots a kernel)
 )
 
 die() { echo "setup: $*" >&2; exit 1; }
