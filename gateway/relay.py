@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -15,6 +16,7 @@ from yarl import URL
 
 from gateway import protocol as p
 from gateway.filter_audit import log_decision
+from gateway.httpclient import ConnectError, HostPool, HTTPError
 from gateway.metadata_filter import (
     Allowed,
     Denied,
@@ -120,6 +122,7 @@ class Relay:
         self.filter = PolicyFilter(policies)
         self.own = frozenset(own_addresses)
         self._sessions: dict[str, tuple[Target, aiohttp.ClientSession]] = {}
+        self._pools: dict[str, tuple[Target, HostPool]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.handled = 0
 
@@ -136,8 +139,12 @@ class Relay:
             if own_changed or targets.get(name) != old:
                 del self._sessions[name]
                 self._spawn(self._retire(session, old.total_timeout + _RETIRE_GRACE))
+        for name, (old, pool) in list(self._pools.items()):
+            if own_changed or targets.get(name) != old:
+                del self._pools[name]
+                self._spawn(self._retire(pool, old.total_timeout + _RETIRE_GRACE))
 
-    async def _retire(self, session: aiohttp.ClientSession, delay: float) -> None:
+    async def _retire(self, session: aiohttp.ClientSession | HostPool, delay: float) -> None:
         try:
             await asyncio.sleep(delay)
         finally:
@@ -165,6 +172,30 @@ class Relay:
         for _target, session in self._sessions.values():
             await session.close()
         self._sessions.clear()
+        for _target, pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
+
+    def _pool(self, target: Target) -> HostPool:
+        entry = self._pools.get(target.name)
+        if entry is not None and entry[0] == target:
+            return entry[1]
+        host = target.url.raw_host or ""
+        check_literal(host, target.allow_private, self.own)
+        port = target.url.port or 80
+        authority = f"[{host}]" if ":" in host else host
+        if target.url.explicit_port is not None and target.url.explicit_port != 80:
+            authority += f":{target.url.explicit_port}"
+        pool = HostPool(
+            host,
+            port,
+            GuardedResolver(target.allow_private, self.own),
+            host_header=authority,
+            connect_timeout=target.connect_timeout,
+            read_timeout=target.total_timeout,
+        )
+        self._pools[target.name] = (target, pool)
+        return pool
 
     def _session(self, target: Target) -> aiohttp.ClientSession:
         entry = self._sessions.get(target.name)
@@ -246,41 +277,69 @@ class Relay:
             body_bytes = await _read_bounded(stream, MAX_REQUEST_BODY_BYTES)
         freq = FilterRequest(head.method, head.path, CIMultiDict(req_headers), body_bytes)
         rule = self.filter.check(target, freq)
-        session = self._session(target)
         body: bytes | AsyncIterator[bytes] | None = body_bytes
         if body is None and not stream.rx_fin:
             body = _request_body(stream)
+        if target.url.scheme == "http":
+            # Plain HTTP takes the lean keep-alive client; TLS targets keep aiohttp's TLS trust handling.
+            pool = self._pool(target)
+            async with asyncio.timeout(target.total_timeout):
+                lean = await pool.request(head.method, url.raw_path_qs, req_headers, body)
+            try:
+                await self._respond(
+                    stream, target, rule, freq, lean.status, lean.headers, lean.content_length, lean.read
+                )
+            finally:
+                lean.close()
+            return
+        session = self._session(target)
         async with asyncio.timeout(target.total_timeout):
             resp_cm = session.request(head.method, url, headers=req_headers, data=body, allow_redirects=False)
             resp = await resp_cm.__aenter__()
         try:
-            await self._respond(stream, target, rule, freq, resp)
+            await self._respond(
+                stream,
+                target,
+                rule,
+                freq,
+                resp.status,
+                resp.headers.items(),
+                resp.content_length,
+                resp.content.readany,
+            )
         finally:
             await resp_cm.__aexit__(None, None, None)
 
     async def _respond(
-        self, stream: Stream, target: Target, rule: Rule, freq: FilterRequest, resp: aiohttp.ClientResponse
+        self,
+        stream: Stream,
+        target: Target,
+        rule: Rule,
+        freq: FilterRequest,
+        status: int,
+        resp_headers: Iterable[tuple[str, str]],
+        content_length: int | None,
+        read: Callable[[], Awaitable[bytes]],
     ) -> None:
-        headers = strip_hop_headers(resp.headers.items())
+        headers = strip_hop_headers(resp_headers)
         if rule.passthrough:
             headers.append((FILTER_HEADER, f"{rule.name}; removed=0"))
-            stream.send_head(p.ResponseHead(resp.status, tuple(headers)))
-            read = resp.content.readany
+            stream.send_head(p.ResponseHead(status, tuple(headers)))
             while chunk := await read():
                 await stream.write(chunk)
             stream.end()
             return
         limit = rule.max_body_bytes
-        if resp.content_length is not None and resp.content_length > limit:
-            raise _Denied(f"response body of {resp.content_length} bytes exceeds the {limit}-byte bound")
+        if content_length is not None and content_length > limit:
+            raise _Denied(f"response body of {content_length} bytes exceeds the {limit}-byte bound")
         async with asyncio.timeout(target.total_timeout):
             parts, size = [], 0
-            while chunk := await resp.content.readany():
+            while chunk := await read():
                 size += len(chunk)
                 if size > limit:
                     raise _Denied(f"response body exceeds the {limit}-byte bound")
                 parts.append(chunk)
-        fresp = FilterResponse(resp.status, CIMultiDict(headers), b"".join(parts))
+        fresp = FilterResponse(status, CIMultiDict(headers), b"".join(parts))
         allowed = self.filter.filter(target, freq, fresp)
         out = [(k, v) for k, v in allowed.headers.items() if k.lower() not in ("content-length", *HOP_BY_HOP)]
         out.append(("Content-Length", str(len(allowed.body))))
@@ -318,6 +377,12 @@ def classify_target_error(exc: BaseException) -> tuple[p.ErrorCode, str]:
         return p.ErrorCode.TLS_VERIFY_FAILED, text
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return p.ErrorCode.TARGET_TIMEOUT, "timed out"
+    if isinstance(exc, ConnectError):
+        return p.ErrorCode.TARGET_REFUSED, text
+    if isinstance(exc, socket.gaierror):
+        return p.ErrorCode.TARGET_REFUSED, f"cannot resolve: {text}"
+    if isinstance(exc, HTTPError):
+        return p.ErrorCode.TARGET_ERROR, text
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return p.ErrorCode.TARGET_REFUSED, f"cannot resolve: {text}"
     if isinstance(exc, aiohttp.ClientConnectorError):
