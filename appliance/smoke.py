@@ -55,41 +55,44 @@ def smoke(opts: BootOptions, *, version: str, timeout: float = 900) -> SmokeResu
                  opts.image.name, accel.upper(), opts.firmware, opts.disk, opts.nic)  # fmt: skip
         start = time.monotonic()
         login_at: float | None = None
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        try:
-            while proc.poll() is None:
-                if time.monotonic() - start > timeout:
+        # QEMU's own output goes to a file: a pipe nobody reads could fill and stall it.
+        qemu_log = Path(tmp) / "qemu.log"
+        with (
+            open(qemu_log, "wb") as out,
+            subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT) as proc,
+        ):
+            try:
+                while proc.poll() is None:
+                    if time.monotonic() - start > timeout:
+                        console = console_text(log_path.read_bytes() if log_path.exists() else b"")
+                        raise ApplianceError(
+                            f"{opts.image}: no verdict after {timeout:.0f}s under {accel.upper()}; console:\n"
+                            + "\n".join(console.splitlines()[-40:])
+                        )
+                    if login_at is None and log_path.exists():
+                        seen = log_path.read_bytes()
+                        if any(marker in seen for marker in CONSOLE_READY):
+                            login_at = time.monotonic() - start
+                    time.sleep(0.5)
+            finally:
+                if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-                    console = console_text(log_path.read_bytes() if log_path.exists() else b"")
-                    raise ApplianceError(
-                        f"{opts.image}: no verdict after {timeout:.0f}s under {accel.upper()}; console:\n"
-                        + "\n".join(console.splitlines()[-40:])
-                    )
-                if login_at is None and log_path.exists():
-                    seen = log_path.read_bytes()
-                    if any(marker in seen for marker in CONSOLE_READY):
-                        login_at = time.monotonic() - start
-                time.sleep(0.5)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         elapsed = time.monotonic() - start
         console = console_text(log_path.read_bytes() if log_path.exists() else b"")
-        qemu_output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+        qemu_output = qemu_log.read_text(errors="replace")
     verdicts = [
         line.split(VERDICT_PREFIX, 1)[1].strip() for line in console.splitlines() if VERDICT_PREFIX in line
     ]
     problems = tuple(v.removeprefix("FAIL:").strip() for v in verdicts if v.startswith("FAIL"))
+    info = dict(
+        v.removeprefix("INFO:").strip().split("=", 1) for v in verdicts if v.startswith("INFO:") and "=" in v
+    )
     if proc.returncode == EXIT_PASS:
-        return SmokeResult(True, (), elapsed, accel, console, login_at)
+        return SmokeResult(True, (), elapsed, accel, console, login_at, info)
     if proc.returncode == EXIT_FAIL:
-        return SmokeResult(
-            False, problems or ("the guest reported failure",), elapsed, accel, console, login_at
-        )
+        problems = problems or ("the guest reported failure",)
+        return SmokeResult(False, problems, elapsed, accel, console, login_at, info)
     tail = "\n".join((qemu_output.strip().splitlines() + console.splitlines())[-40:])
     raise ApplianceError(
         f"{opts.image}: QEMU exited with status {proc.returncode} and no verdict; console:\n{tail}"
