@@ -69,15 +69,23 @@ def main() -> None:
         nic = str(spec.hardware.nic) if firmware == Firmware.bios else "virtio"
         disk = str(spec.hardware.disk_controller) if firmware == Firmware.bios else "virtio"
         result = smoke(BootOptions(image=image, firmware=firmware, disk=disk, nic=nic), version=spec.version)
-        login = f"{result.login_seconds:.0f} s" if result.login_seconds else "no login prompt seen"
-        rows.append((f"boot to login, {firmware.value.upper()} under {accel.upper()}", login))
+        # The smoke check runs once boot jobs are done, usually before the console wizard or a
+        # login prompt has drawn; its verdict time is the boot figure we can always measure.
+        rows.append((f"boot to in-guest check verdict, {firmware.value.upper()} under {accel.upper()}",
+                     f"{result.seconds:.0f} s"))  # fmt: skip
+        if result.login_seconds:
+            rows.append(
+                (
+                    f"console ready (login or wizard), {firmware.value.upper()}",
+                    f"{result.login_seconds:.0f} s",
+                )
+            )
         rows.append(
             (
                 f"memory in use after boot ({firmware.value.upper()})",
                 f"{result.info.get('mem_used_mib', '?')} MiB",
             )
         )
-        rows.append((f"systemd-analyze ({firmware.value.upper()})", result.info.get("boot_time", "?")))
         if not result.passed:
             rows.append((f"smoke ({firmware.value.upper()})", "FAILED: " + "; ".join(result.problems)))
 
