@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 from appliance.errors import ApplianceError
 from appliance.log import setup_logging
 from appliance.qemu import DISK_DEVICES, NIC_DEVICES, BootOptions, Firmware, Forward
+from gateway.cliutil import run_command
 
 log = logging.getLogger("appliance")
 
@@ -137,17 +137,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI: `error: ...` and exit 1 for user errors, tracebacks only with --debug."""
     args = build_parser().parse_args(argv)
     setup_logging(args.debug)
-    try:
-        result: int = args.func(args)
-        return result
-    except ApplianceError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # `appliance summary | head`: the reader left; say nothing more.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    return run_command(args.func, args, ApplianceError, args.debug)

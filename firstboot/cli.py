@@ -15,6 +15,7 @@ from firstboot.errors import FirstbootError
 from firstboot.seeds import Resolved, SeedContext, resolve
 from firstboot.settings import BY_KEY, KEYS, Settings, build, check_cross, check_fields, masked, missing
 from firstboot.system import System, atomic_write
+from gateway.cliutil import run_command
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +163,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("urwid").setLevel(logging.WARNING)  # its debug log is one line per redraw
-    try:
-        result: int = args.func(args)
-        return result
-    except FirstbootError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_command(args.func, args, FirstbootError, args.debug)

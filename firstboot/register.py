@@ -16,7 +16,6 @@ import socket
 import ssl
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from cryptography.x509.oid import NameOID
 from yarl import URL
 
 from firstboot.errors import FirstbootError
+from gateway.atomic import write_atomic
+from gateway.cliutil import run_command
 
 log = logging.getLogger(__name__)
 
@@ -117,26 +118,6 @@ def spki_sha256(cert: x509.Certificate) -> str:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return "sha256:" + hashlib.sha256(spki).hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)  # before writing, so a private key is never readable by others
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _same_public_key(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> bool:
@@ -335,7 +316,7 @@ def _prepare_key(state_dir: Path, force: bool) -> ec.EllipticCurvePrivateKey:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     # Stored before the request so a power cut after the plane signs does not strand the token.
-    _write_atomic(key_path, pem, 0o600)
+    write_atomic(key_path, pem, 0o600)
     return key
 
 
@@ -403,11 +384,11 @@ async def register_async(
         data = await client.post_register(token, ca_pem, _make_csr(key, hostname), hostname)
     gateway_id, cert_pem = _check_response(data, key, pinned)
     registered_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-    _write_atomic(state_dir / CERT_FILE, cert_pem, 0o644)
-    _write_atomic(state_dir / CA_FILE, ca_pem, 0o644)
+    write_atomic(state_dir / CERT_FILE, cert_pem, 0o644)
+    write_atomic(state_dir / CA_FILE, ca_pem, 0o644)
     # identity.json goes last: its presence marks a complete enrolment.
     identity = {"gateway_id": gateway_id, "plane_url": token.plane_url, "registered_at": registered_at}
-    _write_atomic(state_dir / IDENTITY_FILE, (json.dumps(identity, indent=2) + "\n").encode(), 0o644)
+    write_atomic(state_dir / IDENTITY_FILE, (json.dumps(identity, indent=2) + "\n").encode(), 0o644)
     log.info("registered as gateway %s with %s", gateway_id, token.plane_url)
     return Identity(gateway_id, token.plane_url, registered_at, state_dir)
 
@@ -481,15 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s"
     )
-    try:
-        return run_register(args)
-    except FirstbootError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_command(run_register, args, FirstbootError, args.debug)
 
 
 if __name__ == "__main__":

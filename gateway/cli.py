@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable, Sequence
 
+from gateway.cliutil import run_command
 from gateway.errors import GatewayError
 
 # Each entry adds its subcommand(s) to the parser and sets `func` (args -> exit code) on them.
@@ -48,13 +48,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(message)s"
     )
-    try:
-        result: int = args.func(args)
-        return result
-    except GatewayError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_command(args.func, args, GatewayError, args.debug)

@@ -24,6 +24,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from gateway.atomic import write_atomic
 from mgmtplane.ca import (
     CA_CERT_FILE,
     CSRError,
@@ -34,7 +35,7 @@ from mgmtplane.ca import (
     load_or_create_ca,
 )
 from mgmtplane.errors import PlaneError
-from mgmtplane.registry import GatewayRecord, Registry, state_lock, write_atomic
+from mgmtplane.registry import GatewayRecord, Registry, state_lock
 from mgmtplane.tokens import TokenError, TokenStore
 
 log = logging.getLogger(__name__)

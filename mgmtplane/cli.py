@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from gateway.cliutil import run_command
 from mgmtplane.app import PlaneConfig, create_app, load_or_create_admin_token, server_ssl_context
 from mgmtplane.ca import load_ca, server_cert_covers
 from mgmtplane.errors import PlaneError
@@ -218,20 +219,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        result: int = args.func(args)
-        return result
-    except PlaneError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        # Permissions and full disks in the state dir: say which file, not a traceback.
-        if args.debug:
-            raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_command(args.func, args, PlaneError, args.debug)

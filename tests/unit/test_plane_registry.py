@@ -7,9 +7,10 @@ import stat
 
 import pytest
 
+from gateway.atomic import write_atomic
 from mgmtplane.cli import parse_listen
 from mgmtplane.errors import PlaneError
-from mgmtplane.registry import GatewayRecord, Registry, write_atomic
+from mgmtplane.registry import GatewayRecord, Registry
 
 
 def _record(gateway_id: str, at: str) -> GatewayRecord:
