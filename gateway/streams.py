@@ -579,3 +579,20 @@ class Mux:
             if overshoot > interval / 4:
                 # Our own loop was stalled: frames may be waiting unread, so that time proves nothing.
                 self.last_rx += overshoot
+
+async def end_connection(
+    mux: Mux,
+    close_ws: Callable[[], Awaitable[object]],
+    receiver: asyncio.Task[None],
+    reason: tuple[p.ErrorCode, str] | None,
+) -> None:
+    """The end of a tunnel connection, the same on both sides: stop the writer, close the
+    WebSocket while the receiver still runs (so the close handshake completes; a link that died
+    of a heartbeat timeout gets no time for it), then stop the receiver."""
+    await mux.stop()
+    dead = reason is not None and reason[0] is p.ErrorCode.HEARTBEAT_TIMEOUT
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(close_ws(), 0.2 if dead else 2.0)
+    receiver.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await receiver

@@ -18,7 +18,7 @@ from gateway import protocol as p
 from gateway.backoff import Backoff
 from gateway.errors import GatewayError
 from gateway.proxy import proxy_settings
-from gateway.streams import WS_MAX_MESSAGE, Mux, OpenHandler
+from gateway.streams import WS_MAX_MESSAGE, Mux, OpenHandler, end_connection
 
 log = logging.getLogger(__name__)
 
@@ -245,15 +245,7 @@ class TunnelClient:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await drainer
             self._drainer = None
-            await mux.stop()
-            # Close while the receiver still runs, so the close handshake completes cleanly; a dead
-            # link gets no time for it.
-            dead = reason is not None and reason[0] is p.ErrorCode.HEARTBEAT_TIMEOUT
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 0.2 if dead else 2.0)
-            receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receiver
+            await end_connection(mux, ws.close, receiver, reason)
             self._ws = None
             self.mux = None
 

@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 
 from gateway import protocol as p
 from gateway.relay import strip_hop_headers
-from gateway.streams import WS_MAX_MESSAGE, Mux, StreamReset
+from gateway.streams import WS_MAX_MESSAGE, Mux, StreamReset, end_connection
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +138,7 @@ class Hub:
                 await closed_wait
             reason = mux.close_reason
             mux.close(p.ErrorCode.GOING_AWAY, "tunnel closed")
-            await mux.stop()
-            dead = reason is not None and reason[0] is p.ErrorCode.HEARTBEAT_TIMEOUT
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 0.2 if dead else 2.0)
-            receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receiver
+            await end_connection(mux, ws.close, receiver, reason)
             session.connected = False
             if reason is not None and reason[0] not in (p.ErrorCode.NO_ERROR, p.ErrorCode.GOING_AWAY):
                 session.last_error = f"{reason[0]}: {reason[1]}"
