@@ -87,6 +87,19 @@ class Stream:
         self._consumed(len(chunk))
         return chunk
 
+    def read_complete(self) -> bytes | None:
+        """The whole rest of the body if the peer has already ended it (so it is all buffered), else
+        None. Lets a small response go out in one write instead of a head and a body."""
+        if not self.rx_fin or self._error is not None:
+            return None
+        inbox = self._inbox
+        if not inbox:
+            return b""
+        body = inbox.popleft() if len(inbox) == 1 else b"".join(inbox)
+        inbox.clear()
+        self._consumed(len(body))
+        return body
+
     def _consumed(self, n: int) -> None:
         mux = self.mux
         if not self.rx_fin and self._error is None:
@@ -579,6 +592,7 @@ class Mux:
             if overshoot > interval / 4:
                 # Our own loop was stalled: frames may be waiting unread, so that time proves nothing.
                 self.last_rx += overshoot
+
 
 async def end_connection(
     mux: Mux,

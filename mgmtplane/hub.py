@@ -82,11 +82,19 @@ class GatewaySession:
         }
 
 
+# What the plane accepts. Response bodies flow towards the plane, so its stream window sets the
+# bulk rate: one stream's credit must cover the pipeline (read, frame, TLS, WebSocket, write out)
+# several times over. 4 MiB per stream roughly doubles a large download over the 1 MiB default
+# (bench/relay.py), and the 64 MiB connection window keeps the default's 16:1 ratio, so one
+# stalled caller can hold back at most a sixteenth of the connection.
+PLANE_LIMITS = p.Limits(initial_stream_window=4 * 1024 * 1024, initial_connection_window=64 * 1024 * 1024)
+
+
 class Hub:
     """Live gateway tunnels by gateway id."""
 
     def __init__(self, limits: p.Limits | None = None, drain_timeout: float = 10.0) -> None:
-        self.limits = limits or p.Limits()
+        self.limits = limits or PLANE_LIMITS
         self.drain_timeout = drain_timeout
         self._sessions: dict[str, GatewaySession] = {}
         self._closing = False
@@ -195,8 +203,17 @@ class Hub:
                 rhead = await stream.response()
             except StreamReset as exc:
                 return _json_error(STATUS_FOR_CODE.get(exc.code, 502), str(exc.code), exc.detail)
+            headers = strip_hop_headers(rhead.headers)
+            body = stream.read_complete() if _whole_body_ok(request.method, rhead.status) else None
+            if body is not None:
+                # The response ended in the same tunnel read: send head and body in one write.
+                whole = web.Response(status=rhead.status, body=body)
+                for key, value in headers:
+                    if key.lower() != "content-length":  # aiohttp sets it from the body
+                        whole.headers.add(key, value)
+                return whole
             resp = web.StreamResponse(status=rhead.status)
-            for key, value in strip_hop_headers(rhead.headers):
+            for key, value in headers:
                 resp.headers.add(key, value)
             try:
                 await resp.prepare(request)
@@ -251,6 +268,12 @@ class Hub:
                 await asyncio.wait_for(ws.close(code=1001, message=b"plane shutting down"), 1.0)
 
         await asyncio.gather(*(close(s.ws) for s, _mux in live if s.ws is not None))
+
+
+def _whole_body_ok(method: str, status: int) -> bool:
+    # HEAD, 1xx, 204 and 304 carry no body but may carry the entity's Content-Length: those keep
+    # the target's headers as they are (the streaming path).
+    return method != "HEAD" and status >= 200 and status not in (204, 304)
 
 
 async def _pump_body(request: web.Request, stream: Any) -> None:

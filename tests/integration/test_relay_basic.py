@@ -199,6 +199,10 @@ async def test_target_failing_mid_body_aborts_the_callers_response(env: Env) -> 
 async def test_head_request_and_empty_bodies(env: Env) -> None:
     async with env.http.head(env.url("t1", "/small"), ssl=env.caller_ssl) as r:
         assert r.status == 200 and await r.read() == b""
+        # A HEAD keeps the entity's length, not the empty body's (the plane streams it as is).
+        assert r.headers["Content-Length"] == "1023"
+    status, headers, body = await env.get("t1", "/small")  # ends in one tunnel read: one write
+    assert status == 200 and headers["Content-Length"] == str(len(body)) == "1023"
     status, _h, body = await env.get("t1", "/sized?size=0")
     assert status == 200 and body == b""
 

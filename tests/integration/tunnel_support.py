@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import ssl
@@ -19,8 +20,8 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import trustme
 from aiohttp import web
 from yarl import URL
 
@@ -30,7 +31,10 @@ from gateway.policy import load_policies
 from gateway.relay import Relay
 from gateway.targets import parse_targets
 from gateway.tunnel import TunnelClient, client_ssl_context
-from mgmtplane.hub import Hub, setup_hub
+from mgmtplane.hub import PLANE_LIMITS, Hub, setup_hub
+
+if TYPE_CHECKING:
+    import trustme
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -77,6 +81,8 @@ class Pki:
 
 def make_pki(root: Path) -> Pki:
     """Write plane/{ca,server,server-key}.pem and gw-state/{ca,cert,key}.pem under `root`."""
+    import trustme  # here, not at the top: planes spawned from this module stay lean
+
     ca = trustme.CA()
     gateway_id = str(uuid.uuid4())
     pki = Pki(root, ca, gateway_id)
@@ -106,7 +112,8 @@ def plane_ssl_context(plane_dir: Path) -> ssl.SSLContext:
 def plane_app(limits: p.Limits | None = None) -> tuple[web.Application, Hub]:
     """A minimal plane: just the hub (the real app adds registration and bearer auth)."""
     app = web.Application()
-    hub = setup_hub(app, Hub(limits or p.Limits(heartbeat_ms=1000), drain_timeout=5.0))
+    limits = limits or dataclasses.replace(PLANE_LIMITS, heartbeat_ms=1000)
+    hub = setup_hub(app, Hub(limits, drain_timeout=5.0))
     return app, hub
 
 

@@ -94,6 +94,24 @@ async def test_request_and_response_bodies_larger_than_every_window() -> None:
         )
 
 
+async def test_read_complete_hands_over_a_finished_body_and_nothing_else() -> None:
+    async with Pair(SMALL, serve(lambda path, req: b"x" * int(path[1:]))) as pair:
+        small = pair.plane.open(p.RequestHead("GET", "t", "/1000"), fin=True)
+        await small.response()
+        await asyncio.sleep(0.05)  # head, DATA and FIN have all arrived
+        assert small.read_complete() == b"x" * 1000
+        assert await small.read() == b""
+        # A body larger than the stream window cannot have ended yet: nothing is handed over.
+        big = pair.plane.open(p.RequestHead("GET", "t", "/100000"), fin=True)
+        await big.response()
+        await asyncio.sleep(0.05)
+        assert big.read_complete() is None
+        assert len(await read_all(big)) == 100_000
+        await asyncio.sleep(0.05)
+        # Both returned their credit: the connection window is whole again (within one batch).
+        assert pair.gateway.send_credit > SMALL.initial_connection_window * 3 // 4 - 1
+
+
 async def test_stalled_reader_does_not_stall_other_streams() -> None:
     async with Pair(SMALL, serve(lambda path, req: b"z" * 200_000)) as pair:
         stalled = pair.plane.open(p.RequestHead("GET", "t", "/stalled"), fin=True)
