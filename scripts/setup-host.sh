@@ -14,7 +14,7 @@ PKGS=(
   zstd xz-utils cpio                                  # initrd and compression
   qemu-utils qemu-system-x86 ovmf                     # qcow2 conversion and smoke boots
   xorriso                                             # OVF environment ISO (ISO transport)
-  tinyproxy nginx-light openssh-server openssh-client # proxy tests and relay benchmark peers
+  tinyproxy nginx-light openssh-server openssh-client wrk curl # proxy tests; relay benchmark peers and load
   tmux                                                # wizard tests in a real terminal
   socat                                               # QEMU guest forwards to host loopback ports
   virt-v2v nbdkit libnbd-bin linux-image-amd64        # the OVA's KVM import test (libguestfs boots a kernel)
