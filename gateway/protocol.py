@@ -162,18 +162,39 @@ def encode_hello(hello: Hello) -> bytes:
 
 
 def _encode_headers(headers: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> bytes:
+    # The encoder refuses exactly what the decoder rejects: a header the peer cannot accept
+    # would be a protocol error there and end every stream on the connection, not just this one.
     if len(headers) > ABSOLUTE_MAX_HEADERS:
         raise ProtocolError(f"too many headers: {len(headers)} > {ABSOLUTE_MAX_HEADERS}")
     parts = [_U16.pack(len(headers))]
+    raw_values = []
     for name, value in headers:
-        raw_name = name.encode("ascii")
+        raw_name = _ENCODED_NAMES.get(name)
+        if raw_name is None:
+            raw_name = _valid_name(name)
         raw_value = value.encode("utf-8", "surrogateescape")
         if len(raw_name) > 255 or len(raw_value) > 0xFFFF:
             raise ProtocolError(f"header {name[:40]!r} too long")
         parts.append(_HDR_ITEM.pack(len(raw_name), len(raw_value)))
         parts.append(raw_name)
         parts.append(raw_value)
+        raw_values.append(raw_value)
+    if raw_values and _BAD_CHAR(b"".join(raw_values)) is not None:
+        bad = next(n for n, v in zip(headers, raw_values, strict=True) if _BAD_CHAR(v) is not None)
+        raise ProtocolError(f"invalid characters in header {bad[0][:40]!r}")
     return b"".join(parts)
+
+
+def _valid_name(name: str) -> bytes:
+    try:
+        raw = name.encode("ascii")
+    except UnicodeEncodeError:
+        raw = b""
+    if _TOKEN_RE.fullmatch(raw) is None:
+        raise ProtocolError(f"invalid header name {name[:40]!r}")
+    if len(_ENCODED_NAMES) < _NAME_CACHE_SIZE:
+        _ENCODED_NAMES[name] = raw
+    return raw
 
 
 def encode_request_head(stream_id: int, head: RequestHead, fin: bool = False) -> bytes:
@@ -353,11 +374,22 @@ class _Reader:
 
 
 _TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# CR, LF and NUL may appear in no header value or path (they would split or end a line in HTTP/1).
+_BAD_CHAR = re.compile(rb"[\r\n\x00]").search
+# Header names repeat on every message (Content-Type, Date, ...): checked once, then looked up.
+# Bounded, so a peer inventing names cannot grow it.
+_NAME_CACHE_SIZE = 1024
+_DECODED_NAMES: dict[bytes, str] = {}
+_ENCODED_NAMES: dict[str, bytes] = {}
 
 
-def _bad_value(value: bytes) -> bool:
-    # Three C-level scans beat a Python-level set intersection on the hot path.
-    return b"\r" in value or b"\n" in value or b"\x00" in value
+def _name_text(name: bytes) -> str:
+    if _TOKEN_RE.fullmatch(name) is None:
+        raise ProtocolError(f"invalid header name {name[:40]!r}")
+    text = name.decode("ascii")
+    if len(_DECODED_NAMES) < _NAME_CACHE_SIZE:
+        _DECODED_NAMES[name] = text
+    return text
 
 
 def _decode_headers(r: _Reader) -> tuple[tuple[str, str], ...]:
@@ -366,8 +398,9 @@ def _decode_headers(r: _Reader) -> tuple[tuple[str, str], ...]:
         raise ProtocolError(f"too many headers: {count} > {ABSOLUTE_MAX_HEADERS}")
     data, pos, end = r.data, r.pos, len(r.data)
     headers = []
+    values = []
     unpack = _HDR_ITEM.unpack_from
-    token = _TOKEN_RE.fullmatch
+    names = _DECODED_NAMES
     for _ in range(count):
         if pos + 3 > end:
             raise ProtocolError("truncated payload")
@@ -379,11 +412,15 @@ def _decode_headers(r: _Reader) -> tuple[tuple[str, str], ...]:
             raise ProtocolError("truncated payload")
         name = data[npos:vpos]
         value = data[vpos:pos]
-        if token(name) is None:
-            raise ProtocolError(f"invalid header name {name[:40]!r}")
-        if _bad_value(value):
-            raise ProtocolError(f"invalid characters in header {name.decode('ascii')!r}")
-        headers.append((name.decode("ascii"), value.decode("utf-8", "surrogateescape")))
+        text = names.get(name)
+        if text is None:
+            text = _name_text(name)
+        values.append(value)
+        headers.append((text, value.decode("utf-8", "surrogateescape")))
+    # One scan over all values (joined) instead of one per value; the slow path names the culprit.
+    if values and _BAD_CHAR(b"".join(values)) is not None:
+        bad = next(h for h, v in zip(headers, values, strict=True) if _BAD_CHAR(v) is not None)
+        raise ProtocolError(f"invalid characters in header {bad[0]!r}")
     r.pos = pos
     return tuple(headers)
 
@@ -399,7 +436,7 @@ def decode_request_head(payload: bytes) -> RequestHead:
     except UnicodeDecodeError:
         raise ProtocolError("target name is not UTF-8") from None
     path = r.take(r.u16())
-    if not path.startswith(b"/") or _bad_value(path) or b" " in path:
+    if not path.startswith(b"/") or _BAD_CHAR(path) is not None or b" " in path:
         raise ProtocolError(f"invalid request path {path[:60]!r}")
     headers = _decode_headers(r)
     r.done()

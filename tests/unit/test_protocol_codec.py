@@ -232,3 +232,25 @@ def test_window_increment_bounds() -> None:
         p.decode_window(struct.pack("!I", 0))
     with pytest.raises(p.ProtocolError):
         p.decode_window(struct.pack("!I", 2**31))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("Bad@Name", "x", "invalid header name 'Bad@Name'"),
+        ("Spaced Name", "x", "invalid header name 'Spaced Name'"),
+        ("Ünicode", "x", "invalid header name 'Ünicode'"),
+        ("", "x", "invalid header name ''"),
+        ("X-Split", "one\ntwo", "invalid characters in header 'X-Split'"),
+        ("X-Cr", "a\rb", "invalid characters in header 'X-Cr'"),
+        ("X-Nul", "a\x00b", "invalid characters in header 'X-Nul'"),
+    ],
+)
+def test_the_encoder_refuses_what_the_decoder_would_reject(name: str, value: str, message: str) -> None:
+    # Refused at the sender, the header costs one stream; at the receiver, the whole connection.
+    heads = [("Accept", "*/*"), (name, value)]
+    with pytest.raises(p.ProtocolError) as exc:
+        p.encode_response_head(1, p.ResponseHead(200, tuple(heads)))
+    assert exc.value.message == message
+    with pytest.raises(p.ProtocolError):
+        p.encode_request_head(1, p.RequestHead("GET", "t", "/", tuple(heads)))
