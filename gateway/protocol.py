@@ -199,11 +199,15 @@ def _valid_name(name: str) -> bytes:
 
 def encode_request_head(stream_id: int, head: RequestHead, fin: bool = False) -> bytes:
     """An OPEN frame carrying a request head (plane to gateway)."""
-    method = head.method.encode("ascii")
+    method = head.method.encode("ascii", "replace")
     target = head.target.encode("utf-8")
     path = head.path.encode("utf-8", "surrogateescape")
     if len(method) > 255 or len(target) > 255 or len(path) > 0xFFFF:
         raise ProtocolError("request head field too long")
+    if _TOKEN_RE.fullmatch(method) is None:
+        raise ProtocolError(f"invalid method {head.method[:20]!r}")
+    if not path.startswith(b"/") or _BAD_CHAR(path) is not None or b" " in path:
+        raise ProtocolError(f"invalid request path {head.path[:60]!r}")
     payload = b"".join(
         (
             bytes([len(method)]),

@@ -254,3 +254,18 @@ def test_the_encoder_refuses_what_the_decoder_would_reject(name: str, value: str
     assert exc.value.message == message
     with pytest.raises(p.ProtocolError):
         p.encode_request_head(1, p.RequestHead("GET", "t", "/", tuple(heads)))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "message"),
+    [
+        ("GE T", "/", "invalid method 'GE T'"),
+        ("GET", "no-slash", "invalid request path 'no-slash'"),
+        ("GET", "/a b", "invalid request path '/a b'"),
+        ("GET", "/a\r\nX: y", "invalid request path '/a\\r\\nX: y'"),
+    ],
+)
+def test_the_encoder_refuses_bad_request_lines(method: str, path: str, message: str) -> None:
+    with pytest.raises(p.ProtocolError) as exc:
+        p.encode_request_head(1, p.RequestHead(method, "t", path))
+    assert exc.value.message == message
