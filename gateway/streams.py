@@ -16,6 +16,10 @@ log = logging.getLogger(__name__)
 
 # A batch of frames goes out as one WebSocket message; keep it well under the peers' message limit.
 MAX_BATCH = 1024 * 1024
+# Body bytes queued for the WebSocket beyond which writers wait for the writer to catch up. Credit
+# alone would let one side queue up to the peer's whole connection window (64 MiB from the plane)
+# when its uplink is slower than its targets; this keeps the queue at a couple of batches.
+OUT_HIGH = 2 * MAX_BATCH
 WS_MAX_MESSAGE = 8 * 1024 * 1024
 _MAX_WINDOW = 0x7FFFFFFF
 
@@ -137,6 +141,10 @@ class Stream:
             if n <= 0:
                 await self._wait_credit()
                 continue
+            if mux._out_size > OUT_HIGH:
+                await mux._writable.wait()
+                self._check_writable()
+                continue
             self.send_credit -= n
             mux.send_credit -= n
             last = fin and pos + n == total
@@ -255,6 +263,8 @@ class Mux:
         self._out: list[bytes | memoryview] = []
         self._out_size = 0
         self._out_event = asyncio.Event()
+        self._writable = asyncio.Event()  # set while the queue is below OUT_HIGH
+        self._writable.set()
         self._next_id = 1
         self._last_peer_id = 0
         self.goaway_sent = False
@@ -306,6 +316,7 @@ class Mux:
         self.streams.clear()
         self._drained.set()
         self.ready.set()  # release waiters; they check `closed`
+        self._writable.set()
         if self._on_close is not None:
             self._on_close(code, message)
 
@@ -379,6 +390,8 @@ class Mux:
         self._out.append(data)
         self._out_size += p.HEADER_SIZE + len(data)
         self._out_event.set()
+        if self._out_size > OUT_HIGH:
+            self._writable.clear()
 
     async def _writer(self) -> None:
         out = self._out
@@ -407,6 +420,8 @@ class Mux:
                     del out[:i]
                     self._out_size -= size
                 await self._send(batch)
+                if self._out_size <= OUT_HIGH:
+                    self._writable.set()
         except (ConnectionError, RuntimeError, OSError) as exc:
             log.debug("%s: writer stopped: %s", self.name, exc)
             self.close(p.ErrorCode.INTERNAL, f"write failed: {exc}")

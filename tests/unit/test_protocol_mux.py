@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import protocol as p
+from gateway import streams
 from gateway.streams import Mux, Stream, StreamReset
 
 
@@ -110,6 +111,23 @@ async def test_read_complete_hands_over_a_finished_body_and_nothing_else() -> No
         await asyncio.sleep(0.05)
         # Both returned their credit: the connection window is whole again (within one batch).
         assert pair.gateway.send_credit > SMALL.initial_connection_window * 3 // 4 - 1
+
+
+async def test_a_slow_link_holds_writers_back_instead_of_queueing_the_whole_window() -> None:
+    # Credit for 64 MiB, but the link is stalled: the sender queues a couple of batches, not 64 MiB.
+    wide = p.Limits(initial_stream_window=64 << 20, initial_connection_window=64 << 20, heartbeat_ms=60_000)
+    body = b"b" * (16 << 20)
+    async with Pair(wide, serve(lambda path, req: body)) as pair:
+        st = pair.plane.open(p.RequestHead("GET", "t", "/big"), fin=True)
+        while not pair.gateway.streams:  # the request is through; now the link stalls
+            await asyncio.sleep(0)
+        pair.paused = True
+        await asyncio.sleep(0.3)
+        queued = pair.gateway._out_size
+        assert 0 < queued <= streams.OUT_HIGH + wide.max_frame_size + p.HEADER_SIZE, queued
+        pair.paused = False
+        await st.response()
+        assert len(await asyncio.wait_for(read_all(st), 10)) == len(body)
 
 
 async def test_stalled_reader_does_not_stall_other_streams() -> None:
