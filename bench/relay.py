@@ -56,6 +56,23 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: f
     raise RuntimeError(f"nothing listens on port {port}")
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of `pids` and all their descendants, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, todo, seen = 0, list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return total / ticks
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -122,7 +139,8 @@ http {{
     return port
 
 
-def start_ssh_tunnel(work: Path, procs: Procs, nginx_port: int) -> int:
+def start_ssh_tunnel(work: Path, procs: Procs, nginx_port: int) -> tuple[int, list[int]]:
+    """The forwarded port, and the PIDs whose CPU is `ssh -R`'s (sshd's children count too)."""
     for name in ("host_key", "user_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / name)], check=True)
     shutil.copy(work / "user_key.pub", work / "authorized_keys")
@@ -147,7 +165,7 @@ def start_ssh_tunnel(work: Path, procs: Procs, nginx_port: int) -> int:
         ]
     )  # fmt: skip
     wait_port(fwd_port, ssh)
-    return fwd_port
+    return fwd_port, [sshd.pid, ssh.pid]
 
 
 @dataclass
@@ -226,8 +244,9 @@ def _seconds(text: str) -> float:
     raise ValueError(f"unknown latency unit in {text!r}")
 
 
-def run_small(url: str, concurrency: int, seconds: int) -> tuple[float, dict[int, float]]:
-    """Requests/s and wrk's latency percentiles {50: s, 99: s} for GETs of `url` at `concurrency`.
+def run_small(url: str, concurrency: int, seconds: int) -> tuple[float, dict[int, float], int]:
+    """Requests/s, wrk's latency percentiles {50: s, 99: s} and the number of requests, for GETs
+    of `url` at `concurrency`.
 
     wrk (C, epoll, keep-alive) drives the load: the Python client this bench used first spent
     more CPU per request than nginx and `ssh -R` together, so every path measured the client.
@@ -237,18 +256,20 @@ def run_small(url: str, concurrency: int, seconds: int) -> tuple[float, dict[int
         ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", url],
         capture_output=True, text=True, check=True, timeout=seconds + 30,
     ).stdout  # fmt: skip
-    rate, lat = 0.0, {}
+    rate, lat, count = 0.0, {}, 0
     for line in out.splitlines():
         words = line.split()
         if line.startswith("Requests/sec:"):
             rate = float(words[1])
+        elif len(words) > 2 and words[1:3] == ["requests", "in"]:
+            count = int(words[0])
         elif len(words) == 2 and words[0] in ("50%", "99%"):
             lat[int(words[0][:-1])] = _seconds(words[1])
         elif "Non-2xx" in line or line.startswith("  Socket errors"):
             raise RuntimeError(f"{url}: {line.strip()}")
-    if not rate or len(lat) != 2:
+    if not rate or not count or len(lat) != 2:
         raise RuntimeError(f"cannot read wrk's output for {url}:\n{out}")
-    return rate, lat
+    return rate, lat, count
 
 
 def run_big(url: str) -> float:
@@ -276,13 +297,15 @@ def bench(rounds: int, seconds: int, big_reps: int) -> None:
         procs = Procs()
         try:
             nginx = start_nginx(work, procs)
-            ssh_port = start_ssh_tunnel(work, procs, nginx)
+            ssh_port, ssh_pids = start_ssh_tunnel(work, procs, nginx)
             tunnel = start_our_tunnel(work, procs, nginx)
             base = {
                 "direct": f"http://127.0.0.1:{nginx}",
                 "tunnel": f"http://127.0.0.1:{tunnel.http_port}/v1/gateways/{tunnel.gateway_id}/targets/nginx",
                 "ssh -R": f"http://127.0.0.1:{ssh_port}",
             }
+            relay_pids = {"tunnel": [tunnel.gateway.pid, tunnel.plane.pid], "ssh -R": ssh_pids}
+            cpu: dict[tuple[str, int], list[float]] = {}  # CPU seconds and requests, summed
             rps: dict[tuple[str, int], list[float]] = {}
             lat: dict[tuple[str, int], list[float]] = {}
             mbs: dict[str, list[float]] = {m: [] for m in base}
@@ -290,7 +313,11 @@ def bench(rounds: int, seconds: int, big_reps: int) -> None:
             for rnd in range(rounds):
                 for c in CONCURRENCY:
                     for mode, url in base.items():  # interleaved: drift hits every path alike
-                        value, percentiles = run_small(f"{url}/small.json", c, seconds)
+                        before = cpu_seconds(relay_pids.get(mode, []))
+                        value, percentiles, count = run_small(f"{url}/small.json", c, seconds)
+                        used = cpu_seconds(relay_pids.get(mode, [])) - before
+                        acc = cpu.setdefault((mode, c), [0.0, 0])
+                        acc[0], acc[1] = acc[0] + used, acc[1] + count
                         rps.setdefault((mode, c), []).append(value)
                         if c == 1:
                             for q, v in percentiles.items():
@@ -302,7 +329,7 @@ def bench(rounds: int, seconds: int, big_reps: int) -> None:
             rss = peak_rss_mib(tunnel.gateway.pid) + peak_rss_mib(tunnel.plane.pid)
         finally:
             procs.stop_all()
-    report(rps, lat, mbs, rss)
+    report(rps, lat, mbs, rss, {k: v[0] / v[1] * 1e6 for k, v in cpu.items() if v[1]})
 
 
 MODES = ("direct", "tunnel", "ssh -R")
@@ -313,6 +340,7 @@ def report(
     lat: dict[tuple[str, int], list[float]],
     mbs: dict[str, list[float]],
     rss: float,
+    cpu_us: dict[tuple[str, int], float],
 ) -> None:
     """Medians over the rounds: a table, then one summary line per figure."""
     med = {k: statistics.median(v) for k, v in rps.items()}
@@ -329,6 +357,9 @@ def report(
     row = [big[m] for m in MODES]
     print(f"{'64 MiB MB/s':<22}{row[0]:>12.1f}{row[1]:>12.1f}{row[2]:>12.1f}{row[1] / row[2]:>11.2f}x")
     print(f"{'peak RSS gw+plane':<22}{rss:>36.1f} MiB")
+    for c in CONCURRENCY:  # the relays' own processes: gateway + plane, ssh + sshd
+        ours, theirs = cpu_us[("tunnel", c)], cpu_us[("ssh -R", c)]
+        print(f"{f'c={c} CPU us/req':<22}{'':>12}{ours:>12.0f}{theirs:>12.0f}{ours / theirs:>11.2f}x")
     print()
     for c in CONCURRENCY:
         print(f"c={c} req/s: {med[('tunnel', c)] / med[('ssh -R', c)]:.2f}x ssh -R")
