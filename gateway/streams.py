@@ -15,7 +15,7 @@ from gateway.errors import GatewayError
 log = logging.getLogger(__name__)
 
 # A batch of frames goes out as one WebSocket message; keep it well under the peers' message limit.
-MAX_BATCH = 1024 * 1024
+MAX_BATCH = 256 * 1024
 # Body bytes queued for the WebSocket beyond which writers wait for the writer to catch up. Credit
 # alone would let one side queue up to the peer's whole connection window (64 MiB from the plane)
 # when its uplink is slower than its targets; this keeps the queue at a couple of batches.
