@@ -15,20 +15,10 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 
 
 def _registrars() -> list[Registrar]:
-    registrars: list[Registrar] = []
-    try:
-        from gateway.policy_cli import add_parsers as add_policy_parsers
-    except ImportError:  # pragma: no cover - the module lands with the metadata-filter issue
-        pass
-    else:
-        registrars.append(add_policy_parsers)
-    try:
-        from gateway.daemon_cli import add_parsers as add_daemon_parsers
-    except ImportError:  # pragma: no cover - the module lands with the relay issue
-        pass
-    else:
-        registrars.append(add_daemon_parsers)
-    return registrars
+    from gateway.daemon_cli import add_parsers as add_daemon_parsers
+    from gateway.policy_cli import add_parsers as add_policy_parsers
+
+    return [add_policy_parsers, add_daemon_parsers]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,8 +6,6 @@ import asyncio
 import datetime as dt
 import hashlib
 import hmac
-import importlib
-import importlib.util
 import json
 import logging
 import re
@@ -35,6 +33,7 @@ from mgmtplane.ca import (
     load_or_create_ca,
 )
 from mgmtplane.errors import PlaneError
+from mgmtplane.hub import HUB_KEY, setup_hub
 from mgmtplane.registry import GatewayRecord, Registry, state_lock
 from mgmtplane.tokens import TokenError, TokenStore
 
@@ -146,7 +145,6 @@ async def get_health(request: web.Request) -> web.Response:
             "status": "ok",
             "ca_hash": request.app[CA_KEY].spki_hash,
             "connected": sum(1 for s in live.values() if s.get("connected")),
-            "hub": _HUB in request.app,
         }
     )
 
@@ -217,30 +215,9 @@ def _utc_now_iso() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 
-# --- the hub (mgmtplane/hub.py, written alongside) -------------------------------------------
-
-_HUB = web.AppKey("plane_hub_module", object)
-
-
-def _setup_hub(app: web.Application) -> None:
-    # The hub lands separately; without it the plane still registers gateways.
-    if importlib.util.find_spec("mgmtplane.hub") is None:
-        log.warning("mgmtplane.hub is not installed: no /v1/tunnel and no relay routes")
-        return
-    hub_module = importlib.import_module("mgmtplane.hub")
-    hub_module.setup_hub(app)
-    app[_HUB] = hub_module
-
-
 def _live_gateways(app: web.Application) -> dict[str, dict[str, Any]]:
-    """The hub's per-gateway tunnel state by gateway id, or {} when there is no hub."""
-    hub_module: Any = app.get(_HUB)
-    if hub_module is None:
-        return {}
-    hub = app.get(hub_module.HUB_KEY)
-    if hub is None:
-        return {}
-    return {str(s["id"]): dict(s) for s in hub.sessions()}
+    """The hub's per-gateway tunnel state by gateway id."""
+    return {str(s["id"]): dict(s) for s in app[HUB_KEY].sessions()}
 
 
 def _gateway_json(record: GatewayRecord, live: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
@@ -278,5 +255,5 @@ def create_app(config: PlaneConfig) -> web.Application:
     app.router.add_post("/v1/register", post_register)
     app.router.add_get("/v1/gateways", list_gateways)
     app.router.add_get("/v1/gateways/{gateway_id}", get_gateway)
-    _setup_hub(app)
+    setup_hub(app)
     return app
