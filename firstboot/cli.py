@@ -114,19 +114,12 @@ def _record_error(system: System, text: str) -> None:
 
 
 def _registrars() -> list[Callable[[Any], None]]:
-    out: list[Callable[[Any], None]] = []
+    from firstboot.register_args import add_parser as add_register
     from firstboot.status import add_parser as add_status
     from firstboot.support import add_parser as add_support
     from firstboot.wizard.cli import add_parser as add_wizard
 
-    out += [add_wizard, add_status, add_support]
-    try:
-        from firstboot.register import add_parser as add_register
-    except ImportError:  # pragma: no cover - lands with the enrolment library
-        pass
-    else:
-        out.append(add_register)
-    return out
+    return [add_wizard, add_status, add_support, add_register]
 
 
 def build_parser() -> argparse.ArgumentParser:

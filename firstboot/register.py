@@ -32,13 +32,13 @@ from cryptography.x509.oid import NameOID
 from yarl import URL
 
 from firstboot.errors import FirstbootError
+from firstboot.register_args import DESCRIPTION, add_arguments
 from gateway.atomic import write_atomic
 from gateway.cliutil import run_command
 
 log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "GWJ1."
-DEFAULT_STATE_DIR = Path("/var/lib/gateway")
 KEY_FILE = "key.pem"
 CERT_FILE = "cert.pem"
 CA_FILE = "ca.pem"
@@ -433,31 +433,11 @@ def run_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--token", required=True, help="join token from 'mgmtplane token create' ('-' reads stdin)"
-    )
-    parser.add_argument(
-        "--state-dir", default=str(DEFAULT_STATE_DIR), help="identity directory (%(default)s)"
-    )
-    parser.add_argument("--proxy", help="outbound HTTP CONNECT proxy, http://[user:pass@]host:port")
-    parser.add_argument("--hostname", help="host name reported to the plane (default: this host's)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds for the whole exchange")
-    parser.add_argument("--force", action="store_true", help="register again even if an identity exists")
-    parser.set_defaults(func=run_register)
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register the `firstboot register` subcommand on a subparsers object."""
-    parser = sub.add_parser("register", help="enrol this gateway with a join token", description=__doc__)
-    _add_arguments(parser)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry: `python -m firstboot.register --token T --state-dir DIR`."""
-    parser = argparse.ArgumentParser(prog="firstboot register", description=__doc__)
+    parser = argparse.ArgumentParser(prog="firstboot register", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    _add_arguments(parser)
+    add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s"

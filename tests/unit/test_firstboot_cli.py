@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,14 @@ def test_run_with_bad_seed_is_one_line_error_with_what_to_do(
         "error: seed settings: network.mode: expected dhcp or static, got 'bogus' (what to do: "
     )
     assert "network.mode" in (system.root / "var/lib/firstboot/last-error").read_text()
+
+
+def test_building_the_command_line_imports_no_network_or_crypto_stack() -> None:
+    # The wizards and the status console run for as long as the console is up; aiohttp and
+    # cryptography cost each of them ~20 MiB and seconds of start-up under emulation.
+    code = (
+        "import sys, firstboot.cli as c; c.build_parser(); "
+        "print(sorted(m for m in ('aiohttp', 'cryptography', 'yarl') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
