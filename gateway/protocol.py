@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
@@ -179,9 +180,7 @@ def _encode_headers(headers: tuple[tuple[str, str], ...] | list[tuple[str, str]]
         parts.append(raw_name)
         parts.append(raw_value)
         raw_values.append(raw_value)
-    if raw_values and _BAD_CHAR(b"".join(raw_values)) is not None:
-        bad = next(n for n, v in zip(headers, raw_values, strict=True) if _BAD_CHAR(v) is not None)
-        raise ProtocolError(f"invalid characters in header {bad[0][:40]!r}")
+    _check_values(headers, raw_values)
     return b"".join(parts)
 
 
@@ -206,7 +205,7 @@ def encode_request_head(stream_id: int, head: RequestHead, fin: bool = False) ->
         raise ProtocolError("request head field too long")
     if _TOKEN_RE.fullmatch(method) is None:
         raise ProtocolError(f"invalid method {head.method[:20]!r}")
-    if not path.startswith(b"/") or _BAD_CHAR(path) is not None or b" " in path:
+    if _bad_path(path):
         raise ProtocolError(f"invalid request path {head.path[:60]!r}")
     payload = b"".join(
         (
@@ -387,6 +386,20 @@ _DECODED_NAMES: dict[bytes, str] = {}
 _ENCODED_NAMES: dict[str, bytes] = {}
 
 
+def _check_values(headers: Sequence[tuple[str, str]], values: list[bytes]) -> None:
+    """No CR, LF or NUL in the raw `values` of `headers` (name, value) pairs.
+
+    One scan over all values (joined) instead of one per value; the slow path names the culprit.
+    """
+    if values and _BAD_CHAR(b"".join(values)) is not None:
+        bad = next(h for h, v in zip(headers, values, strict=True) if _BAD_CHAR(v) is not None)
+        raise ProtocolError(f"invalid characters in header {bad[0][:40]!r}")
+
+
+def _bad_path(path: bytes) -> bool:
+    return not path.startswith(b"/") or _BAD_CHAR(path) is not None or b" " in path
+
+
 def _name_text(name: bytes) -> str:
     if _TOKEN_RE.fullmatch(name) is None:
         raise ProtocolError(f"invalid header name {name[:40]!r}")
@@ -421,10 +434,7 @@ def _decode_headers(r: _Reader) -> tuple[tuple[str, str], ...]:
             text = _name_text(name)
         values.append(value)
         headers.append((text, value.decode("utf-8", "surrogateescape")))
-    # One scan over all values (joined) instead of one per value; the slow path names the culprit.
-    if values and _BAD_CHAR(b"".join(values)) is not None:
-        bad = next(h for h, v in zip(headers, values, strict=True) if _BAD_CHAR(v) is not None)
-        raise ProtocolError(f"invalid characters in header {bad[0]!r}")
+    _check_values(headers, values)
     r.pos = pos
     return tuple(headers)
 
@@ -440,7 +450,7 @@ def decode_request_head(payload: bytes) -> RequestHead:
     except UnicodeDecodeError:
         raise ProtocolError("target name is not UTF-8") from None
     path = r.take(r.u16())
-    if not path.startswith(b"/") or _BAD_CHAR(path) is not None or b" " in path:
+    if _bad_path(path):
         raise ProtocolError(f"invalid request path {path[:60]!r}")
     headers = _decode_headers(r)
     r.done()

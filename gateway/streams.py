@@ -137,13 +137,13 @@ class Stream:
         view = memoryview(data)
         pos, total = 0, len(data)
         while pos < total:
-            n = min(total - pos, self.send_credit, mux.send_credit, mux.peer.max_frame_size)
-            if n <= 0:
-                await self._wait_credit()
-                continue
             if mux._out_size > OUT_HIGH:
                 await mux._writable.wait()
                 self._check_writable()
+                continue
+            n = min(total - pos, self.send_credit, mux.send_credit, mux.peer.max_frame_size)
+            if n <= 0:
+                await self._wait_credit()
                 continue
             self.send_credit -= n
             mux.send_credit -= n
