@@ -4,6 +4,9 @@ Prints req/s for a 1 KiB JSON at c=1/16/64, p50/p99 at c=1, MB/s for a 64 MiB bo
 gateway + plane, and ratios against `ssh -R`. Bounded: fixed rounds and durations (< 5 minutes).
 The load comes from wrk (requests) and curl (the large body), so the client is never the bottleneck.
 
+A fourth path, "plain", is the yardstick the issue names: the plainest aiohttp WebSocket relay
+(bench/plain_relay.py), so the figures also show what a minimal Python relay does on the same machine.
+
     .venv/bin/python bench/relay.py [--rounds 3] [--seconds 2]
 
 Everything runs on 127.0.0.1; every process is started and stopped by this script. The plane
@@ -168,6 +171,48 @@ def start_ssh_tunnel(work: Path, procs: Procs, nginx_port: int) -> tuple[int, li
     return fwd_port, [sshd.pid, ssh.pid]
 
 
+def start_plain_relay(work: Path, procs: Procs, nginx_port: int) -> tuple[int, list[int]]:
+    """bench/plain_relay.py's plane and gateway: the HTTP port, and the two PIDs."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(work / "plain-cert.pem"))
+    cert.private_key_pem.write_to_path(str(work / "plain-key.pem"))
+    ca.cert_pem.write_to_path(str(work / "plain-ca.pem"))
+    script = str(Path(__file__).resolve().parent / "plain_relay.py")
+    tls_port, http_port = free_port(), free_port()
+    plane = procs.start(
+        [
+            sys.executable, script, "plane", "--tls-port", str(tls_port), "--http-port", str(http_port),
+            "--cert", str(work / "plain-cert.pem"), "--key", str(work / "plain-key.pem"),
+        ]
+    )  # fmt: skip
+    wait_port(tls_port, plane)
+    gateway = procs.start(
+        [
+            sys.executable, script, "gateway", "--tls-port", str(tls_port),
+            "--target", f"http://127.0.0.1:{nginx_port}", "--ca", str(work / "plain-ca.pem"),
+        ]
+    )  # fmt: skip
+    wait_relay("/r/small.json", http_port, gateway)
+    return http_port, [plane.pid, gateway.pid]
+
+
+def wait_relay(path: str, port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until a relay answers GET `path` with 200: relays answer 503 until their tunnel is up."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+            if s.recv(12).endswith(b"200"):
+                return
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[1]} exited with {proc.returncode}")
+        time.sleep(0.1)
+    raise RuntimeError(f"the relay on port {port} did not come up")
+
+
 @dataclass
 class Tunnel:
     http_port: int
@@ -200,15 +245,8 @@ def start_our_tunnel(work: Path, procs: Procs, nginx_port: int) -> Tunnel:
         f"policy_dirs: [{write_policies(work)}]\n"
     )
     gateway = procs.start([sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=REPO)
-    tunnel = Tunnel(http_port, pki.gateway_id, plane, gateway)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:  # wait for the tunnel: the relay answers 503 until then
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", http_port)) as s:
-            s.sendall(f"GET /v1/gateways/{pki.gateway_id}/targets/nginx/small.json HTTP/1.0\r\n\r\n".encode())
-            if s.recv(12).endswith(b"200"):
-                return tunnel
-        time.sleep(0.1)
-    raise RuntimeError("the tunnel did not come up")
+    wait_relay(f"/v1/gateways/{pki.gateway_id}/targets/nginx/small.json", http_port, gateway)
+    return Tunnel(http_port, pki.gateway_id, plane, gateway)
 
 
 def run_plane(plane_dir: Path, tls_port: int, http_port: int) -> None:
@@ -299,12 +337,18 @@ def bench(rounds: int, seconds: int, big_reps: int) -> None:
             nginx = start_nginx(work, procs)
             ssh_port, ssh_pids = start_ssh_tunnel(work, procs, nginx)
             tunnel = start_our_tunnel(work, procs, nginx)
+            plain_port, plain_pids = start_plain_relay(work, procs, nginx)
             base = {
                 "direct": f"http://127.0.0.1:{nginx}",
                 "tunnel": f"http://127.0.0.1:{tunnel.http_port}/v1/gateways/{tunnel.gateway_id}/targets/nginx",
+                "plain": f"http://127.0.0.1:{plain_port}/r",
                 "ssh -R": f"http://127.0.0.1:{ssh_port}",
             }
-            relay_pids = {"tunnel": [tunnel.gateway.pid, tunnel.plane.pid], "ssh -R": ssh_pids}
+            relay_pids = {
+                "tunnel": [tunnel.gateway.pid, tunnel.plane.pid],
+                "plain": plain_pids,
+                "ssh -R": ssh_pids,
+            }
             cpu: dict[tuple[str, int], list[float]] = {}  # CPU seconds and requests, summed
             rps: dict[tuple[str, int], list[float]] = {}
             lat: dict[tuple[str, int], list[float]] = {}
@@ -332,7 +376,7 @@ def bench(rounds: int, seconds: int, big_reps: int) -> None:
     report(rps, lat, mbs, rss, {k: v[0] / v[1] * 1e6 for k, v in cpu.items() if v[1]})
 
 
-MODES = ("direct", "tunnel", "ssh -R")
+MODES = ("direct", "tunnel", "plain", "ssh -R")
 
 
 def report(
@@ -346,20 +390,22 @@ def report(
     med = {k: statistics.median(v) for k, v in rps.items()}
     ms = {k: statistics.median(v) * 1000 for k, v in lat.items()}
     big = {k: statistics.median(v) for k, v in mbs.items()}
+
+    def row(name: str, values: dict[str, float], fmt: str, skip: tuple[str, ...] = ()) -> None:
+        cells = "".join(f"{'' if m in skip else format(values[m], fmt):>10}" for m in MODES)
+        ratios = "".join(f"{values[m] / values['ssh -R']:>13.2f}x" for m in ("tunnel", "plain"))
+        print(f"{name:<20}{cells}{ratios}")
+
     print()
-    print(f"{'figure':<22}{'direct':>12}{'tunnel':>12}{'ssh -R':>12}{'tunnel/ssh':>12}")
+    print(f"{'figure':<20}" + "".join(f"{m:>10}" for m in MODES) + f"{'tunnel/ssh':>14}{'plain/ssh':>14}")
     for c in CONCURRENCY:
-        row = [med[(m, c)] for m in MODES]
-        print(f"{f'c={c} req/s':<22}{row[0]:>12.0f}{row[1]:>12.0f}{row[2]:>12.0f}{row[1] / row[2]:>11.2f}x")
+        row(f"c={c} req/s", {m: med[(m, c)] for m in MODES}, ".0f")
     for q in (50, 99):
-        row = [ms[(m, q)] for m in MODES]
-        print(f"{f'c=1 p{q} ms':<22}{row[0]:>12.3f}{row[1]:>12.3f}{row[2]:>12.3f}{row[1] / row[2]:>11.2f}x")
-    row = [big[m] for m in MODES]
-    print(f"{'64 MiB MB/s':<22}{row[0]:>12.1f}{row[1]:>12.1f}{row[2]:>12.1f}{row[1] / row[2]:>11.2f}x")
-    print(f"{'peak RSS gw+plane':<22}{rss:>36.1f} MiB")
+        row(f"c=1 p{q} ms", {m: ms[(m, q)] for m in MODES}, ".3f")
+    row("64 MiB MB/s", big, ".1f")
     for c in CONCURRENCY:  # the relays' own processes: gateway + plane, ssh + sshd
-        ours, theirs = cpu_us[("tunnel", c)], cpu_us[("ssh -R", c)]
-        print(f"{f'c={c} CPU us/req':<22}{'':>12}{ours:>12.0f}{theirs:>12.0f}{ours / theirs:>11.2f}x")
+        row(f"c={c} CPU us/req", {m: cpu_us.get((m, c), 0.0) for m in MODES}, ".0f", skip=("direct",))
+    print(f"{'peak RSS gw+plane':<20}{rss:>20.1f} MiB")
     print()
     for c in CONCURRENCY:
         print(f"c={c} req/s: {med[('tunnel', c)] / med[('ssh -R', c)]:.2f}x ssh -R")
@@ -367,6 +413,10 @@ def report(
         print(f"c=1 p{q}: {ms[('tunnel', q)]:.2f} ms (ssh -R {ms[('ssh -R', q)]:.2f} ms)")
     print(f"large MB/s: {big['tunnel'] / big['ssh -R']:.2f}x ssh -R")
     print(f"peak RSS gateway+plane: {rss:.1f} MiB")
+    print(
+        f"yardstick, plain aiohttp relay: c=64 req/s {med[('plain', 64)] / med[('ssh -R', 64)]:.2f}x ssh -R, "
+        f"large MB/s {big['plain'] / big['ssh -R']:.2f}x ssh -R"
+    )
 
 
 def main() -> None:
