@@ -72,7 +72,7 @@ async def plane(tls_port: int, http_port: int, cert: str, key: str) -> None:
         if not tunnel:
             return web.Response(status=503)
         stream_id = next(ids)
-        head = {
+        head: dict[str, object] = {
             "method": request.method,
             "path": request.match_info["path"],
             "headers": list(request.headers.items()),

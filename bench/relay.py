@@ -48,13 +48,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def proc_name(proc: subprocess.Popen[bytes]) -> str:
+    """The program a process runs, for error messages (the script, for a Python child)."""
+    args = [str(a) for a in proc.args] if isinstance(proc.args, list) else [str(proc.args)]
+    return args[1] if len(args) > 1 and args[0] == sys.executable else args[0]
+
+
 def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc_name(proc)} exited with {proc.returncode}")
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port}")
 
@@ -88,7 +94,7 @@ class Procs:
     items: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, args: list[str], **kw: object) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+        proc: subprocess.Popen[bytes] = subprocess.Popen(args, stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
         self.items.append(proc)
         return proc
 
@@ -208,7 +214,7 @@ def wait_relay(path: str, port: int, proc: subprocess.Popen[bytes]) -> None:
             if s.recv(12).endswith(b"200"):
                 return
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[1]} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc_name(proc)} exited with {proc.returncode}")
         time.sleep(0.1)
     raise RuntimeError(f"the relay on port {port} did not come up")
 
