@@ -80,6 +80,12 @@ def main() -> None:
                     f"{result.login_seconds:.0f} s",
                 )
             )
+        for key, what in (
+            ("userspace_at_s", "kernel + initramfs"),
+            ("serial_console_started_at_s", "to console unit"),
+        ):
+            if key in result.info:  # in-guest clock: from kernel start, firmware and boot loader excluded
+                rows.append((f"  {what}, in-guest clock ({firmware.value.upper()})", f"{result.info[key]} s"))
         rows.append(
             (
                 f"memory in use after boot ({firmware.value.upper()})",
