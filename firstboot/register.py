@@ -35,6 +35,7 @@ from firstboot.errors import FirstbootError
 from firstboot.register_args import DESCRIPTION, add_arguments
 from gateway.atomic import write_atomic
 from gateway.cliutil import run_command
+from gateway.safeload import loads_json
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def parse_token(text: str) -> JoinToken:
     body = text[len(TOKEN_PREFIX) :]
     try:
         raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        data = json.loads(raw)
+        data = loads_json(raw)
     except (binascii.Error, ValueError) as exc:
         raise FirstbootError("join token: not valid base64url JSON (was it cut short when copied?)") from exc
     if not isinstance(data, dict):
@@ -153,7 +154,7 @@ def _load_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
 def load_identity(state_dir: Path) -> Identity | None:
     """The stored identity if complete and consistent (key matches cert, cert chains to CA, unexpired)."""
     try:
-        data = json.loads((state_dir / IDENTITY_FILE).read_text(encoding="utf-8"))
+        data = loads_json((state_dir / IDENTITY_FILE).read_text(encoding="utf-8"))
         cert = x509.load_pem_x509_certificate((state_dir / CERT_FILE).read_bytes())
         cas = x509.load_pem_x509_certificates((state_dir / CA_FILE).read_bytes())
     except (OSError, ValueError):
@@ -271,7 +272,7 @@ class _Client:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _describe_client_error(exc, url, self.proxy_shown, self.proxy_auth is not None) from exc
         try:
-            data = json.loads(body)
+            data = loads_json(body)
         except ValueError:
             data = None
         if status != 200:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -13,13 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from firstboot import apply as applier
 from firstboot.apply import gateway, network
 from firstboot.errors import FirstbootError
 from firstboot.settings import Settings, build
 from firstboot.system import System, read_os_release
+from gateway.safeload import loads_json, loads_yaml
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +41,7 @@ class StatusInfo:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
+        data = loads_json(path.read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -72,9 +70,9 @@ def gather(system: System) -> StatusInfo:
     plane_url = str(ident.get("plane_url", ""))
     if not plane_url:
         try:
-            conf = yaml.safe_load(system.path(gateway.CONFIG).read_text())
+            conf = loads_yaml(system.path(gateway.CONFIG).read_text())
             plane_url = str(conf.get("plane_url", "")) if isinstance(conf, dict) else ""
-        except (OSError, yaml.YAMLError):
+        except (OSError, ValueError):
             pass
     notes: list[str] = []
     status = _read_json(system.path(STATUS_FILE))

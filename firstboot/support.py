@@ -62,7 +62,7 @@ def redact_file(name: str, raw: bytes) -> bytes:
             return (json.dumps(redact(json.loads(text)), indent=2) + "\n").encode()
         if name.endswith((".yaml", ".yml")):
             return yaml.safe_dump(redact(yaml.safe_load(text)), sort_keys=False).encode()
-    except (ValueError, yaml.YAMLError):
+    except (ValueError, yaml.YAMLError, RecursionError):  # RecursionError: nested deeper than redact() goes
         pass
     return redact_text(text).encode()
 

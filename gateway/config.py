@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from yarl import URL
 
 from gateway.errors import GatewayError
+from gateway.safeload import read_yaml_file
 
 DEFAULT_CONFIG = Path("/etc/gateway/gateway.yaml")
 
@@ -114,16 +114,4 @@ def parse_config(data: Any, source: str) -> GatewayConfig:
 
 def load_config(path: Path) -> GatewayConfig:
     """Read and validate gateway.yaml."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GatewayError(f"{path}: file not found", "run `firstboot register` first") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GatewayError(f"{path}: cannot read: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise GatewayError(f"{path}{where}: {getattr(exc, 'problem', None) or 'invalid YAML'}") from None
-    return parse_config(data, str(path))
+    return parse_config(read_yaml_file(path, "run `firstboot register` first"), str(path))

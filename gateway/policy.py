@@ -14,6 +14,7 @@ import yaml
 
 from gateway.errors import GatewayError
 from gateway.jsonpath import Allowlist, PathSyntaxError, compile_paths, parse_json_path
+from gateway.safeload import ParseError, compose_yaml
 
 SYSTEM_POLICY_DIR = Path("/etc/gateway/policies.d")
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -345,12 +346,9 @@ def _load_file(path: Path) -> tuple[Kind, list[Rule], list[str]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise GatewayError(f"{path}:1: cannot read: {exc}") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise GatewayError(f"{path}:{line}: invalid YAML: {problem}") from None
+        root = compose_yaml(text)
+    except ParseError as exc:
+        raise GatewayError(f"{path}:{exc.line or 1}: invalid YAML: {exc.reason}") from None
     try:
         if root is None:
             raise _Problem(None, "empty policy file")

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from yarl import URL
 
 from gateway.errors import GatewayError
+from gateway.safeload import read_yaml_file
 from gateway.ssrf import IPNetwork, parse_allow
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -61,20 +61,7 @@ class TargetSet:
 
 def load_targets(path: Path) -> TargetSet:
     """Read and validate a targets.yaml file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GatewayError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GatewayError(f"{path}: cannot read: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise GatewayError(f"{path}{where}: {problem}") from None
-    return parse_targets(data, str(path))
+    return parse_targets(read_yaml_file(path), str(path))
 
 
 def parse_targets(data: Any, source: str) -> TargetSet:

@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -23,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.atomic import write_atomic
+from gateway.safeload import loads_json
 from mgmtplane.ca import (
     CA_CERT_FILE,
     CSRError,
@@ -161,7 +161,7 @@ async def post_register(request: web.Request) -> web.Response:
         body = await request.content.read(MAX_REGISTER_BODY + 1)
         if len(body) > MAX_REGISTER_BODY:
             return json_error(413, "too-large", f"request body over {MAX_REGISTER_BODY} bytes")
-        data = json.loads(body)
+        data = loads_json(body)
     except ValueError:
         return _bad_request("body is not JSON")
     if not isinstance(data, dict):

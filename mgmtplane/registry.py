@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.atomic import write_atomic
+from gateway.safeload import loads_json
 from mgmtplane.errors import PlaneError
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def read_json(path: Path, default: Any) -> Any:
     except OSError as exc:
         raise PlaneError(f"{path}: cannot read: {exc.strerror}") from exc
     try:
-        return json.loads(text)
+        return loads_json(text)
     except ValueError as exc:
         raise PlaneError(f"{path}: invalid JSON: {exc}") from exc
 

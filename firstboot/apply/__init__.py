@@ -14,6 +14,7 @@ from firstboot.apply import access, gateway, network
 from firstboot.errors import FirstbootError
 from firstboot.settings import Settings, build
 from firstboot.system import System, atomic_write, remove
+from gateway.safeload import loads_json
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def digest(settings: Settings) -> str:
 def load_state(system: System) -> dict[str, Any]:
     """The state file, or an empty state if it is missing or torn (every step is idempotent anyway)."""
     try:
-        data = json.loads(system.path(STATE_FILE).read_text())
+        data = loads_json(system.path(STATE_FILE).read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:

@@ -11,6 +11,7 @@ import yaml
 
 from firstboot.settings import Settings
 from firstboot.system import System, atomic_write
+from gateway.safeload import loads_yaml
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,11 @@ def apply_config(system: System, settings: Settings) -> None:
     path = system.path(CONFIG)
     existing: dict[str, Any] | None = None
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = loads_yaml(path.read_text())
         existing = loaded if isinstance(loaded, dict) else None
     except FileNotFoundError:
         pass
-    except yaml.YAMLError as exc:
+    except ValueError as exc:  # ParseError, UnicodeDecodeError
         log.warning("%s: unreadable (%s); rewriting it", path, exc)
     atomic_write(path, render_config(settings, existing), mode=0o640)
     system.run(["chown", f"root:{GATEWAY_USER}", CONFIG], why="let the gateway read its config")

@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from firstboot.errors import FirstbootError
 from firstboot.settings import (
     BY_KEY,
@@ -22,6 +20,7 @@ from firstboot.settings import (
     parse_token,
     validate_value,
 )
+from gateway.safeload import ParseError, loads_yaml
 
 PASSWORD = "admin.password"  # typed at the console, turned into admin.password_hash
 PASSWORD2 = "admin.password2"
@@ -188,11 +187,14 @@ class Answers:
 def load_answers(path: Path) -> Answers:
     """Read an answers YAML (flat setting keys); unknown keys are errors."""
     try:
-        data: Any = yaml.safe_load(path.read_text())
+        data: Any = loads_yaml(path.read_text())
     except OSError as exc:
         raise FirstbootError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise FirstbootError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except ParseError as exc:
+        where = f":{exc.line}" if exc.line is not None else ""
+        raise FirstbootError(f"{path}{where}: not valid YAML: {exc.reason}") from None
+    except UnicodeDecodeError:
+        raise FirstbootError(f"{path}: not UTF-8 text") from None
     if not isinstance(data, dict):
         raise FirstbootError(f"{path}: expected a mapping of setting keys to values")
     values: dict[str, str] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import pytest
@@ -54,4 +55,5 @@ def test_any_answers_file(tmp_path_factory: pytest.TempPathFactory, text: str) -
     try:
         load_answers(path)
     except FirstbootError as exc:
-        assert str(exc).startswith(f"{path}: ")
+        assert re.match(rf"{re.escape(str(path))}(:\d+)?: \S", str(exc)), exc  # file[:line]: problem
+        assert "\n" not in str(exc)
