@@ -609,6 +609,17 @@ class Mux:
                 self.last_rx += overshoot
 
 
+async def until_either(receiver: asyncio.Task[None], closed: asyncio.Event) -> None:
+    """Wait until a tunnel connection's receiver task ends or `closed` is set, whichever is first."""
+    closed_wait = asyncio.create_task(closed.wait())
+    try:
+        await asyncio.wait({receiver, closed_wait}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closed_wait.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closed_wait
+
+
 async def end_connection(
     mux: Mux,
     close_ws: Callable[[], Awaitable[object]],

@@ -18,7 +18,7 @@ from gateway import protocol as p
 from gateway.backoff import Backoff
 from gateway.errors import GatewayError
 from gateway.proxy import proxy_settings
-from gateway.streams import WS_MAX_MESSAGE, Mux, OpenHandler, end_connection
+from gateway.streams import WS_MAX_MESSAGE, Mux, OpenHandler, end_connection, until_either
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +221,7 @@ class TunnelClient:
             self._set_state(State.CONNECTED, f"connection {self.connects}")
             self.connected.set()
             self.first_attempt.set()
-            closed_wait = asyncio.create_task(closed.wait())
-            try:
-                await asyncio.wait({receiver, closed_wait}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                closed_wait.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await closed_wait
+            await until_either(receiver, closed)
             drainer = self._drainer
             reason = mux.close_reason
             if reason is not None and reason[0] is not p.ErrorCode.CANCELLED:

@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 
 from gateway import protocol as p
 from gateway.relay import strip_hop_headers
-from gateway.streams import WS_MAX_MESSAGE, Mux, StreamReset, end_connection
+from gateway.streams import WS_MAX_MESSAGE, Mux, StreamReset, end_connection, until_either
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +137,9 @@ class Hub:
         log.info("gateway %s: tunnel up from %s", gateway_id, request.remote)
         mux.start()
         receiver = asyncio.create_task(self._receive(ws, mux))
-        closed_wait = asyncio.create_task(closed.wait())
         try:
-            await asyncio.wait({receiver, closed_wait}, return_when=asyncio.FIRST_COMPLETED)
+            await until_either(receiver, closed)
         finally:
-            closed_wait.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await closed_wait
             reason = mux.close_reason
             mux.close(p.ErrorCode.GOING_AWAY, "tunnel closed")
             await end_connection(mux, ws.close, receiver, reason)
