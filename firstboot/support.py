@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from firstboot.system import System, atomic_write
+from gateway.safeload import loads_json, loads_yaml
 
 OUT_DIR = "/var/lib/gateway-support"
 # Config files worth shipping; identity private keys are never included.
@@ -59,10 +58,12 @@ def redact_file(name: str, raw: bytes) -> bytes:
     text = raw.decode("utf-8", "replace")
     try:
         if name.endswith(".json"):
-            return (json.dumps(redact(json.loads(text)), indent=2) + "\n").encode()
+            return (json.dumps(redact(loads_json(text)), indent=2) + "\n").encode()
         if name.endswith((".yaml", ".yml")):
-            return yaml.safe_dump(redact(yaml.safe_load(text)), sort_keys=False).encode()
-    except (ValueError, yaml.YAMLError, RecursionError):  # RecursionError: nested deeper than redact() goes
+            import yaml  # here: the support bundle is rare, and PyYAML is slow to import
+
+            return yaml.safe_dump(redact(loads_yaml(text)), sort_keys=False).encode()
+    except (ValueError, RecursionError):  # ParseError; RecursionError: deeper than redact() goes
         pass
     return redact_text(text).encode()
 

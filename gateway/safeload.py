@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    import yaml
 
 TOO_DEEP = "nested too deeply"
 
@@ -46,6 +47,8 @@ def _yaml_error(exc: yaml.YAMLError) -> ParseError:
 
 def loads_yaml(text: str) -> Any:
     """yaml.safe_load."""
+    import yaml  # here: most users of this module read only JSON, and PyYAML is slow to import
+
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -56,6 +59,8 @@ def loads_yaml(text: str) -> Any:
 
 def compose_yaml(text: str) -> yaml.Node | None:
     """yaml.compose with the safe loader: the node tree, with line numbers."""
+    import yaml
+
     try:
         node: yaml.Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:

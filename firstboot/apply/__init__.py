@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from firstboot.apply import access, gateway, network
 from firstboot.errors import FirstbootError
 from firstboot.settings import Settings, build
 from firstboot.system import System, atomic_write, remove
@@ -30,19 +29,22 @@ class Step:
     run: Callable[[System, Settings], None]
 
 
-def _register(simulate: bool) -> Callable[[System, Settings], None]:
-    return lambda system, settings: gateway.apply_register(system, settings, simulate=simulate)
-
-
 def steps(*, simulate_register: bool = False) -> list[Step]:
     """The steps in order; every one is idempotent."""
+    # Imported here: `firstboot run` without seeds, and the wizard until it applies, need none of
+    # them, and under emulation each import is a noticeable part of the time to the console.
+    from firstboot.apply import access, gateway, network
+
+    def register(system: System, settings: Settings) -> None:
+        gateway.apply_register(system, settings, simulate=simulate_register)
+
     return [
         Step("network", "Network", network.apply_network),
         Step("hostname", "Host name", network.apply_hostname),
         Step("ntp", "Time (NTP)", network.apply_ntp),
         Step("ssh", "Admin SSH key", access.apply_ssh),
         Step("password", "Console password", access.apply_password),
-        Step("register", "Registration with the management plane", _register(simulate_register)),
+        Step("register", "Registration with the management plane", register),
         Step("config", "Gateway configuration", gateway.apply_config),
         Step("enable", "Start the gateway", gateway.apply_enable),
     ]

@@ -7,8 +7,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from firstboot.settings import Settings
 from firstboot.system import System, atomic_write
 from gateway.safeload import loads_yaml
@@ -65,6 +63,8 @@ def render_config(settings: Settings, existing: dict[str, Any] | None = None) ->
         data.pop("proxy_url", None)
     data.setdefault("targets", TARGETS)
     data.setdefault("policy_dirs", list(POLICY_DIRS))
+    import yaml  # here: slow to import, and only needed once settings are applied
+
     return "# Written by firstboot.\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 

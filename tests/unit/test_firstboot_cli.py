@@ -127,3 +127,12 @@ def test_building_the_command_line_imports_no_network_or_crypto_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_building_the_command_line_imports_no_yaml() -> None:
+    # firstboot.service runs before the console wizard may start. Without a join token it only
+    # reads the seeds, so PyYAML (~60 ms here, a second or more under emulation) waits until
+    # something applies settings or reads YAML.
+    code = "import sys, firstboot.cli as c; c.build_parser(); print('yaml' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
