@@ -18,6 +18,7 @@ from gateway.policy import PolicySet, load_policies
 from gateway.proxy import redact
 from gateway.relay import Relay
 from gateway.ssrf import own_addresses
+from gateway.streams import until_either
 from gateway.targets import TargetSet, load_targets
 from gateway.tunnel import AuthRejected, State, TunnelClient, client_ssl_context
 
@@ -191,13 +192,7 @@ class Daemon:
 
     async def _notify_ready(self, tunnel: asyncio.Task[None]) -> None:
         assert self.client is not None
-        first = asyncio.create_task(self.client.first_attempt.wait())
-        try:
-            await asyncio.wait({first, tunnel}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            first.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await first
+        await until_either(tunnel, self.client.first_attempt)
         state = self.client.state
         sd_notify(f"READY=1\nSTATUS=tunnel {state}")
         log.info("ready (tunnel %s)", state if state is not State.CONNECTED else "connected")

@@ -609,15 +609,15 @@ class Mux:
                 self.last_rx += overshoot
 
 
-async def until_either(receiver: asyncio.Task[None], closed: asyncio.Event) -> None:
-    """Wait until a tunnel connection's receiver task ends or `closed` is set, whichever is first."""
-    closed_wait = asyncio.create_task(closed.wait())
+async def until_either(task: asyncio.Task[None], event: asyncio.Event) -> None:
+    """Wait until `task` ends or `event` is set, whichever is first; `task` keeps running."""
+    event_wait = asyncio.create_task(event.wait())
     try:
-        await asyncio.wait({receiver, closed_wait}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, event_wait}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        closed_wait.cancel()
+        event_wait.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await closed_wait
+            await event_wait
 
 
 async def end_connection(
