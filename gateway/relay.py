@@ -272,13 +272,14 @@ class Relay:
             stream.reset(p.ErrorCode.BAD_REQUEST, str(exc))
             return
         # Filtered kinds may inspect the request body (SOAP operations): buffer it, bounded.
+        # has_body, not rx_fin: a body that arrived with its OPEN has ended but is still unread.
         body_bytes: bytes | None = None
-        if not stream.rx_fin and target.kind != "http":
+        if stream.has_body and target.kind != "http":
             body_bytes = await _read_bounded(stream, MAX_REQUEST_BODY_BYTES)
         freq = FilterRequest(head.method, head.path, CIMultiDict(req_headers), body_bytes)
         rule = self.filter.check(target, freq)
         body: bytes | AsyncIterator[bytes] | None = body_bytes
-        if body is None and not stream.rx_fin:
+        if body is None and stream.has_body:
             body = _request_body(stream)
         if target.url.scheme == "http":
             # Plain HTTP takes the lean keep-alive client; TLS targets keep aiohttp's TLS trust handling.

@@ -34,7 +34,14 @@ class StreamReset(GatewayError):
 
 
 class Stream:
-    """One request/response exchange; each side has a half it writes and a half it reads."""
+    """One request/response exchange; each side has a half it writes and a half it reads.
+
+    Two facts about the half we read, never to be confused: `has_body` says whether the peer's
+    message has a body at all (its OPEN came without FIN), fixed when the head arrives;
+    `rx_fin` says whether the peer has finished sending, which may already be true when the
+    handler first sees the stream (OPEN and DATA+FIN in one message) while the body's bytes
+    still wait, buffered, for read().
+    """
 
     __slots__ = (
         "_credit_event",
@@ -43,6 +50,7 @@ class Stream:
         "_inbox",
         "_rx_event",
         "_unacked",
+        "has_body",
         "id",
         "mux",
         "on_abort",
@@ -59,7 +67,8 @@ class Stream:
         self.request = request
         self.send_credit = mux.peer.initial_stream_window
         self.recv_window = mux.local.initial_stream_window
-        self.rx_fin = False
+        self.has_body = False  # the peer's head came without FIN (plane side: set with the response)
+        self.rx_fin = False  # the peer has finished sending (its body may still be buffered)
         self.tx_fin = False
         self._inbox: deque[bytes] = deque()
         self._rx_event = asyncio.Event()
@@ -530,6 +539,7 @@ class Mux:
                 self._check_known(f.stream_id)
                 return
             response = p.decode_response_head(f.payload)
+            mine.has_body = not fin
             if mine._head is not None and not mine._head.done():
                 mine._head.set_result(response)
             if fin:
@@ -552,6 +562,7 @@ class Mux:
             self._queue(p.encode_reset(sid, p.ErrorCode.TOO_MANY_STREAMS, f"limit {self.local.max_streams}"))
             return
         stream = Stream(self, sid, head)
+        stream.has_body = not fin
         stream.rx_fin = fin
         self.streams[sid] = stream
         if self._on_open is not None:

@@ -274,3 +274,18 @@ def test_mux_never_raises_on_hostile_input(data: bytes) -> None:
         loop.run_until_complete(run())
     finally:
         loop.close()
+
+
+async def test_has_body_and_rx_fin_are_different_facts() -> None:
+    opened: list[Stream] = []
+    async with Pair(SMALL, opened.append) as pair:
+        # OPEN without FIN and DATA+FIN in one message: the peer has finished AND there is a body.
+        pair.gateway.feed(
+            p.encode_request_head(1, p.RequestHead("POST", "t", "/a")) + p.encode_data(1, b"body", fin=True)
+        )
+        pair.gateway.feed(p.encode_request_head(2, p.RequestHead("GET", "t", "/b"), fin=True))
+        with_body, without = opened
+        assert with_body.rx_fin and with_body.has_body
+        assert await with_body.read() == b"body" and await with_body.read() == b""
+        assert without.rx_fin and not without.has_body
+        assert await without.read() == b""
