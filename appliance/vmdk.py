@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from appliance.errors import ApplianceError
+from appliance.repro import env_epoch
 
 log = logging.getLogger(__name__)
 
@@ -275,9 +276,9 @@ def _convert(
     capacity_sectors = -(-size // SECTOR)
     total_grains = -(-capacity_sectors // GRAIN_SECTORS)
     num_gts = -(-total_grains // GTES_PER_GT)
-    # Deterministic CID: the same raw file gives the same VMDK, so rebuilds are comparable. 31 bits:
-    # some readers take ffffffff/fffffffe as "no parent" or "all zeroes".
-    cid = (zlib.crc32(f"{out.name}:{size}:{st.st_mtime_ns}".encode()) & 0x7FFFFFFF) or 1
+    # Deterministic CID: from the build's date, not the raw file's mtime, so two builds of one
+    # commit give the same VMDK. 31 bits: some readers take ffffffff/fffffffe as "no parent".
+    cid = (zlib.crc32(f"{out.name}:{size}:{env_epoch()}".encode()) & 0x7FFFFFFF) or 1
     descriptor = make_descriptor(out.name, capacity_sectors, adapter, cid).encode()
     if len(descriptor) > DESCRIPTOR_SECTORS * SECTOR:
         raise ApplianceError(f"{out}: descriptor too long ({len(descriptor)} bytes)")

@@ -162,6 +162,25 @@ def test_output_is_deterministic(tmp_path: Path) -> None:
     assert b.sha256 == first
 
 
+def test_same_content_same_vmdk_whatever_the_raw_files_mtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two builds write the same raw disk at different times: the VMDKs (CID included) must match.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    content = os.urandom(GRAIN)
+    for name, mtime in (("a", 1_000_000_000), ("b", 1_800_000_000)):
+        (tmp_path / name).mkdir()
+        make_raw(tmp_path / name / "d.raw", 3 * MIB, [(GRAIN, content)])
+        os.utime(tmp_path / name / "d.raw", (mtime, mtime))
+    a = write_stream_optimized(tmp_path / "a" / "d.raw", tmp_path / "a" / "d.vmdk")
+    b = write_stream_optimized(tmp_path / "b" / "d.raw", tmp_path / "b" / "d.vmdk")
+    assert a.sha256 == b.sha256
+    # A build of another date is another disk to VMware: its content ID changes.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000001")
+    c = write_stream_optimized(tmp_path / "b" / "d.raw", tmp_path / "b" / "c.vmdk")
+    assert c.sha256 != a.sha256
+
+
 @pytest.mark.parametrize(
     ("controller", "ddb", "heads"),
     [
