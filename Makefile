@@ -7,7 +7,7 @@ SPEC ?= appliance.yaml
 BUILD ?= build
 PYTEST := $(BIN)/pytest
 
-.PHONY: setup host venv ova image check lint unit integration vm bench clean distclean
+.PHONY: setup host venv ova image verify check lint unit integration vm bench clean distclean
 
 setup: host venv
 
@@ -22,8 +22,13 @@ $(VENV)/.stamp: requirements.txt pyproject.toml
 	@$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
+# LOCK=build/packages.lock installs exactly the package versions of an earlier build.
 ova: setup
-	$(BIN)/appliance build --spec $(SPEC) --output $(BUILD)
+	$(BIN)/appliance build --spec $(SPEC) --output $(BUILD) $(if $(LOCK),--lock $(LOCK))
+
+# Checks an artifact set (default: the last build): SHA256SUMS, the SBOM against the package lock.
+verify: venv
+	$(BIN)/appliance verify $(BUILD)
 
 image: ova
 

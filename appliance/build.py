@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.errors import ApplianceError
+from appliance.lock import load_lock
 from appliance.log import complete_step
 from appliance.ova import build_ova, write_sha256sums
 from appliance.progress import TerminalProgress
+from appliance.provenance import DPKG_STATUS, record_build
 from appliance.render import BuildPaths, render_mkosi
+from appliance.repro import apply_build_environment, reproducible_environment
 from appliance.run import find_tool, run
 from appliance.spec import Spec
 
@@ -37,6 +40,9 @@ class Artifacts:
     ova: Path
     kernel: Path
     sums: Path
+    lock: Path
+    sbom: Path
+    wheel: Path
 
 
 def check_host() -> None:
@@ -65,12 +71,15 @@ def build_wheel(paths: BuildPaths) -> Path:
     return wheels[0]
 
 
-def run_mkosi(spec: Spec, conf: Path, paths: BuildPaths) -> Path:
+def run_mkosi(spec: Spec, conf: Path, paths: BuildPaths, *, incremental: bool = True) -> Path:
     """Run mkosi over image/ with the generated config; return the raw disk it wrote."""
     paths.incremental_cache(spec).mkdir(parents=True, exist_ok=True)
     paths.package_cache.mkdir(parents=True, exist_ok=True)
     debug = ["--debug"] if log.isEnabledFor(logging.DEBUG) else []
-    run(["mkosi", *debug, "--directory", IMAGE_TREE, "--include", conf, "--force", "build"])
+    # --incremental=no: build the tree from the packages again, for a second build that must not
+    # share the first one's cached image (tests/vm/test_reproducible.py).
+    fresh = [] if incremental else ["--incremental=no"]
+    run(["mkosi", *debug, "--directory", IMAGE_TREE, "--include", conf, *fresh, "--force", "build"])
     raw = paths.mkosi_output / f"{spec.artifact_stem}.raw"
     if not raw.exists():
         raise ApplianceError(f"mkosi finished but {raw} is missing")
@@ -113,18 +122,29 @@ def finish_disk(spec: Spec, built: Path, paths: BuildPaths) -> Path:
     return raw
 
 
-def build(spec: Spec, output: Path) -> Artifacts:
-    """Build every artifact of the spec into output."""
+def build(spec: Spec, output: Path, *, lock: Path | None = None, incremental: bool = True) -> Artifacts:
+    """Build every artifact of the spec into output.
+
+    lock: a packages.lock to install exactly (appliance/lock.py). incremental=False ignores mkosi's
+    cached image and installs every package again (from the package cache where it can).
+    """
     paths = BuildPaths(output.resolve())
     paths.output.mkdir(parents=True, exist_ok=True)
     with complete_step(f"Building {spec.artifact_stem} ({spec.debian_release})"):
         check_host()
+        # Every tool below (pip, mkosi, systemd-repart, mkfs, qemu-img, the OVA writer) inherits it.
+        epoch = apply_build_environment(REPO, spec.name, spec.version)
+        locked = load_lock(lock) if lock else None
         with complete_step("Building the project wheel"):
-            build_wheel(paths)
+            wheel = build_wheel(paths)
         with complete_step("Rendering the mkosi configuration"):
-            conf = render_mkosi(spec, paths)
+            conf = render_mkosi(spec, paths, environment=reproducible_environment(), pins=locked or ())
         with complete_step("Building the image with mkosi"):
-            built = run_mkosi(spec, conf, paths)
+            built = run_mkosi(spec, conf, paths, incremental=incremental)
+        with complete_step("Recording the packages (lock, SBOM)"):
+            records = record_build(spec, dpkg_status=paths.mkosi_output / DPKG_STATUS,
+                                   archives=paths.package_archives, wheel=wheel, output=paths.output,
+                                   epoch=epoch, locked=locked, lock_source=lock)  # fmt: skip
         with complete_step("Making the disk bootable (BIOS and UEFI)"):
             raw = finish_disk(spec, built, paths)
             kernel = paths.output / f"{spec.artifact_stem}.vmlinuz"
@@ -135,7 +155,9 @@ def build(spec: Spec, output: Path) -> Artifacts:
         with complete_step("Packing the OVA"), TerminalProgress() as progress:
             ova = build_ova(spec, raw, paths.output, progress)
         with complete_step("Writing SHA256SUMS"), TerminalProgress() as progress:
-            sums = write_sha256sums([raw, qcow2, ova], paths.output / "SHA256SUMS", progress=progress)
+            listed = [raw, qcow2, ova, records.wheel, records.lock, records.sbom]
+            sums = write_sha256sums(listed, paths.output / "SHA256SUMS", progress=progress)
     for path in (raw, qcow2, ova):
         log.info("%s: %.1f MiB on disk", path, path.stat().st_blocks * 512 / 2**20)
-    return Artifacts(raw=raw, qcow2=qcow2, ova=ova, kernel=kernel, sums=sums)
+    return Artifacts(raw=raw, qcow2=qcow2, ova=ova, kernel=kernel, sums=sums,
+                     lock=records.lock, sbom=records.sbom, wheel=records.wheel)  # fmt: skip

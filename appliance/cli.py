@@ -52,10 +52,46 @@ def cmd_build(args: argparse.Namespace) -> int:
     from appliance.build import build
     from appliance.spec import load_spec
 
-    artifacts = build(load_spec(args.spec), args.output)
-    for path in (artifacts.raw, artifacts.qcow2, artifacts.ova, artifacts.sums):
+    artifacts = build(load_spec(args.spec), args.output, lock=args.lock, incremental=not args.no_incremental)
+    for path in (
+        artifacts.raw,
+        artifacts.qcow2,
+        artifacts.ova,
+        artifacts.sbom,
+        artifacts.lock,
+        artifacts.sums,
+    ):
         print(path)
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from appliance.verify import verify
+
+    results = verify(args.artifacts, tuple(args.check))
+    for result in results:
+        if result.ok:
+            print(f"verify: {result.name}: OK")
+        for problem in result.problems:
+            print(f"verify: {result.name}: FAIL: {args.artifacts}/{problem}", file=sys.stderr)
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from appliance.compare import compare_builds
+    from appliance.verify import open_set
+
+    names = sorted(open_set(args.first).sums)
+    result = compare_builds(args.first, args.second, names)
+    for name in result.same:
+        print(f"same: {name}")
+    for name in result.missing:
+        print(f"missing: {name}")
+    for name in result.different:
+        print(f"DIFFERENT: {name}")
+    for line in result.details:
+        print(f"  {line}")
+    return 0 if result.identical else 1
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -115,7 +151,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build the raw, qcow2 and OVA artifacts")
     p.add_argument("--spec", type=Path, default=Path("appliance.yaml"))
     p.add_argument("--output", type=Path, default=Path("build"))
+    p.add_argument("--lock", type=Path, metavar="FILE",
+                   help="install exactly the package versions of this packages.lock")  # fmt: skip
+    p.add_argument("--no-incremental", action="store_true",
+                   help="install every package again instead of reusing mkosi's cached image")  # fmt: skip
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("verify", help="check an artifact set: SHA256SUMS, the SBOM against the lock, ...")
+    p.add_argument(
+        "artifacts", type=Path, nargs="?", default=Path("build"), help="a build's output directory"
+    )
+    p.add_argument(
+        "--check", action="append", default=[], metavar="NAME", help="run only this check (repeatable)"
+    )
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("compare", help="compare two builds' artifacts byte for byte; say where disks differ")
+    p.add_argument("first", type=Path, help="output directory of one build (its SHA256SUMS names the files)")
+    p.add_argument("second", type=Path, help="output directory of the other build")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("summary", help="print the resolved spec")
     p.add_argument("--spec", type=Path, default=Path("appliance.yaml"))

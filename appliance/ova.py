@@ -22,6 +22,7 @@ from defusedxml import DefusedXmlException
 from appliance.errors import ApplianceError
 from appliance.ovf import DiskInfo, render_ovf, validate_ovf
 from appliance.progress import PhaseProgress
+from appliance.repro import env_epoch
 from appliance.spec import Spec
 from appliance.vmdk import DEFAULT_LEVEL, read_footer, walk_stream, write_stream_optimized
 
@@ -45,14 +46,6 @@ class OvaResult:
 def manifest_text(hashes: Iterable[tuple[str, str]]) -> str:
     """Manifest lines exactly `SHA256(file)= hex`."""
     return "".join(f"SHA256({name})= {digest}\n" for name, digest in hashes)
-
-
-def _source_date() -> int:
-    # Reproducible builds: honour SOURCE_DATE_EPOCH, else the epoch; never the wall clock.
-    try:
-        return max(int(os.environ.get("SOURCE_DATE_EPOCH", "0")), 0)
-    except ValueError:
-        raise ApplianceError("SOURCE_DATE_EPOCH: expected an integer number of seconds") from None
 
 
 def _tar_header(name: str, size: int, mtime: int) -> bytes:
@@ -95,7 +88,7 @@ def write_ustar(
     progress: PhaseProgress | None = None,
 ) -> str:
     """Write a deterministic ustar archive of in-memory or on-disk members, in order; return its SHA-256."""
-    mtime = _source_date()
+    mtime = env_epoch()
     total = sum(len(m) if isinstance(m, bytes) else m.stat().st_size for _, m in members)
     done = 0
     tmp = out_path.with_name(f".{out_path.name}.tmp")

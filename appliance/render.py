@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
+from appliance.lock import Package, apt_preferences
 from appliance.spec import Spec
 
 TEMPLATES = Path(__file__).parent / "templates"
+# Exports the image's dpkg database for the package lock and the SBOM (appliance/provenance.py).
+FINALIZE_SCRIPT = Path(__file__).parent / "scripts" / "export-packages.finalize"
 DEFAULT_CACHE = Path(os.environ.get("APPLIANCE_CACHE_DIR", "/var/cache/gateway-appliance"))
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -45,6 +49,11 @@ class BuildPaths:
     def package_cache(self) -> Path:
         return self.cache / "packages"
 
+    @property
+    def package_archives(self) -> Path:
+        """Where apt keeps the .debs it downloaded (inside mkosi's package cache)."""
+        return self.package_cache / "cache" / "apt" / "archives"
+
 
 def _environment() -> SandboxedEnvironment:
     return SandboxedEnvironment(
@@ -52,7 +61,14 @@ def _environment() -> SandboxedEnvironment:
     )
 
 
-def render_mkosi(spec: Spec, paths: BuildPaths, mirror: str = DEFAULT_MIRROR) -> Path:
+def render_mkosi(
+    spec: Spec,
+    paths: BuildPaths,
+    mirror: str = DEFAULT_MIRROR,
+    *,
+    environment: Mapping[str, str] | None = None,
+    pins: Sequence[Package] = (),
+) -> Path:
     """Write the generated mkosi config and apt sources; return the config file to include."""
     env = _environment()
     pkgmngr = paths.generated / "pkgmngr"
@@ -63,6 +79,14 @@ def render_mkosi(spec: Spec, paths: BuildPaths, mirror: str = DEFAULT_MIRROR) ->
             mirror=mirror, security_mirror=DEFAULT_SECURITY_MIRROR, release=spec.debian_release
         )
     )
+    # A package lock becomes apt preferences in the package manager's tree: they bind every apt run
+    # of the build, mkosi's bootstrap of the essential packages too. No lock, no preferences file.
+    preferences = pkgmngr / "etc/apt/preferences.d/appliance-lock.pref"
+    preferences.parent.mkdir(parents=True, exist_ok=True)
+    if pins:
+        preferences.write_text(apt_preferences(pins))
+    else:
+        preferences.unlink(missing_ok=True)
     conf = paths.generated / "mkosi.conf"
     conf.write_text(
         env.get_template("mkosi.conf.j2").render(
@@ -72,6 +96,8 @@ def render_mkosi(spec: Spec, paths: BuildPaths, mirror: str = DEFAULT_MIRROR) ->
             incremental_cache=paths.incremental_cache(spec),
             package_cache=paths.package_cache,
             work_dir=paths.work.resolve(),
+            environment=dict(sorted((environment or {}).items())),
+            finalize_script=FINALIZE_SCRIPT,
         )
     )
     return conf

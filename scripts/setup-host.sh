@@ -6,10 +6,13 @@ set -euo pipefail
 # mkosi 24.x and the systemd it needs (>= 254) come from bookworm-backports; bookworm's own
 # mkosi 14 is too old for systemd-repart based disk images with grub for BIOS and UEFI.
 # udev must match backports' systemd, or virt-v2v's dependencies cannot be installed.
-BACKPORTS_PKGS=(mkosi systemd systemd-container udev)
+# e2fsprogs >= 1.47.1: bookworm's 1.47.0 copies the build tree's ctimes into ext4 (mkfs.ext4 -d),
+# so no two image builds were the same (docs/reproducible-builds.md).
+BACKPORTS_PKGS=(mkosi systemd systemd-container udev e2fsprogs)
+E2FSPROGS_MIN=1.47.1
 PKGS=(
   bubblewrap apt dpkg debian-archive-keyring          # mkosi's Debian backend
-  dosfstools e2fsprogs mtools                         # systemd-repart: ESP and root filesystems
+  dosfstools mtools                                   # systemd-repart: the ESP (ext4: backports)
   grub-common grub-pc-bin grub-efi-amd64-bin          # grub-mkimage and grub-bios-setup (hybrid boot)
   zstd xz-utils cpio                                  # initrd and compression
   qemu-utils qemu-system-x86 ovmf                     # qcow2 conversion and smoke boots
@@ -29,6 +32,11 @@ done
 mkosi_ok=0
 if command -v mkosi >/dev/null && mkosi --version 2>/dev/null | grep -Eq 'mkosi (2[4-9]|[3-9][0-9])'; then
   mkosi_ok=1
+fi
+
+e2fs_version=$(dpkg-query -W -f='${Version}' e2fsprogs 2>/dev/null || true)
+if [ -n "$e2fs_version" ] && ! dpkg --compare-versions "$e2fs_version" ge "$E2FSPROGS_MIN"; then
+  missing+=("e2fsprogs>=$E2FSPROGS_MIN")
 fi
 
 if [ ${#missing[@]} -eq 0 ] && [ $mkosi_ok -eq 1 ]; then
