@@ -18,7 +18,7 @@ from appliance.ova import build_ova, write_sha256sums
 from appliance.progress import TerminalProgress
 from appliance.provenance import DPKG_STATUS, record_build
 from appliance.render import BuildPaths, render_mkosi
-from appliance.repro import apply_build_environment, reproducible_environment
+from appliance.repro import apply_build_environment, cache_key, prune_caches, reproducible_environment
 from appliance.run import find_tool, run
 from appliance.spec import Spec
 
@@ -128,13 +128,14 @@ def build(spec: Spec, output: Path, *, lock: Path | None = None, incremental: bo
     lock: a packages.lock to install exactly (appliance/lock.py). incremental=False ignores mkosi's
     cached image and installs every package again (from the package cache where it can).
     """
-    paths = BuildPaths(output.resolve())
-    paths.output.mkdir(parents=True, exist_ok=True)
+    output.resolve().mkdir(parents=True, exist_ok=True)
     with complete_step(f"Building {spec.artifact_stem} ({spec.debian_release})"):
         check_host()
         # Every tool below (pip, mkosi, systemd-repart, mkfs, qemu-img, the OVA writer) inherits it.
         epoch = apply_build_environment(REPO, spec.name, spec.version)
         locked = load_lock(lock) if lock else None
+        paths = BuildPaths(output.resolve(), cache_key=cache_key(epoch, locked or ()))
+        prune_caches(paths.incremental_cache(spec))
         with complete_step("Building the project wheel"):
             wheel = build_wheel(paths)
         with complete_step("Rendering the mkosi configuration"):

@@ -27,6 +27,10 @@ class BuildPaths:
 
     output: Path
     cache: Path = DEFAULT_CACHE
+    # Which incremental image of the config to use (appliance/repro.py: cache_key). mkosi's cache
+    # check compares package lists only, not the build's date or the package pins, and a cached
+    # image carries both (the dates in /etc/shadow, the initrd), so they key the directory.
+    cache_key: str = "default"
 
     @property
     def generated(self) -> Path:
@@ -43,7 +47,7 @@ class BuildPaths:
     def incremental_cache(self, spec: Spec) -> Path:
         # Each mkosi config (release) gets its own incremental cache: mkosi keys its cache
         # by image name only, so two releases sharing a directory would clobber each other.
-        return self.cache / "incremental" / f"{spec.name}-{spec.debian_release}"
+        return self.cache / "incremental" / f"{spec.name}-{spec.debian_release}" / self.cache_key
 
     @property
     def package_cache(self) -> Path:

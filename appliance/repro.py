@@ -7,14 +7,18 @@ commit it builds, never from the wall clock. See docs/reproducible-builds.md.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from appliance.errors import ApplianceError
+from appliance.lock import Package, apt_preferences
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,27 @@ def _dirty(repo: Path) -> bool:
     proc = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)  # fmt: skip
     return proc.returncode == 0 and bool(proc.stdout.strip())
+
+
+def cache_key(epoch: int, pins: Sequence[Package]) -> str:
+    """The incremental cache's key: the build's date and the package pins, which mkosi does not check."""
+    pinned = hashlib.sha256(apt_preferences(pins).encode()).hexdigest()[:12] if pins else "unpinned"
+    return f"{epoch}-{pinned}"
+
+
+def prune_caches(current: Path, max_age: float = 2 * 86400) -> None:
+    """Mark current's cache as used and delete its siblings unused for max_age seconds.
+
+    Each key's cache is a whole image tree (~600 MB). Builds of other commits share the parent
+    (other checkouts on one host), so only caches nobody used for two days go.
+    """
+    current.mkdir(parents=True, exist_ok=True)
+    os.utime(current)
+    now = time.time()
+    for sibling in current.parent.iterdir():
+        if sibling != current and sibling.is_dir() and now - sibling.stat().st_mtime > max_age:
+            log.info("removing the unused incremental cache %s", sibling)
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 def reproducible_environment() -> dict[str, str]:
