@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,15 +167,25 @@ class Comparison:
         return not self.different and not self.missing
 
 
-def compare_builds(a: Path, b: Path, names: Sequence[str]) -> Comparison:
-    """Compare the named files of two output directories; explain a differing raw disk."""
+def compare_builds(
+    a: Path, b: Path, names: Sequence[str], digests: tuple[Mapping[str, str], Mapping[str, str]] | None = None
+) -> Comparison:
+    """Compare the named files of two output directories; explain a differing raw disk.
+
+    digests: each directory's verified {name: sha256} (its SHA256SUMS after `verify`), which saves
+    hashing every file again; without them the files are hashed here.
+    """
     same, different, missing, details = [], [], [], []
     for name in names:
         fa, fb = a / name, b / name
         if not fa.is_file() or not fb.is_file():
             missing.append(name)
             continue
-        if fa.stat().st_size == fb.stat().st_size and file_sha256(fa) == file_sha256(fb):
+        if digests and name in digests[0] and name in digests[1]:
+            equal = digests[0][name] == digests[1][name]
+        else:
+            equal = fa.stat().st_size == fb.stat().st_size and file_sha256(fa) == file_sha256(fb)
+        if equal:
             same.append(name)
             continue
         different.append(name)

@@ -44,10 +44,12 @@ def test_ova_disk_reads_back_identical_to_raw(artifacts: dict[str, Path], tmp_pa
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_sha256sums_match(artifacts: dict[str, Path]) -> None:
+def test_sha256sums_match(artifacts: dict[str, Path], spec: Spec) -> None:
     sums = (artifacts["raw"].parent / "SHA256SUMS").read_text().splitlines()
     listed = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in sums}
-    assert set(listed) == {artifacts[k].name for k in ("raw", "qcow2", "ova")}
+    disks = {artifacts[k].name for k in ("raw", "qcow2", "ova")}
+    records = {"packages.lock", "sbom.cdx.json", f"gateway_appliance-{spec.version}-py3-none-any.whl"}
+    assert set(listed) == disks | records
     ova = artifacts["ova"]
     sha = hashlib.sha256()
     with open(ova, "rb") as fh:
