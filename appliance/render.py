@@ -65,10 +65,22 @@ def _environment() -> SandboxedEnvironment:
     )
 
 
+def mirrors(environ: Mapping[str, str] | None = None) -> tuple[str, str, bool]:
+    """(archive, security archive, is a snapshot): $APPLIANCE_MIRROR and $APPLIANCE_SECURITY_MIRROR.
+
+    A pinned rebuild after the live mirror moved on points them at snapshot.debian.org as of the
+    locked build's day (docs/reproducible-builds.md); a snapshot's Release files have expired.
+    """
+    env = os.environ if environ is None else environ
+    mirror = env.get("APPLIANCE_MIRROR") or DEFAULT_MIRROR
+    security = env.get("APPLIANCE_SECURITY_MIRROR") or DEFAULT_SECURITY_MIRROR
+    return mirror, security, (mirror, security) != (DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR)
+
+
 def render_mkosi(
     spec: Spec,
     paths: BuildPaths,
-    mirror: str = DEFAULT_MIRROR,
+    mirror: str | None = None,
     *,
     environment: Mapping[str, str] | None = None,
     pins: Sequence[Package] = (),
@@ -78,9 +90,10 @@ def render_mkosi(
     pkgmngr = paths.generated / "pkgmngr"
     sources = pkgmngr / "etc/apt/sources.list.d/mkosi.sources"
     sources.parent.mkdir(parents=True, exist_ok=True)
+    archive, security, snapshot = mirrors()
     sources.write_text(
         env.get_template("debian.sources.j2").render(
-            mirror=mirror, security_mirror=DEFAULT_SECURITY_MIRROR, release=spec.debian_release
+            mirror=mirror or archive, security_mirror=security, release=spec.debian_release, snapshot=snapshot
         )
     )
     # A package lock becomes apt preferences in the package manager's tree: they bind every apt run

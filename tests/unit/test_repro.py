@@ -116,3 +116,22 @@ def test_prune_keeps_recent_caches_and_the_current_one(tmp_path: Path) -> None:
     os.utime(old, (time.time() - 3 * 86400,) * 2)
     prune_caches(current)
     assert sorted(p.name for p in parent.iterdir()) == ["2-unpinned", "3-unpinned"]
+
+
+def test_mirrors_come_from_the_environment_for_snapshot_rebuilds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = load_spec(REPO / "appliance.yaml")
+    paths = BuildPaths(tmp_path / "out", cache=tmp_path / "cache")
+    sources = paths.generated / "pkgmngr/etc/apt/sources.list.d/mkosi.sources"
+    monkeypatch.delenv("APPLIANCE_MIRROR", raising=False)
+    monkeypatch.delenv("APPLIANCE_SECURITY_MIRROR", raising=False)
+    render_mkosi(spec, paths)
+    assert "deb.debian.org/debian\n" in sources.read_text() and "Check-Valid-Until" not in sources.read_text()
+    snap = "http://snapshot.debian.org/archive/debian/20261125T000000Z"
+    monkeypatch.setenv("APPLIANCE_MIRROR", snap)
+    monkeypatch.setenv("APPLIANCE_SECURITY_MIRROR", snap.replace("/debian/", "/debian-security/"))
+    render_mkosi(spec, paths)
+    text = sources.read_text()
+    assert f"URIs: {snap}\n" in text and "debian-security/20261125T000000Z" in text
+    assert text.count("Check-Valid-Until: no") == 2  # a snapshot's Release files are past Valid-Until
