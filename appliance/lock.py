@@ -158,9 +158,14 @@ def load_lock(path: Path) -> list[Package]:
 
 
 def apt_preferences(packages: Sequence[Package]) -> str:
-    """apt_preferences(5) pinning every locked package to its version, above any candidate."""
+    """apt_preferences(5) pinning every locked package to its version, above any candidate.
+
+    apt files architecture-independent packages under the native architecture, so `name:all`
+    would match nothing: those are pinned by name alone.
+    """
     return "".join(
-        f"Package: {p.name}:{p.architecture}\nPin: version {p.version}\nPin-Priority: 1001\n\n"
+        f"Package: {p.name if p.architecture == 'all' else f'{p.name}:{p.architecture}'}\n"
+        f"Pin: version {p.version}\nPin-Priority: 1001\n\n"
         for p in sorted(packages)
     )
 

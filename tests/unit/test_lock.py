@@ -137,6 +137,8 @@ def test_apt_preferences_pin_every_package_above_any_candidate() -> None:
     stanzas = [s for s in prefs.split("\n\n") if s]
     assert len(stanzas) == 3
     assert "Package: procps:amd64\nPin: version 2:4.0.4-9\nPin-Priority: 1001" in stanzas
+    arch_all = apt_preferences([Package("adduser", "3.152", "all", "adduser", "3.152")])
+    assert arch_all == "Package: adduser\nPin: version 3.152\nPin-Priority: 1001\n\n"
 
 
 def test_compare_finds_changed_added_and_removed() -> None:
