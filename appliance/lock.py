@@ -206,7 +206,8 @@ def drift_error(lock_path: Path, drift: LockDrift) -> ApplianceError:
     shown = ", ".join(f"{old.name} {old.version} -> {new.version}" for old, new in drift.changed[:5])
     more = f" and {len(drift.changed) - 5} more" if len(drift.changed) > 5 else ""
     return ApplianceError(
-        f"{lock_path}: {len(drift.changed)} packages are not at their locked versions: {shown}{more}",
+        f"{lock_path}: {len(drift.changed)} {'package is' if len(drift.changed) == 1 else 'packages are'}"
+        f" not at the locked version: {shown}{more}",
         hint="the mirror no longer offers those versions; point APPLIANCE_MIRROR at a snapshot of the "
         "archive from the locked build's day (docs/reproducible-builds.md), or build without --lock",
     )

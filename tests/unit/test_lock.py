@@ -151,8 +151,6 @@ def test_compare_finds_changed_added_and_removed() -> None:
     assert drift.added == (login,)
     assert [p.name for p in drift.removed] == ["libssl3t64"]
     message = str(drift_error(Path("build/packages.lock"), drift))
-    assert message.startswith(
-        "build/packages.lock: 1 packages are not at their locked versions: procps 2:4.0.4-9"
-    )
+    assert message.startswith("build/packages.lock: 1 package is not at the locked version: procps 2:4.0.4-9")
     assert "APPLIANCE_MIRROR" in message
     assert not compare(locked, locked).changed
