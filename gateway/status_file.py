@@ -1,0 +1,123 @@
+"""The daemon's status report (/run/gateway/status.json): its schema, once, for writer and readers.
+
+Pure: no I/O. `gateway run` encodes a TunnelReport on every state change and every `interval`
+seconds; the status console decodes whatever it finds, tolerant of a missing, partial, older or
+newer file, and judges from `updated_at`, `interval` and `pid` whether the report is stale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+DEFAULT_PATH = Path("/run/gateway/status.json")
+DEFAULT_INTERVAL = 15.0
+# States after which the daemon has exited on purpose: the report is its last word, not stale.
+FINAL_STATES = frozenset({"stopped", "rejected"})
+# A report is stale once this many intervals have passed without a write (one missed write is
+# a busy loop, not a dead daemon).
+STALE_AFTER_INTERVALS = 3
+
+
+@dataclass(frozen=True)
+class TunnelReport:
+    """One snapshot of the daemon. Times are Unix seconds (UTC)."""
+
+    state: str = "unknown"  # gateway.tunnel.State: connecting, connected, draining, backoff, rejected, ...
+    since: float | None = None  # when the tunnel last went up, went down, or stopped
+    plane_url: str = ""
+    connects: int = 0  # successful connections since the daemon started
+    attempts: int = 0  # failed attempts since the last successful connection
+    next_attempt_at: float | None = None  # while in backoff
+    last_error: str | None = None  # why the last attempt or connection failed
+    stop_reason: str | None = None  # why the daemon stopped retrying (an explicit rejection)
+    action: str | None = None  # what an operator can do about stop_reason (or about last_error)
+    streams_open: int = 0
+    relayed: int = 0  # streams the plane opened since the daemon started
+    targets: int | None = None  # targets in the loaded inventory
+    version: str = ""
+    pid: int | None = None
+    updated_at: float | None = None
+    interval: float = DEFAULT_INTERVAL  # seconds between periodic writes
+    schema: int = SCHEMA
+
+
+_FIELDS = {f.name: f for f in fields(TunnelReport)}
+_DEFAULTS = TunnelReport()
+
+
+def encode(report: TunnelReport) -> bytes:
+    """The report as the file's bytes: one JSON object, keys sorted, newline-terminated."""
+    return (json.dumps(asdict(report), sort_keys=True) + "\n").encode()
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """The value if it has the field's type, else the field's default (a bad field never hides the rest)."""
+    default = getattr(_DEFAULTS, name)
+    if name in ("state", "plane_url", "version"):
+        return value if isinstance(value, str) and value else default
+    if name in ("last_error", "stop_reason", "action"):
+        return value if isinstance(value, str) and value else None
+    if name in ("since", "next_attempt_at", "updated_at"):
+        return _number(value)
+    if name == "interval":
+        number = _number(value)
+        return number if number is not None and number > 0 else default
+    # Counters and ids: non-negative integers.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return default
+    return value
+
+
+def decode(data: Any) -> TunnelReport | None:
+    """A report from parsed JSON; None when it is not a report at all (not an object, no state).
+
+    Unknown keys (a newer writer) are ignored; missing or mistyped ones (an older or torn
+    writer) take their defaults.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("state"), str):
+        return None
+    return TunnelReport(**{name: _coerce(name, data[name]) for name in _FIELDS if name in data})
+
+
+def staleness(report: TunnelReport, now: float, pid_alive: bool | None = None) -> str | None:
+    """Why the report no longer describes a running daemon, or None while it does.
+
+    `pid_alive` is whether the report's pid still runs (None when the reader cannot tell). A
+    final state (stopped, rejected) is never stale: it is what the daemon said as it exited.
+    """
+    if report.state in FINAL_STATES:
+        return None
+    if pid_alive is False:
+        return f"the gateway process {report.pid} is gone"
+    if report.updated_at is None:
+        return None  # an older writer's report: its age cannot be judged
+    age = now - report.updated_at
+    if age > STALE_AFTER_INTERVALS * report.interval:
+        return f"last report {format_age(age)} ago"
+    return None
+
+
+def format_age(seconds: float) -> str:
+    """A short human duration: 45 s, 12 min, 3 h 20 min, 2 d 4 h."""
+    seconds = max(0, int(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 90:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
