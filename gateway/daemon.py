@@ -20,11 +20,13 @@ from gateway.relay import Relay
 from gateway.ssrf import own_addresses
 from gateway.streams import until_either
 from gateway.targets import TargetSet, load_targets
-from gateway.tunnel import AuthRejected, State, TunnelClient, client_ssl_context
+from gateway.tunnel import Rejected, State, TunnelClient, client_ssl_context
 
 log = logging.getLogger(__name__)
 
-EXIT_AUTH = 78  # EX_CONFIG: the unit's RestartPreventExitStatus, since retrying cannot help
+# EX_CONFIG, the unit's RestartPreventExitStatus: only for an explicit rejection (retry_policy),
+# which no restart can fix; the status console's re-register path starts the gateway again.
+EXIT_REJECTED = 78
 
 
 def sd_notify(message: str, env: dict[str, str] | None = None) -> bool:
@@ -123,7 +125,7 @@ class Daemon:
         self._stop.set()
 
     async def run(self) -> int:
-        """Run until stopped; the exit code is 0, or EXIT_AUTH when the plane refused us."""
+        """Run until stopped; the exit code is 0, or EXIT_REJECTED when the plane refused us."""
         cfg = self.config
         targets, policies = self.load_inventory()
         ssl_context = client_ssl_context(cfg.state_dir)
@@ -182,9 +184,12 @@ class Daemon:
         if not tunnel.done() or tunnel.cancelled():
             return 0
         exc = tunnel.exception()
-        if isinstance(exc, AuthRejected):
-            log.error("not retrying: %s", exc.message)
-            return EXIT_AUTH
+        if isinstance(exc, Rejected):
+            # The reason and what to do were logged when the tunnel stopped.
+            log.error(
+                "exiting with %d: systemd leaves the gateway stopped until it is re-registered", EXIT_REJECTED
+            )
+            return EXIT_REJECTED
         if exc is not None:
             log.error("tunnel failed: %s: %s", type(exc).__name__, exc)
             return 1

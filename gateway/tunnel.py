@@ -18,26 +18,13 @@ from gateway import protocol as p
 from gateway.backoff import Backoff
 from gateway.errors import GatewayError
 from gateway.proxy import proxy_settings
-from gateway.streams import WS_MAX_MESSAGE, Mux, OpenHandler, end_connection, until_either
+from gateway.retry_policy import PROXY_AUTH_DELAY, classify
+from gateway.status_file import TunnelReport
+from gateway.streams import WS_MAX_MESSAGE, Mux, OpenHandler, Stream, end_connection, until_either
 
 log = logging.getLogger(__name__)
 
 TUNNEL_PATH = "/v1/tunnel"
-# TLS alerts by which a server says "I do not accept your certificate": retrying cannot help.
-_AUTH_ALERTS = (
-    "CERTIFICATE_REQUIRED",
-    "BAD_CERTIFICATE",
-    "UNKNOWN_CA",
-    "CERTIFICATE_UNKNOWN",
-    "CERTIFICATE_REVOKED",
-    "CERTIFICATE_EXPIRED",
-    "ACCESS_DENIED",
-)
-
-
-# asyncio servers (the reference plane included) drop a refused TLS 1.3 client without sending the
-# alert, so the refusal looks like a disconnect right after the handshake; this many in a row is one.
-SILENT_REFUSALS = 3
 
 
 class State(StrEnum):
@@ -48,12 +35,25 @@ class State(StrEnum):
     CONNECTED = "connected"
     DRAINING = "draining"
     BACKOFF = "backoff"
-    AUTH_FAILED = "auth-failed"
+    REJECTED = "rejected"  # an explicit rejection: the client stopped for good (retry_policy)
     STOPPED = "stopped"
 
 
-class AuthRejected(GatewayError):
-    """The plane (or the proxy) refused our credentials, or the plane's certificate is not the pinned CA."""
+# "since" in the status report moves when the tunnel goes up, goes down or ends, not on every
+# state: connecting and backoff alternate all through one outage.
+_PHASE = {
+    State.IDLE: "down",
+    State.CONNECTING: "down",
+    State.BACKOFF: "down",
+    State.CONNECTED: "up",
+    State.DRAINING: "up",
+    State.REJECTED: "end",
+    State.STOPPED: "end",
+}
+
+
+class Rejected(GatewayError):
+    """The plane refused this gateway explicitly, or its certificate failed the pin: retrying cannot help."""
 
 
 def client_ssl_context(state_dir: Path) -> ssl.SSLContext:
@@ -71,30 +71,6 @@ def client_ssl_context(state_dir: Path) -> ssl.SSLContext:
     return ctx
 
 
-def classify_failure(exc: BaseException) -> str | None:
-    """Why a failed attempt is an authentication rejection (None when it is worth retrying)."""
-    if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status in (401, 403):
-        return f"the plane refused the tunnel with HTTP {exc.status}"
-    if isinstance(exc, aiohttp.ClientHttpProxyError) and exc.status in (401, 407):
-        # 407 is the standard answer; tinyproxy's BasicAuth answers CONNECT with 401.
-        return f"the proxy refused our credentials (HTTP {exc.status})"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"the plane's certificate does not verify against the pinned CA: {exc.certificate_error}"
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, ssl.SSLCertVerificationError):
-            return f"the plane's certificate does not verify against the pinned CA: {cur.verify_message}"
-        if isinstance(cur, ssl.SSLError):
-            reason = getattr(cur, "reason", None) or ""
-            text = f"{reason} {cur}".upper()
-            if any(alert in text for alert in _AUTH_ALERTS):
-                return f"the plane rejected our client certificate in the TLS handshake ({reason or cur})"
-        cur = cur.__cause__ or cur.__context__
-    return None
-
-
 class TunnelClient:
     """Keeps one tunnel to the plane open: explicit states, heartbeat, backoff, GOAWAY drain."""
 
@@ -109,77 +85,99 @@ class TunnelClient:
         proxy_url: URL | None = None,
         drain_timeout: float = 20.0,
         connect_timeout: float = 15.0,
+        proxy_auth_delay: float = PROXY_AUTH_DELAY,
         on_state: Callable[[State, str], object] | None = None,
     ) -> None:
+        self.plane_url = plane_url
         self.url = plane_url.with_path(TUNNEL_PATH)
         self.ssl = ssl_context
-        self.on_open = on_open
+        self._relay_open = on_open
         self.limits = limits or p.Limits()
         self.backoff = backoff or Backoff()
         self.proxy, self.proxy_auth = proxy_settings(proxy_url)
         self.drain_timeout = drain_timeout
         self.connect_timeout = connect_timeout
+        self.proxy_auth_delay = proxy_auth_delay
         self._on_state = on_state
         self.state = State.IDLE
+        self.since = time.time()  # when the tunnel last went up, went down or ended
         self.last_error: str | None = None
+        self.action: str | None = None  # what an operator can do about last_error / stop_reason
+        self.stop_reason: str | None = None
         self.connects = 0
+        self.failures = 0  # failed attempts since the last good connection
+        self.relayed = 0  # streams the plane opened
+        self.next_attempt_at: float | None = None
         self.connected_at: float | None = None
         self.mux: Mux | None = None
         self.first_attempt = asyncio.Event()
         self.connected = asyncio.Event()
         self._stop = asyncio.Event()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._silent_refusals = 0
+        self._silent_closes = 0
 
     def _set_state(self, state: State, reason: str = "") -> None:
-        if state is not self.state:
-            log.info("tunnel: %s -> %s%s", self.state, state, f" ({reason})" if reason else "")
-            self.state = state
-            if self._on_state is not None:
-                self._on_state(state, reason)
+        if state is self.state:
+            return
+        # Connecting and backoff alternate through an outage: the journal gets the failures
+        # (warnings) and the changes that matter, not two lines per attempt.
+        quiet = {self.state, state} <= {State.CONNECTING, State.BACKOFF}
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "tunnel: %s -> %s%s",
+            self.state,
+            state,
+            f" ({reason})" if reason else "",
+        )
+        if _PHASE[state] != _PHASE[self.state]:
+            self.since = time.time()
+        self.state = state
+        if self._on_state is not None:
+            self._on_state(state, reason)
+
+    def on_open(self, stream: Stream) -> None:
+        """Mux callback: count the stream, then hand it to the relay."""
+        self.relayed += 1
+        self._relay_open(stream)
 
     async def run(self) -> None:
-        """Connect and reconnect until stop(); raises AuthRejected when retrying cannot help."""
+        """Connect and reconnect until stop(); raises Rejected on an explicit rejection."""
         connector = aiohttp.TCPConnector(force_close=True, limit=1)
         session = aiohttp.ClientSession(connector=connector)
         try:
             while not self._stop.is_set():
+                self.next_attempt_at = None
                 self._set_state(State.CONNECTING, str(self.url))
+                delay_floor = 0.0
                 try:
                     await self._connect_and_serve(session)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # every failure of one attempt is recorded, then retried
+                except Exception as exc:  # every failure of one attempt is judged, recorded, retried
                     self.first_attempt.set()
-                    why = classify_failure(exc) or self._silent_refusal(exc)
-                    if why is not None:
-                        self.last_error = why
-                        self._set_state(State.AUTH_FAILED, why)
-                        log.error("tunnel: giving up: %s", why)
-                        raise AuthRejected(why) from exc
-                    self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                    log.warning("tunnel: connection to %s failed: %s", self.url, self.last_error)
+                    verdict = classify(exc, self._silent_closes, self.proxy_auth_delay)
+                    self._silent_closes = self._silent_closes + 1 if verdict.silent_close else 0
+                    self.failures += 1
+                    self.last_error, self.action = verdict.error, verdict.action
+                    if verdict.stop:
+                        self.stop_reason = verdict.error
+                        log.error("tunnel: stopped: %s; what to do: %s", verdict.error, verdict.action)
+                        self._set_state(State.REJECTED, verdict.error)
+                        raise Rejected(verdict.error, verdict.action) from exc
+                    log.warning("tunnel: attempt %d to %s failed: %s", self.failures, self.url, verdict.error)
+                    delay_floor = verdict.min_delay
                 if self._stop.is_set():
                     break
-                delay = self.backoff.next_delay()
+                delay = max(self.backoff.next_delay(), delay_floor)
+                self.next_attempt_at = time.time() + delay
                 self._set_state(State.BACKOFF, f"retry in {delay:.2f}s")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         finally:
+            self.next_attempt_at = None
             await session.close()
-            self._set_state(State.STOPPED)
-
-    def _silent_refusal(self, exc: BaseException) -> str | None:
-        if not isinstance(exc, aiohttp.ServerDisconnectedError):
-            self._silent_refusals = 0
-            return None
-        self._silent_refusals += 1
-        if self._silent_refusals < SILENT_REFUSALS:
-            return None
-        return (
-            f"the plane closed the connection right after the TLS handshake {self._silent_refusals} times "
-            "in a row: it most likely refuses our client certificate"
-        )
+            if self.state is not State.REJECTED:
+                self._set_state(State.STOPPED)
 
     async def _connect_and_serve(self, session: aiohttp.ClientSession) -> None:
         async with asyncio.timeout(self.connect_timeout):
@@ -194,7 +192,6 @@ class TunnelClient:
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
             )
         self._ws = ws
-        self._silent_refusals = 0
         closed = asyncio.Event()
         mux = Mux(
             ws.send_bytes,
@@ -217,7 +214,9 @@ class TunnelClient:
             self.connects += 1
             self.connected_at = time.time()
             self.backoff.reset()
-            self.last_error = None
+            self.failures = 0
+            self._silent_closes = 0
+            self.last_error = self.action = None
             self._set_state(State.CONNECTED, f"connection {self.connects}")
             self.connected.set()
             self.first_attempt.set()
@@ -279,12 +278,19 @@ class TunnelClient:
             await mux.drain(self.drain_timeout if drain_timeout is None else drain_timeout)
             mux.close(p.ErrorCode.CANCELLED, "gateway shutting down")
 
-    def status(self) -> dict[str, object]:
-        """A snapshot for logs and health checks."""
+    def report(self) -> TunnelReport:
+        """What the status file says about the tunnel (the daemon adds its own fields)."""
         mux = self.mux
-        return {
-            "state": str(self.state),
-            "connects": self.connects,
-            "last_error": self.last_error,
-            "streams": len(mux.streams) if mux is not None else 0,
-        }
+        return TunnelReport(
+            state=str(self.state),
+            since=self.since,
+            plane_url=str(self.plane_url),
+            connects=self.connects,
+            attempts=self.failures,
+            next_attempt_at=self.next_attempt_at,
+            last_error=self.last_error,
+            stop_reason=self.stop_reason,
+            action=self.action,
+            streams_open=len(mux.streams) if mux is not None and not mux.closed else 0,
+            relayed=self.relayed,
+        )

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.atomic import write_atomic
 from gateway.safeload import loads_json
+from mgmtplane import tls_alerts
 from mgmtplane.ca import (
     CA_CERT_FILE,
     CSRError,
@@ -33,7 +34,7 @@ from mgmtplane.ca import (
     load_or_create_ca,
 )
 from mgmtplane.errors import PlaneError
-from mgmtplane.hub import HUB_KEY, setup_hub
+from mgmtplane.hub import ADMIT_KEY, HUB_KEY, setup_hub
 from mgmtplane.registry import GatewayRecord, Registry, state_lock
 from mgmtplane.tokens import TokenError, TokenStore
 
@@ -92,7 +93,12 @@ def load_or_create_admin_token(state_dir: Path) -> str:
 
 
 def server_ssl_context(config: PlaneConfig) -> ssl.SSLContext:
-    """TLS server context: the plane's cert, and client certs requested (optional) against the plane CA."""
+    """TLS server context: the plane's cert, and client certs requested (optional) against the plane CA.
+
+    Also makes this process's asyncio send the TLS alert when it refuses a client certificate
+    (tls_alerts): the gateway stops only on an explicit refusal, never on a silent close.
+    """
+    tls_alerts.install()
     ca = load_or_create_ca(config.state_dir)
     cert_path, key_path = ensure_server_cert(ca, config.state_dir, config.server_hosts)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -100,7 +106,8 @@ def server_ssl_context(config: PlaneConfig) -> ssl.SSLContext:
     ctx.load_cert_chain(cert_path, key_path)
     ctx.load_verify_locations(cafile=config.state_dir / CA_CERT_FILE)
     # Optional: registration has no client cert yet; the tunnel route insists on one (the hub
-    # checks). A presented cert that does not chain to the plane CA still fails the handshake.
+    # checks). A presented cert that does not chain to the plane CA, or has expired, fails the
+    # handshake with an alert (unknown_ca, certificate_expired) that the gateway acts on.
     ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
 
@@ -241,6 +248,15 @@ async def get_gateway(request: web.Request) -> web.Response:
     return web.json_response(_gateway_json(record, _live_gateways(request.app)))
 
 
+async def admit_gateway(request: web.Request, gateway_id: str) -> tuple[str, str] | None:
+    """The hub's admission check: a certificate from our CA for a gateway the registry does not
+    know (removed, or a registry restored from before it registered) gets a 403, not a tunnel."""
+    record = await _state_io(request.app, request.app[REGISTRY_KEY].get, gateway_id)
+    if record is None:
+        return "gateway-unknown", f"gateway {gateway_id} is not registered with this plane"
+    return None
+
+
 def create_app(config: PlaneConfig) -> web.Application:
     """The plane application; the CA and admin token are created in the state dir if missing."""
     app = web.Application(middlewares=[admin_auth])
@@ -255,5 +271,6 @@ def create_app(config: PlaneConfig) -> web.Application:
     app.router.add_post("/v1/register", post_register)
     app.router.add_get("/v1/gateways", list_gateways)
     app.router.add_get("/v1/gateways/{gateway_id}", get_gateway)
+    app[ADMIT_KEY] = admit_gateway
     setup_hub(app)
     return app

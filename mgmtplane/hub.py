@@ -8,6 +8,7 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ from aiohttp import WSMsgType, web
 
 from gateway import protocol as p
 from gateway.relay import strip_hop_headers
+from gateway.retry_policy import TUNNEL_ERROR_HEADER
 from gateway.streams import WS_MAX_MESSAGE, Mux, StreamReset, end_connection, until_either
 
 log = logging.getLogger(__name__)
@@ -112,9 +114,13 @@ class Hub:
         transport = request.transport
         gateway_id = peer_common_name(transport.get_extra_info("ssl_object") if transport else None)
         if gateway_id is None:
-            return _json_error(
-                401, "client-certificate-required", "the tunnel needs a gateway client certificate"
-            )
+            message = "the tunnel needs a gateway client certificate"
+            return _refusal(401, "client-certificate-required", message)
+        admit = request.app.get(ADMIT_KEY)
+        refused = await admit(request, gateway_id) if admit is not None else None
+        if refused is not None:
+            log.warning("gateway %s: tunnel refused: %s: %s", gateway_id, *refused)
+            return _refusal(403, *refused)
         if self._closing:
             return _json_error(503, "going-away", "the plane is shutting down")
         ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE, compress=False, autoping=True)
@@ -283,6 +289,14 @@ async def _pump_body(request: web.Request, stream: Any) -> None:
         stream.reset(p.ErrorCode.CANCELLED, f"request body: {exc}")
 
 
+def _refusal(status: int, code: str, message: str) -> web.Response:
+    # The Tunnel-Error header is how a gateway knows the refusal is the hub's, not a load
+    # balancer's or a WAF's in front of it, and stops instead of retrying (docs/protocol.md §1).
+    resp = _json_error(status, code, message)
+    resp.headers[TUNNEL_ERROR_HEADER] = f"{code}: {message}"
+    return resp
+
+
 def _json_error(status: int, code: str, message: str) -> web.Response:
     return web.Response(
         status=status,
@@ -292,6 +306,9 @@ def _json_error(status: int, code: str, message: str) -> web.Response:
 
 
 HUB_KEY = web.AppKey("gateway_hub", Hub)
+# Optional: (request, gateway id) -> None to admit, or (code, message) for a 403 on the tunnel.
+Admit = Callable[[web.Request, str], Awaitable[tuple[str, str] | None]]
+ADMIT_KEY: web.AppKey[Admit] = web.AppKey("tunnel_admit")
 
 
 def setup_hub(app: web.Application, hub: Hub | None = None) -> Hub:

@@ -31,6 +31,7 @@ from gateway.policy import load_policies
 from gateway.relay import Relay
 from gateway.targets import parse_targets
 from gateway.tunnel import TunnelClient, client_ssl_context
+from mgmtplane import tls_alerts
 from mgmtplane.hub import PLANE_LIMITS, Hub, setup_hub
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ def make_pki(root: Path) -> Pki:
 
 def plane_ssl_context(plane_dir: Path) -> ssl.SSLContext:
     """The plane's server TLS: its certificate, client certificates optional but verified against its CA."""
+    tls_alerts.install()  # a refused client certificate gets its alert, as from `mgmtplane serve`
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(plane_dir / "server.pem", plane_dir / "server-key.pem")
     ctx.load_verify_locations(cafile=plane_dir / "ca.pem")

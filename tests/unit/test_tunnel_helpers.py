@@ -1,20 +1,17 @@
-"""Pure helpers of the tunnel client and daemon: backoff, proxy settings, sd_notify, failure classes."""
+"""Pure helpers of the tunnel client and daemon: backoff, proxy settings, sd_notify."""
 
 from __future__ import annotations
 
 import random
 import socket
-import ssl
 from pathlib import Path
 
 import aiohttp
-import pytest
 from yarl import URL
 
 from gateway.backoff import Backoff
 from gateway.daemon import sd_notify, watchdog_interval
 from gateway.proxy import proxy_settings, redact
-from gateway.tunnel import classify_failure
 
 
 def test_backoff_is_capped_full_jitter_and_resets() -> None:
@@ -68,28 +65,3 @@ def test_watchdog_interval() -> None:
     assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None  # not us
     assert watchdog_interval({}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "junk"}) is None
-
-
-@pytest.mark.parametrize(
-    ("exc", "auth"),
-    [
-        (ConnectionRefusedError(111, "refused"), False),
-        (TimeoutError(), False),
-        (aiohttp.ServerDisconnectedError(), False),
-        (ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required"), True),
-        (ssl.SSLError(1, "[SSL: SSLV3_ALERT_BAD_CERTIFICATE] sslv3 alert bad certificate"), True),
-        (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), False),
-    ],
-)
-def test_classify_failure(exc: BaseException, auth: bool) -> None:
-    assert (classify_failure(exc) is not None) == auth
-
-
-def test_classify_failure_follows_the_cause_chain() -> None:
-    try:
-        try:
-            raise ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca")
-        except ssl.SSLError as inner:
-            raise ConnectionResetError("reset") from inner
-    except ConnectionResetError as outer:
-        assert classify_failure(outer) is not None
