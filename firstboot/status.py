@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,12 @@ from firstboot.apply import gateway, network
 from firstboot.errors import FirstbootError
 from firstboot.settings import Settings, build
 from firstboot.system import System, read_os_release
+from gateway import status_file
 from gateway.safeload import loads_json, loads_yaml
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "/run/gateway/status.json"
+STATUS_FILE = str(status_file.DEFAULT_PATH)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class StatusInfo:
     targets: str
     configured: bool
     notes: tuple[str, ...] = field(default=())
+    relayed: str = ""  # streams, when the gateway reported them
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -47,8 +50,41 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def gather(system: System) -> StatusInfo:
+def _when(unix: float | None, prefix: str) -> str:
+    return f" {prefix} " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix)) if unix else ""
+
+
+def describe_tunnel(report: status_file.TunnelReport, now: float, stale: str | None) -> str:
+    """The Tunnel line for a report (pure)."""
+    if stale is not None:
+        return f"unknown: {stale} (it said: {report.state})"
+    state = report.state
+    if state == "connected":
+        count = f" (connection {report.connects})" if report.connects else ""
+        return f"connected{_when(report.since, 'since')}{count}"
+    if state == "draining":
+        return "draining: finishing open calls before reconnecting"
+    if state in ("connecting", "backoff", "idle"):
+        retry = ""
+        if state == "backoff" and report.next_attempt_at is not None:
+            retry = f", next in {status_file.format_age(report.next_attempt_at - now)}"
+        return f"down{_when(report.since, 'since')}: retrying ({report.attempts} failed attempts{retry})"
+    if state == "rejected":
+        return f"STOPPED: {report.stop_reason or 'the plane refused this gateway'}"
+    if state == "stopped":
+        return f"stopped{_when(report.since, 'at')}"
+    return state  # a state from a newer gateway: shown as it is
+
+
+def _pid_alive(system: System, pid: int | None) -> bool | None:
+    if not system.live or pid is None:
+        return None  # a --root tree: its pids are not ours to look at
+    return Path(f"/proc/{pid}").exists()
+
+
+def gather(system: System, now: float | None = None) -> StatusInfo:
     """Collect what the status screen shows; every source may be missing."""
+    now = time.time() if now is None else now
     release = read_os_release(system)
     version = release.get("IMAGE_VERSION") or release.get("VERSION_ID") or "unknown"
     try:
@@ -75,13 +111,21 @@ def gather(system: System) -> StatusInfo:
         except (OSError, ValueError):
             pass
     notes: list[str] = []
-    status = _read_json(system.path(STATUS_FILE))
-    if status is None:
+    relayed = ""
+    report = status_file.decode(_read_json(system.path(STATUS_FILE)))
+    if report is None:
         tunnel, last_error, targets = "unknown (the gateway has not reported)", "", "?"
     else:
-        tunnel = str(status.get("state", "unknown"))
-        last_error = str(status.get("last_error") or "")
-        targets = str(status.get("targets", "?"))
+        stale = status_file.staleness(report, now, _pid_alive(system, report.pid))
+        tunnel = describe_tunnel(report, now, stale)
+        last_error = report.last_error or ""
+        if report.stop_reason and last_error == report.stop_reason:
+            last_error = "the reason it stopped, above"
+        targets = str(report.targets) if report.targets is not None else "?"
+        relayed = f"{report.relayed} calls since the gateway started, {report.streams_open} open"
+        plane_url = plane_url or report.plane_url
+        if report.action and stale is None:
+            notes.append(f"What to do: {report.action}")
     fb_error = applier.last_error(system)
     if fb_error and not applier.is_done(system):
         last_error = last_error or fb_error
@@ -98,6 +142,7 @@ def gather(system: System) -> StatusInfo:
         targets=targets,
         configured=applier.is_done(system),
         notes=tuple(notes),
+        relayed=relayed,
     )
 
 
@@ -115,6 +160,10 @@ def render(info: StatusInfo) -> list[str]:
         f"Service:      {info.service}",
         f"Tunnel:       {info.tunnel}",
         f"Targets:      {info.targets}",
+    ]
+    if info.relayed:
+        lines.append(f"Relayed:      {info.relayed}")
+    lines += [
         f"Last error:   {info.last_error}",
     ]
     lines += list(info.notes)

@@ -201,3 +201,67 @@ def test_plane_summary_warns_about_expired_tokens() -> None:
     ok, line = plane_summary(token, now=2_100_000_000)
     assert not ok and line.endswith("EXPIRED by this appliance's clock (check the time)")
     assert plane_summary("GWJ1.nope") == (False, "Plane: (paste the join token from the management plane)")
+
+
+def write_report(system: System, **fields: object) -> None:
+    from gateway.status_file import TunnelReport, encode
+
+    path = system.root / "run/gateway/status.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode(TunnelReport(**fields)))  # type: ignore[arg-type]
+
+
+NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+
+
+def tunnel_lines(system: System, now: float = NOW) -> list[str]:
+    lines = render(gather(system, now=now))
+    start = next(i for i, line in enumerate(lines) if line.startswith("Tunnel:"))
+    return lines[start:]
+
+
+def test_status_shows_a_connected_tunnel_from_the_daemons_report(tmp_path: Path) -> None:
+    system = configured(tmp_path)
+    write_report(system, state="connected", since=NOW - 3600, connects=2, relayed=57, streams_open=3,
+                 targets=4, pid=99, updated_at=NOW - 2, interval=15)  # fmt: skip
+    assert tunnel_lines(system) == [
+        "Tunnel:       connected since 2023-11-14 21:13:20 UTC (connection 2)",
+        "Targets:      4",
+        "Relayed:      57 calls since the gateway started, 3 open",
+        "Last error:   none",
+    ]
+
+
+def test_status_shows_an_outage_being_retried(tmp_path: Path) -> None:
+    system = configured(tmp_path)
+    write_report(system, state="backoff", since=NOW - 300, attempts=41, next_attempt_at=NOW + 12,
+                 last_error="the plane closed the connection without answering (9 in a row)",
+                 action="if the plane is up, check its log", targets=4, updated_at=NOW - 1)  # fmt: skip
+    lines = tunnel_lines(system)
+    assert (
+        lines[0]
+        == "Tunnel:       down since 2023-11-14 22:08:20 UTC: retrying (41 failed attempts, next in 12 s)"
+    )
+    assert "Last error:   the plane closed the connection without answering (9 in a row)" in lines
+    assert lines[-1] == "What to do: if the plane is up, check its log"
+
+
+def test_status_shows_why_the_gateway_stopped_and_what_to_do(tmp_path: Path) -> None:
+    system = configured(tmp_path)
+    reason = "the plane refused this gateway: HTTP 403 gateway-unknown: gateway g is not registered"
+    write_report(system, state="rejected", since=NOW - 86400, stop_reason=reason, last_error=reason,
+                 action="re-register the gateway with a new join token", updated_at=NOW - 86400)  # fmt: skip
+    lines = tunnel_lines(system)
+    # A day old, and still the truth: the daemon said it as it exited.
+    assert lines[0] == f"Tunnel:       STOPPED: {reason}"
+    assert "Last error:   the reason it stopped, above" in lines  # not the same long line twice
+    assert lines[-1] == "What to do: re-register the gateway with a new join token"
+
+
+def test_status_says_when_the_report_is_stale(tmp_path: Path) -> None:
+    system = configured(tmp_path)
+    write_report(system, state="connected", since=NOW - 7200, connects=1, updated_at=NOW - 900,
+                 interval=15, action="stale advice is not shown")  # fmt: skip
+    lines = tunnel_lines(system)
+    assert lines[0] == "Tunnel:       unknown: last report 15 min ago (it said: connected)"
+    assert not any(line.startswith("What to do:") for line in lines)
