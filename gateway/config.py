@@ -11,6 +11,8 @@ from yarl import URL
 
 from gateway.errors import GatewayError
 from gateway.safeload import read_yaml_file
+from gateway.status_file import DEFAULT_INTERVAL as DEFAULT_STATUS_INTERVAL
+from gateway.status_file import DEFAULT_PATH as DEFAULT_STATUS_PATH
 
 DEFAULT_CONFIG = Path("/etc/gateway/gateway.yaml")
 
@@ -35,6 +37,8 @@ class GatewayConfig:
     backoff_cap: float = 30.0
     max_streams: int = 1024
     drain_timeout: float = 20.0
+    status_file: Path = DEFAULT_STATUS_PATH
+    status_interval: float = DEFAULT_STATUS_INTERVAL
 
 
 def _url(value: Any, key: str, schemes: tuple[str, ...]) -> URL:
@@ -88,6 +92,8 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "backoff_cap": _number(0.1, 3600),
     "max_streams": _count,
     "drain_timeout": _number(0, 600),
+    "status_file": _path,
+    "status_interval": _number(0.1, 300),
 }
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import socket
+import time
+from importlib import metadata
 from pathlib import Path
 
 from gateway import protocol as p
+from gateway import status_file
+from gateway.atomic import write_atomic
 from gateway.backoff import Backoff
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
@@ -61,6 +66,48 @@ def watchdog_interval(env: dict[str, str] | None = None) -> float | None:
         return None
 
 
+def package_version() -> str:
+    """The installed gateway-appliance version ("unknown" when run from a bare checkout)."""
+    try:
+        return metadata.version("gateway-appliance")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class StatusWriter:
+    """Writes the status report atomically; a failure is logged once and never stops the daemon."""
+
+    def __init__(self, path: Path, interval: float) -> None:
+        self.path = path
+        self.interval = interval
+        self.version = package_version()
+        self.targets: int | None = None
+        self._failed = False
+
+    def write(self, report: status_file.TunnelReport) -> None:
+        """Stamp the report with the daemon's own fields and replace the file."""
+        report = dataclasses.replace(
+            report,
+            targets=self.targets,
+            version=self.version,
+            pid=os.getpid(),
+            updated_at=time.time(),
+            interval=self.interval,
+        )
+        try:
+            # World-readable: the console reads it, and it holds no secret (the proxy URL that
+            # errors could name has no credentials in it, see gateway.proxy).
+            write_atomic(self.path, status_file.encode(report), mode=0o644)
+        except OSError as exc:
+            if not self._failed:
+                log.warning("cannot write the status file %s: %s", self.path, exc)
+            self._failed = True
+        else:
+            if self._failed:
+                log.info("status file %s written again", self.path)
+            self._failed = False
+
+
 def setup_logging(debug: bool = False) -> None:
     """Log to journald when systemd started us (and python-systemd is there), else keep stderr."""
     if not (os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID")):
@@ -85,6 +132,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self.relay: Relay | None = None
         self.client: TunnelClient | None = None
+        self.status = StatusWriter(config.status_file, config.status_interval)
 
     def load_inventory(self) -> tuple[TargetSet, PolicySet]:
         """Targets and policies from the configured paths (GatewayError on bad input)."""
@@ -116,6 +164,8 @@ class Daemon:
         else:
             assert self.relay is not None
             self.relay.reload(targets, policies, own_addresses())
+            self.status.targets = len(targets.targets)
+            self._write_status()
             log.info("reloaded %d targets and %d policy files", len(targets.targets), len(policies.files))
         sd_notify("READY=1")
 
@@ -124,11 +174,32 @@ class Daemon:
         log.info("shutdown requested")
         self._stop.set()
 
+    def _write_status(self) -> None:
+        if self.client is not None:
+            self.status.write(self.client.report())
+
+    def _on_state(self, state: State, reason: str) -> None:
+        sd_notify(f"STATUS=tunnel {state}{': ' + reason if reason else ''}")
+        self._write_status()
+
     async def run(self) -> int:
         """Run until stopped; the exit code is 0, or EXIT_REJECTED when the plane refused us."""
         cfg = self.config
-        targets, policies = self.load_inventory()
-        ssl_context = client_ssl_context(cfg.state_dir)
+        try:
+            targets, policies = self.load_inventory()
+            ssl_context = client_ssl_context(cfg.state_dir)
+        except GatewayError as exc:
+            # The console shows why the gateway is not running, not a stale or missing report.
+            self.status.write(
+                status_file.TunnelReport(
+                    state=str(State.STOPPED),
+                    plane_url=str(cfg.plane_url),
+                    since=time.time(),
+                    last_error=str(exc),
+                )
+            )
+            raise
+        self.status.targets = len(targets.targets)
         self.relay = Relay(targets, policies, own_addresses())
         limits = p.Limits(
             max_streams=cfg.max_streams, heartbeat_ms=max(100, int(cfg.heartbeat_interval * 1000))
@@ -141,9 +212,7 @@ class Daemon:
             backoff=Backoff(cfg.backoff_base, cfg.backoff_cap),
             proxy_url=cfg.proxy_url,
             drain_timeout=cfg.drain_timeout,
-            on_state=lambda state, reason: sd_notify(
-                f"STATUS=tunnel {state}{': ' + reason if reason else ''}"
-            ),
+            on_state=self._on_state,
         )
         log.info(
             "gateway starting: plane %s, proxy %s, %d targets",
@@ -160,6 +229,7 @@ class Daemon:
         interval = watchdog_interval()
         if interval is not None:
             self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+        self._tasks.append(asyncio.create_task(self._report_periodically(), name="status-report"))
         stop = asyncio.create_task(self._stop.wait(), name="stop-wait")
         try:
             await asyncio.wait({tunnel, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -179,6 +249,7 @@ class Daemon:
                     await task
             self._tasks.clear()
             await self.relay.close()
+            self._write_status()  # the last word: stopped, or rejected and why
 
     def _exit_code(self, tunnel: asyncio.Task[None]) -> int:
         if not tunnel.done() or tunnel.cancelled():
@@ -201,6 +272,13 @@ class Daemon:
         state = self.client.state
         sd_notify(f"READY=1\nSTATUS=tunnel {state}")
         log.info("ready (tunnel %s)", state if state is not State.CONNECTED else "connected")
+
+    async def _report_periodically(self) -> None:
+        # Between state changes too: open streams and counters move, and a fresh updated_at is
+        # how the console tells a live daemon from a dead one's leftover file.
+        while True:
+            await asyncio.sleep(self.status.interval)
+            self._write_status()
 
     async def _watchdog(self, interval: float) -> None:
         # Pinged from the loop itself: if the loop wedges, the pings stop and systemd restarts us.
