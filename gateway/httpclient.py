@@ -1,24 +1,34 @@
-"""A lean HTTP/1.1 keep-alive client for plain-HTTP targets (the relay's hot path).
+"""A lean HTTP/1.1 keep-alive client for every target, plain HTTP and TLS (the relay's hot path).
 
-aiohttp's ClientSession costs about as much CPU per request as the rest of the gateway; this
-client does only what the relay needs: one pool of idle connections per target, connected to
-addresses the SSRF guard has checked, no redirects, no cookies, no decompression.
+aiohttp's ClientSession costs about as much CPU per request as the rest of the gateway, and it
+sends whatever body bytes it is given; this client does only what the relay needs and owns the
+framing of every request: one pool of idle connections per target, connected to addresses the
+SSRF guard has checked (TLS verified by the target's trust rules), exactly the declared number
+of body bytes, no redirects, no cookies, no decompression. A connection that saw any error is
+closed, never pooled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from dataclasses import dataclass
 
+from gateway.framing import RequestFramingError
 from gateway.ssrf import GuardedResolver
 
 MAX_HEAD = 1024 * 1024
 READ_CHUNK = 256 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Fields the client writes itself; never taken from the caller's headers.
+_OWN_FIELDS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "expect", "te", "upgrade"}
+)
 
 
 class HTTPError(Exception):
@@ -29,15 +39,45 @@ class ConnectError(OSError):
     """No TCP connection to any of the target's checked addresses."""
 
 
+class TLSVerifyError(OSError):
+    """The target's certificate fails its trust rule (CA file, system store or fingerprint pin)."""
+
+
+@dataclass(frozen=True)
+class TargetTLS:
+    """How to speak TLS to a target: the context (its trust rule), the name to send as SNI and to
+    check the certificate against, and an optional SHA-256 pin of the leaf certificate (DER)."""
+
+    context: ssl.SSLContext
+    server_hostname: str
+    pin: bytes | None = None
+
+
+@dataclass(frozen=True)
+class StreamedBody:
+    """A request body the relay streams: exactly `length` bytes, or chunked when length is None.
+
+    The iterator raises RequestFramingError when the plane's body does not match; the client also
+    counts and refuses to write a byte past `length`."""
+
+    chunks: AsyncIterator[bytes]
+    length: int | None
+
+
 class _Conn:
-    __slots__ = ("idle_since", "reader", "writer")
+    __slots__ = ("failed", "idle_since", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.idle_since = 0.0
+        self.failed = False  # saw an error of any kind: closed, and never pooled again
 
     def close(self) -> None:
+        self.writer.close()
+
+    def fail(self) -> None:
+        self.failed = True
         self.writer.close()
 
 
@@ -133,10 +173,10 @@ class Response:
                     return data
                 return await self._read_chunked(reader)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as exc:
-            self.close()
+            self._fail()
             raise HTTPError(f"target broke the response: {exc or type(exc).__name__}") from None
         except BaseException:
-            self.close()
+            self._fail()
             raise
 
     async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
@@ -168,6 +208,11 @@ class Response:
         if conn is not None:
             conn.close()
 
+    def _fail(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.fail()
+
 
 class HostPool:
     """Keep-alive connections to one target host, made only to addresses the SSRF guard allows."""
@@ -181,10 +226,12 @@ class HostPool:
         host_header: str,
         connect_timeout: float,
         read_timeout: float,
+        tls: TargetTLS | None = None,
         keepalive: float = 30.0,
         max_idle: int = 256,
     ) -> None:
         self.host = host
+        self.tls = tls
         self.port = port
         self.resolver = resolver
         self.host_header = host_header
@@ -201,14 +248,30 @@ class HostPool:
             addrs = await self.resolver.resolve(self.host, self.port, family=0)  # type: ignore[arg-type]
             last: Exception | None = None
             for info in addrs:
+                tls = self.tls
                 try:
                     reader, writer = await asyncio.open_connection(
-                        info["host"], info["port"], family=info["family"], limit=MAX_HEAD
+                        info["host"],
+                        info["port"],
+                        family=info["family"],
+                        limit=MAX_HEAD,
+                        ssl=tls.context if tls else None,
+                        server_hostname=tls.server_hostname if tls else None,
                     )
+                except ssl.SSLError as exc:
+                    # A certificate (or handshake) refusal says the same at every address.
+                    raise TLSVerifyError(getattr(exc, "verify_message", None) or str(exc)) from None
                 except OSError as exc:
                     last = exc
                     continue
-                return _Conn(reader, writer)
+                conn = _Conn(reader, writer)
+                if tls is not None and tls.pin is not None:
+                    ssl_object = writer.get_extra_info("ssl_object")
+                    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+                    if der is None or hashlib.sha256(der).digest() != tls.pin:
+                        conn.fail()
+                        raise TLSVerifyError("certificate fingerprint does not match the pin")
+                return conn
         raise ConnectError(f"cannot connect to {self.host}:{self.port}: {last}")
 
     def _get_idle(self) -> _Conn | None:
@@ -227,7 +290,8 @@ class HostPool:
 
     def _release(self, conn: _Conn) -> None:
         if (
-            self._closed
+            conn.failed
+            or self._closed
             or len(self._idle) >= self.max_idle
             or conn.reader.at_eof()
             or conn.writer.is_closing()
@@ -237,31 +301,38 @@ class HostPool:
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
 
+    @property
+    def idle(self) -> tuple[_Conn, ...]:
+        """The connections waiting in the pool (for health checks and tests)."""
+        return tuple(self._idle)
+
     async def request(
         self,
         method: str,
         target: str,
         headers: Iterable[tuple[str, str]],
-        body: bytes | AsyncIterator[bytes] | None = None,
+        body: bytes | StreamedBody | None = None,
     ) -> Response:
-        """Send one request (never following redirects) and return its response head."""
+        """Send one request (never following redirects) and return its response head.
+
+        The client writes Host and the framing itself (Content-Length, or chunked for a streamed
+        body of no declared length) and skips such fields in `headers`."""
         lines = [f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
         has_accept = False
-        length: str | None = None
         for k, v in headers:
             lk = k.lower()
-            if lk == "content-length":
-                length = v
+            if lk in _OWN_FIELDS:
                 continue
             if lk == "accept":
                 has_accept = True
             lines.append(f"{k}: {v}\r\n")
         if not has_accept:
             lines.append("Accept: */*\r\n")
-        streamed = body is not None and not isinstance(body, bytes)
+        streamed = body if isinstance(body, StreamedBody) else None
         if isinstance(body, bytes):
             lines.append(f"Content-Length: {len(body)}\r\n")
-        elif streamed:
+        elif streamed is not None:
+            length = streamed.length
             lines.append(
                 f"Content-Length: {length}\r\n" if length is not None else "Transfer-Encoding: chunked\r\n"
             )
@@ -272,32 +343,25 @@ class HostPool:
         if isinstance(body, bytes) and body:
             head += body
         conn = self._get_idle()
-        if conn is not None and not streamed:
+        if conn is not None and streamed is None:
             try:
-                return await self._exchange(conn, method, head, None, None)
+                return await self._exchange(conn, method, head, None)
             except _Stale:
                 pass  # the target closed an idle connection: a replayable request may go again
+        elif conn is not None:
+            self._idle.append(conn)  # a streamed body cannot be replayed: use a fresh connection
         conn = await self._connect()
         try:
-            return await self._exchange(conn, method, head, body if streamed else None, length)
+            return await self._exchange(conn, method, head, streamed)
         except _Stale as exc:
             raise HTTPError(str(exc)) from None
 
-    async def _exchange(
-        self, conn: _Conn, method: str, head: bytes, body: Any, length: str | None
-    ) -> Response:
+    async def _exchange(self, conn: _Conn, method: str, head: bytes, body: StreamedBody | None) -> Response:
         reader, writer = conn.reader, conn.writer
         try:
             writer.write(head)
             if body is not None:
-                chunked = length is None
-                async for chunk in body:
-                    if not chunk:
-                        continue
-                    writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                    await writer.drain()
-                if chunked:
-                    writer.write(b"0\r\n\r\n")
+                await _write_body(writer, body)
             # The caller bounds the wait for the head (the target's total timeout); no second timer.
             while True:
                 try:
@@ -311,13 +375,13 @@ class HostPool:
                     continue  # interim responses (100 Continue): the real one follows
                 return Response(self, conn, status, headers, method, reusable)
         except ConnectionError as exc:
-            conn.close()
+            conn.fail()
             raise _Stale(f"connection lost: {exc}") from None
         except asyncio.LimitOverrunError:
-            conn.close()
+            conn.fail()
             raise HTTPError(f"response head over {MAX_HEAD} bytes") from None
         except BaseException:
-            conn.close()
+            conn.fail()
             raise
 
     async def close(self) -> None:
@@ -328,6 +392,27 @@ class HostPool:
             conn.close()
         with contextlib.suppress(Exception):
             await self.resolver.close()
+
+
+async def _write_body(writer: asyncio.StreamWriter, body: StreamedBody) -> None:
+    """Exactly `body.length` bytes, or chunked framing of our own; never a byte past the length."""
+    length = body.length
+    sent = 0
+    async for chunk in body.chunks:
+        if not chunk:
+            continue
+        sent += len(chunk)
+        if length is None:
+            writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        elif sent > length:
+            raise RequestFramingError(f"request body longer than its Content-Length {length}")
+        else:
+            writer.write(chunk)
+        await writer.drain()
+    if length is None:
+        writer.write(b"0\r\n\r\n")
+    elif sent != length:
+        raise RequestFramingError(f"request body of {sent} bytes, Content-Length {length}")
 
 
 class _Stale(HTTPError):

@@ -10,13 +10,13 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
-import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
 from gateway import protocol as p
 from gateway.filter_audit import log_decision
-from gateway.httpclient import ConnectError, HostPool, HTTPError
+from gateway.framing import RequestFramingError, declared_length, forwardable
+from gateway.httpclient import ConnectError, HostPool, HTTPError, StreamedBody, TargetTLS, TLSVerifyError
 from gateway.metadata_filter import (
     Allowed,
     Denied,
@@ -99,21 +99,28 @@ class PolicyFilter:
         return verdict
 
 
-def _ssl_for(target: Target) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
-    tls = target.tls
+def _tls_for(target: Target) -> TargetTLS | None:
+    """The target's trust rule as a TLS context: its CA file, a SHA-256 pin of its certificate,
+    no verification (insecure), or the system store; SNI and the host-name check use the URL's host."""
     if target.url.scheme != "https":
-        return True
-    if tls.fingerprint is not None:
-        return aiohttp.Fingerprint(tls.fingerprint)
-    if tls.insecure:
-        return False
-    if tls.ca_file is not None:
-        return ssl.create_default_context(cafile=str(tls.ca_file))
-    return True
+        return None
+    tls = target.tls
+    host = target.url.host or ""
+    if tls.fingerprint is not None or tls.insecure:
+        # The pin is checked after the handshake (the whole leaf certificate, DER, SHA-256).
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return TargetTLS(ctx, host, tls.fingerprint)
+    try:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSVerifyError(f"cannot load the CA file {tls.ca_file}: {exc}") from None
+    return TargetTLS(ctx, host)
 
 
 class Relay:
-    """Serves streams opened by the plane; keeps one ClientSession (connection pool) per target."""
+    """Serves streams opened by the plane; keeps one connection pool per target."""
 
     def __init__(
         self, targets: TargetSet, policies: PolicySet | None, own_addresses: Iterable[IPAddress] = ()
@@ -121,7 +128,6 @@ class Relay:
         self.targets = targets
         self.filter = PolicyFilter(policies)
         self.own = frozenset(own_addresses)
-        self._sessions: dict[str, tuple[Target, aiohttp.ClientSession]] = {}
         self._pools: dict[str, tuple[Target, HostPool]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.handled = 0
@@ -135,20 +141,16 @@ class Relay:
         own_changed = own_addresses is not None and frozenset(own_addresses) != self.own
         if own_addresses is not None:
             self.own = frozenset(own_addresses)
-        for name, (old, session) in list(self._sessions.items()):
-            if own_changed or targets.get(name) != old:
-                del self._sessions[name]
-                self._spawn(self._retire(session, old.total_timeout + _RETIRE_GRACE))
         for name, (old, pool) in list(self._pools.items()):
             if own_changed or targets.get(name) != old:
                 del self._pools[name]
                 self._spawn(self._retire(pool, old.total_timeout + _RETIRE_GRACE))
 
-    async def _retire(self, session: aiohttp.ClientSession | HostPool, delay: float) -> None:
+    async def _retire(self, pool: HostPool, delay: float) -> None:
         try:
             await asyncio.sleep(delay)
         finally:
-            await session.close()
+            await pool.close()
 
     def on_open(self, stream: Stream) -> None:
         """Mux callback: handle the stream in its own task, cancelled if the plane aborts the stream."""
@@ -169,9 +171,6 @@ class Relay:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for _target, session in self._sessions.values():
-            await session.close()
-        self._sessions.clear()
         for _target, pool in self._pools.values():
             await pool.close()
         self._pools.clear()
@@ -180,11 +179,13 @@ class Relay:
         entry = self._pools.get(target.name)
         if entry is not None and entry[0] == target:
             return entry[1]
+        # An IP-literal host never reaches the resolver: check it once, before the first connection.
         host = target.url.raw_host or ""
         check_literal(host, target.allow_private, self.own)
-        port = target.url.port or 80
+        default_port = 443 if target.url.scheme == "https" else 80
+        port = target.url.port or default_port
         authority = f"[{host}]" if ":" in host else host
-        if target.url.explicit_port is not None and target.url.explicit_port != 80:
+        if target.url.explicit_port is not None and target.url.explicit_port != default_port:
             authority += f":{target.url.explicit_port}"
         pool = HostPool(
             host,
@@ -193,39 +194,10 @@ class Relay:
             host_header=authority,
             connect_timeout=target.connect_timeout,
             read_timeout=target.total_timeout,
+            tls=_tls_for(target),
         )
         self._pools[target.name] = (target, pool)
         return pool
-
-    def _session(self, target: Target) -> aiohttp.ClientSession:
-        entry = self._sessions.get(target.name)
-        if entry is not None and entry[0] == target:
-            return entry[1]
-        # An IP-literal host never reaches the resolver: check it once, before the first connection.
-        check_literal(target.url.host or "", target.allow_private, self.own)
-        connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(target.allow_private, self.own),
-            use_dns_cache=False,  # resolve (and check) on every new connection: no stale rebinding window
-            ssl=_ssl_for(target),
-            limit=1024,
-            limit_per_host=0,
-            keepalive_timeout=30,
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            # connect bounds TCP+TLS; sock_read bounds every wait for bytes (the head included).
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=target.connect_timeout,
-                sock_connect=target.connect_timeout,
-                sock_read=target.total_timeout,
-            ),
-        )
-        self._sessions[target.name] = (target, session)
-        return session
 
     async def handle(self, stream: Stream) -> None:
         """Relay one request; every failure becomes a RESET with a stable code."""
@@ -240,6 +212,9 @@ class Relay:
                 "stream %d: %s %s on %s: filtered: %s", stream.id, head.method, head.path, head.target, exc
             )
             stream.reset(p.ErrorCode.FILTERED, exc.reason)
+        except RequestFramingError as exc:
+            log.info("stream %d: target %s: bad request framing: %s", stream.id, head.target, exc.message)
+            stream.reset(p.ErrorCode.BAD_REQUEST, exc.message)
         except AddressForbidden as exc:
             log.warning("stream %d: target %s: %s", stream.id, head.target, exc.message)
             stream.reset(p.ErrorCode.ADDRESS_FORBIDDEN, exc.message)
@@ -265,7 +240,9 @@ class Relay:
         if target is None:
             stream.reset(p.ErrorCode.TARGET_UNKNOWN, f"no target named {head.target!r}")
             return
-        req_headers = strip_hop_headers(head.headers)
+        # The plane's framing is checked before anything else; the gateway writes its own.
+        length = declared_length(head.headers, stream.has_body)
+        req_headers = forwardable(head.headers)
         try:
             url = target_url(target, head.path)
         except ValueError as exc:
@@ -273,43 +250,23 @@ class Relay:
             return
         # Filtered kinds may inspect the request body (SOAP operations): buffer it, bounded.
         # has_body, not rx_fin: a body that arrived with its OPEN has ended but is still unread.
-        body_bytes: bytes | None = None
+        buffered: bytes | None = None
         if stream.has_body and target.kind != "http":
-            body_bytes = await _read_bounded(stream, MAX_REQUEST_BODY_BYTES)
-        freq = FilterRequest(head.method, head.path, CIMultiDict(req_headers), body_bytes)
+            buffered = await _read_bounded(stream, length, MAX_REQUEST_BODY_BYTES)
+        freq = FilterRequest(head.method, head.path, CIMultiDict(req_headers), buffered)
         rule = self.filter.check(target, freq)
-        body: bytes | AsyncIterator[bytes] | None = body_bytes
+        body: bytes | StreamedBody | None = buffered
         if body is None and stream.has_body:
-            body = _request_body(stream)
-        if target.url.scheme == "http":
-            # Plain HTTP takes the lean keep-alive client; TLS targets keep aiohttp's TLS trust handling.
-            pool = self._pool(target)
-            async with asyncio.timeout(target.total_timeout):
-                lean = await pool.request(head.method, url.raw_path_qs, req_headers, body)
-            try:
-                await self._respond(
-                    stream, target, rule, freq, lean.status, lean.headers, lean.content_length, lean.read
-                )
-            finally:
-                lean.close()
-            return
-        session = self._session(target)
+            body = StreamedBody(_exact_body(stream, length), length)
+        pool = self._pool(target)
         async with asyncio.timeout(target.total_timeout):
-            resp_cm = session.request(head.method, url, headers=req_headers, data=body, allow_redirects=False)
-            resp = await resp_cm.__aenter__()
+            resp = await pool.request(head.method, url.raw_path_qs, req_headers, body)
         try:
             await self._respond(
-                stream,
-                target,
-                rule,
-                freq,
-                resp.status,
-                resp.headers.items(),
-                resp.content_length,
-                resp.content.readany,
+                stream, target, rule, freq, resp.status, resp.headers, resp.content_length, resp.read
             )
         finally:
-            await resp_cm.__aexit__(None, None, None)
+            resp.close()
 
     async def _respond(
         self,
@@ -350,19 +307,45 @@ class Relay:
             await stream.write(allowed.body, fin=True)
 
 
-async def _read_bounded(stream: Stream, limit: int) -> bytes:
+async def _read_bounded(stream: Stream, length: int | None, limit: int) -> bytes:
+    """The whole request body, at most `limit` bytes, exactly `length` when one was declared."""
+    bound = limit if length is None else min(length, limit)
     parts, size = [], 0
     while chunk := await stream.read():
         size += len(chunk)
-        if size > limit:
+        if length is not None and size > length:
+            raise RequestFramingError(f"request body longer than its Content-Length {length}")
+        if size > bound:
             raise _Denied(f"request body exceeds the {limit}-byte inspection bound")
         parts.append(chunk)
+    if length is not None and size != length:
+        raise RequestFramingError(f"request body of {size} bytes, Content-Length {length}")
     return b"".join(parts)
 
 
-async def _request_body(stream: Stream) -> AsyncIterator[bytes]:
+async def _exact_body(stream: Stream, length: int | None) -> AsyncIterator[bytes]:
+    """The plane's body as it arrives; with a declared length, exactly that many bytes.
+
+    The piece that completes the declared length is held back until the plane's FIN: if more
+    bytes come instead, the target has an incomplete request (and the connection is dropped), so
+    a mismatched request never runs."""
+    if length is None:
+        while chunk := await stream.read():
+            yield chunk
+        return
+    size = 0
     while chunk := await stream.read():
+        size += len(chunk)
+        if size > length:
+            raise RequestFramingError(f"request body longer than its Content-Length {length}")
+        if size == length:
+            if await stream.read():
+                raise RequestFramingError(f"request body longer than its Content-Length {length}")
+            yield chunk
+            return
         yield chunk
+    if size != length:
+        raise RequestFramingError(f"request body of {size} bytes, Content-Length {length}")
 
 
 def classify_target_error(exc: BaseException) -> tuple[p.ErrorCode, str]:
@@ -370,13 +353,11 @@ def classify_target_error(exc: BaseException) -> tuple[p.ErrorCode, str]:
     text = str(exc) or type(exc).__name__
     if isinstance(exc, AddressForbidden):
         return p.ErrorCode.ADDRESS_FORBIDDEN, exc.message
-    if isinstance(exc, aiohttp.ServerFingerprintMismatch):
-        return p.ErrorCode.TLS_VERIFY_FAILED, "certificate fingerprint does not match the pin"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return p.ErrorCode.TLS_VERIFY_FAILED, str(exc.certificate_error)
-    if isinstance(exc, aiohttp.ClientSSLError):
+    if isinstance(exc, RequestFramingError):
+        return p.ErrorCode.BAD_REQUEST, exc.message
+    if isinstance(exc, TLSVerifyError | ssl.SSLError):
         return p.ErrorCode.TLS_VERIFY_FAILED, text
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, TimeoutError):
         return p.ErrorCode.TARGET_TIMEOUT, "timed out"
     if isinstance(exc, ConnectError):
         return p.ErrorCode.TARGET_REFUSED, text
@@ -384,10 +365,6 @@ def classify_target_error(exc: BaseException) -> tuple[p.ErrorCode, str]:
         return p.ErrorCode.TARGET_REFUSED, f"cannot resolve: {text}"
     if isinstance(exc, HTTPError):
         return p.ErrorCode.TARGET_ERROR, text
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return p.ErrorCode.TARGET_REFUSED, f"cannot resolve: {text}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return p.ErrorCode.TARGET_REFUSED, text
-    if isinstance(exc, aiohttp.ClientError | ConnectionError | OSError):
+    if isinstance(exc, ConnectionError | OSError):
         return p.ErrorCode.TARGET_ERROR, text
     return p.ErrorCode.INTERNAL, type(exc).__name__

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -243,19 +244,27 @@ class RecordingTarget:
     """A raw HTTP/1.1 target on 127.0.0.1: every byte per connection, every request it parsed."""
 
     respond: Responder = echo
+    ssl_context: ssl.SSLContext | None = None
     port: int = 0
     connections: list[bytearray] = field(default_factory=list)
     requests: list[TargetRequest] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     leftovers: list[bytes] = field(default_factory=list)
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def received(self) -> bytes:
+        """Every byte of every connection, in order."""
+        return b"".join(bytes(c) for c in self.connections)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raw = bytearray()
         self.connections.append(raw)
+        self._writers.add(writer)
         buf = b""
         try:
             while True:
@@ -277,18 +286,26 @@ class RecordingTarget:
                     self.requests.append(req)
                     writer.write(self.respond(req))
                     await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
+        except (ConnectionError, ssl.SSLError, asyncio.CancelledError):
             pass
         finally:
             if buf:
                 self.leftovers.append(buf)
             writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            self._writers.discard(writer)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[RecordingTarget]:
         """Listen on a free loopback port while the context is open."""
-        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context)
         self.port = server.sockets[0].getsockname()[1]
         async with server:
-            yield self
-            server.close()
+            try:
+                yield self
+            finally:
+                server.close()
+                for writer in list(self._writers):
+                    writer.close()
+                await asyncio.sleep(0.01)
