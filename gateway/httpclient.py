@@ -1,10 +1,15 @@
 """A lean HTTP/1.1 keep-alive client for every target, plain HTTP and TLS (the relay's hot path).
 
-aiohttp's ClientSession costs about as much CPU per request as the rest of the gateway, and it
-sends whatever body bytes it is given; this client does only what the relay needs and owns the
-framing of every request: one pool of idle connections per target, connected to addresses the
-SSRF guard has checked (TLS verified by the target's trust rules), exactly the declared number
-of body bytes, no redirects, no cookies, no decompression. A connection that saw any error is
+aiohttp's ClientSession costs about as much CPU per request as the rest of the gateway, sends
+whatever body bytes it is given, and parses responses leniently; this client does only what the
+relay needs and owns the framing of every request: one pool of idle connections per target,
+connected to addresses the SSRF guard has checked (TLS verified by the target's trust rules),
+exactly the declared number of body bytes, no redirects, no cookies, no decompression.
+
+Each connection's exchange is tracked by h11 (python-hyper's HTTP/1.1 state machine, Debian's
+python3-h11), which frames what we send and parses what the target answers. h11 accepts a few
+things on purpose that a second parser could read differently; `check_head` refuses those
+before h11 sees the head (see docs/protocol.md 5.2.1). A connection that saw any error is
 closed, never pooled.
 """
 
@@ -13,26 +18,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
+import h11
+
 from gateway.framing import RequestFramingError
 from gateway.ssrf import GuardedResolver
 
-MAX_HEAD = 1024 * 1024
+MAX_HEAD = 256 * 1024
 READ_CHUNK = 256 * 1024
-_NO_BODY_STATUS = frozenset({204, 304})
+_READ_HIGH = 2 * READ_CHUNK  # pause the socket while this much is buffered and unread
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Fields the client writes itself; never taken from the caller's headers.
 _OWN_FIELDS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "expect", "te", "upgrade"}
 )
+# h11 ends a head at a blank line with or without CR; so do we, to check that head first.
+_HEAD_END = re.compile(rb"\n\r?\n")
+_LENGTH_FIELD = re.compile(rb"\ncontent-length:([^\n]*)")
+_DIGITS = re.compile(rb"[ \t]*[0-9]{1,18}[ \t]*\r")
 
 
 class HTTPError(Exception):
-    """The target broke the exchange (bad HTTP, closed mid-response)."""
+    """The target broke the exchange (bad or ambiguous HTTP, closed mid-response)."""
 
 
 class ConnectError(OSError):
@@ -57,156 +69,180 @@ class TargetTLS:
 class StreamedBody:
     """A request body the relay streams: exactly `length` bytes, or chunked when length is None.
 
-    The iterator raises RequestFramingError when the plane's body does not match; the client also
-    counts and refuses to write a byte past `length`."""
+    The iterator raises RequestFramingError when the plane's body does not match; h11 also
+    counts and refuses to frame a byte past `length`."""
 
     chunks: AsyncIterator[bytes]
     length: int | None
 
 
-class _Conn:
-    __slots__ = ("failed", "idle_since", "reader", "writer")
+def check_head(head: bytes) -> None:
+    """Refuse a response head (status line to blank line) that h11 would accept but that is not
+    strict HTTP/1.1: bare LF or lone CR, obs-fold, a Content-Length that is repeated, a list, or
+    not plain digits. (h11 itself refuses the rest: bad tokens, CR/LF/NUL in values, conflicting
+    lengths, unknown or repeated transfer codings, bad chunk lines.)"""
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
+        raise HTTPError("bare LF or CR in the response head")
+    if b"\n " in head or b"\n\t" in head:
+        raise HTTPError("obsolete line folding in the response head")
+    lengths = _LENGTH_FIELD.findall(head.lower())
+    if len(lengths) > 1:
+        raise HTTPError("more than one Content-Length in the response")
+    if lengths and _DIGITS.fullmatch(lengths[0]) is None:
+        raise HTTPError(f"invalid Content-Length {lengths[0][:30]!r} in the response")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+
+class _Conn(asyncio.Protocol):
+    """One target connection: our own buffer (so nothing hides in a library's), h11 on top."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.buffer = bytearray()
+        self.eof = False
         self.idle_since = 0.0
         self.failed = False  # saw an error of any kind: closed, and never pooled again
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._read_paused = False
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= _READ_HIGH and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("connection lost"))
+            self._drain.exception()
+
+    def pause_writing(self) -> None:
+        self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- used by the client ------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """Open, not failed, and nothing unsolicited waiting in the buffer."""
+        t = self.transport
+        return not (self.failed or self.eof or self.buffer or t is None or t.is_closing())
+
+    async def receive(self, timeout: float | None) -> bytes:
+        """What the target sent since the last call (at most READ_CHUNK); b"" at EOF."""
+        if not self.buffer and not self.eof:
+            self._waiter = asyncio.get_running_loop().create_future()
+            async with asyncio.timeout(timeout):
+                await self._waiter
+        buf = self.buffer
+        if len(buf) <= READ_CHUNK:
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:READ_CHUNK])
+            del buf[:READ_CHUNK]
+        if self._read_paused and len(buf) < READ_CHUNK and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def send(self, event: h11.Event) -> None:
+        """Frame `event` with h11 and write it (h11 refuses a body that breaks the framing)."""
+        assert self.transport is not None
+        data = self.h11.send(event)
+        if data:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the socket's write buffer is full."""
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        if self._drain is not None:
+            await self._drain
 
     def close(self) -> None:
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
 
     def fail(self) -> None:
         self.failed = True
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class Response:
     """A response head plus its body, read with read() until b""; close() when done."""
 
-    __slots__ = (
-        "_chunk_left",
-        "_conn",
-        "_left",
-        "_mode",
-        "_pool",
-        "_reusable",
-        "content_length",
-        "headers",
-        "status",
-    )
+    __slots__ = ("_conn", "_pool", "content_length", "headers", "status")
 
-    def __init__(
-        self,
-        pool: HostPool,
-        conn: _Conn,
-        status: int,
-        headers: list[tuple[str, str]],
-        method: str,
-        reusable: bool,
-    ) -> None:
+    def __init__(self, pool: HostPool, conn: _Conn, event: h11.Response, method: str) -> None:
         self._pool = pool
         self._conn: _Conn | None = conn
-        self.status = status
-        self.headers = headers
-        self._reusable = reusable
+        self.status = event.status_code
+        # Header values are opaque bytes on the wire; keep them byte-exact (surrogate-escape, like the plane).
+        self.headers = [
+            (k.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for k, v in event.headers.raw_items()
+        ]
         self.content_length: int | None = None
-        self._left = 0
-        self._chunk_left = 0
-        te = cl = None
-        for k, v in headers:
-            lk = k.lower()
-            if lk == "transfer-encoding":
-                te = v.lower()
-            elif lk == "content-length":
-                cl = v
-        if method == "HEAD" or status in _NO_BODY_STATUS or status < 200:
-            self._mode = "none"
-        elif te is not None and "chunked" in te:
-            self._mode = "chunked"
-        elif cl is not None:
-            try:
-                self._left = int(cl)
-            except ValueError:
-                raise HTTPError(f"bad Content-Length {cl[:40]!r}") from None
-            if self._left < 0:
-                raise HTTPError(f"bad Content-Length {cl[:40]!r}")
-            self.content_length = self._left
-            self._mode = "fixed"
-        else:
-            self._mode = "close"
-            self._reusable = False
-        if self._mode == "none" or (self._mode == "fixed" and self._left == 0):
-            self._done()
-
-    def _done(self) -> None:
-        conn, self._conn = self._conn, None
-        self._mode = "done"
-        if conn is not None:
-            if self._reusable:
-                self._pool._release(conn)
-            else:
-                conn.close()
+        if method != "HEAD" and self.status not in (204, 304):
+            for k, v in event.headers:
+                if k == b"content-length":
+                    self.content_length = int(v)
 
     async def read(self) -> bytes:
         """The next piece of the body; b"" at its end; HTTPError if the target broke it."""
         conn = self._conn
         if conn is None:
             return b""
-        reader = conn.reader
-        # Bytes already buffered need no timer: asyncio.timeout costs ~15% of a small request's CPU.
-        timeout = None if getattr(reader, "_buffer", None) else self._pool.read_timeout
         try:
-            async with asyncio.timeout(timeout):
-                if self._mode == "fixed":
-                    data = await reader.read(min(self._left, READ_CHUNK))
-                    if not data:
-                        raise HTTPError(f"connection closed with {self._left} body bytes missing")
-                    self._left -= len(data)
-                    if self._left == 0:
-                        self._done()
-                    return data
-                if self._mode == "close":
-                    data = await reader.read(READ_CHUNK)
-                    if not data:
-                        self._done()
-                    return data
-                return await self._read_chunked(reader)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as exc:
+            while True:
+                event = conn.h11.next_event()
+                if event is h11.NEED_DATA:
+                    # Bytes already buffered need no timer: asyncio.timeout costs ~15% of a small request.
+                    timeout = None if conn.buffer else self._pool.read_timeout
+                    conn.h11.receive_data(await conn.receive(timeout))
+                elif type(event) is h11.Data:
+                    return bytes(event.data)
+                elif type(event) is h11.EndOfMessage:
+                    self._conn = None
+                    self._pool._finished(conn, trailers=bool(event.headers))
+                    return b""
+                else:  # ConnectionClosed, or PAUSED: neither may come before the end of a body
+                    raise HTTPError(f"unexpected {type(event).__name__} inside the response body")
+        except h11.RemoteProtocolError as exc:
             self._fail()
-            raise HTTPError(f"target broke the response: {exc or type(exc).__name__}") from None
+            raise HTTPError(f"target broke the response: {exc}") from None
         except BaseException:
             self._fail()
             raise
 
-    async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
-        if self._chunk_left == 0:
-            line = await reader.readuntil(b"\r\n")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise HTTPError(f"bad chunk size line {line[:40]!r}") from None
-            if size < 0:
-                raise HTTPError("negative chunk size")
-            if size == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass  # trailers are dropped, like every hop-by-hop field
-                self._done()
-                return b""
-            self._chunk_left = size
-        data = await reader.read(min(self._chunk_left, READ_CHUNK))
-        if not data:
-            raise HTTPError("connection closed inside a chunk")
-        self._chunk_left -= len(data)
-        if self._chunk_left == 0 and await reader.readexactly(2) != b"\r\n":
-            raise HTTPError("chunk not followed by CRLF")
-        return data
-
     def close(self) -> None:
-        """Give the connection back if the body was read to its end, else drop it."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        """Drop the connection unless the body was read to its end (then it is pooled already)."""
+        self._fail()
 
     def _fail(self) -> None:
         conn, self._conn = self._conn, None
@@ -231,30 +267,37 @@ class HostPool:
         max_idle: int = 256,
     ) -> None:
         self.host = host
-        self.tls = tls
         self.port = port
         self.resolver = resolver
-        self.host_header = host_header
+        self.host_header = host_header.encode("ascii")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.tls = tls
         self.keepalive = keepalive
         self.max_idle = max_idle
         self._idle: list[_Conn] = []
         self._closed = False
 
+    @property
+    def idle(self) -> tuple[_Conn, ...]:
+        """The connections waiting in the pool (for health checks and tests)."""
+        return tuple(self._idle)
+
     async def _connect(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        tls = self.tls
+        last: Exception | None = None
         async with asyncio.timeout(self.connect_timeout):
             # Resolved (and checked) on every new connection: no stale DNS-rebinding window.
             addrs = await self.resolver.resolve(self.host, self.port, family=0)  # type: ignore[arg-type]
-            last: Exception | None = None
             for info in addrs:
-                tls = self.tls
+                conn = _Conn()
                 try:
-                    reader, writer = await asyncio.open_connection(
+                    await loop.create_connection(
+                        lambda conn=conn: conn,
                         info["host"],
                         info["port"],
                         family=info["family"],
-                        limit=MAX_HEAD,
                         ssl=tls.context if tls else None,
                         server_hostname=tls.server_hostname if tls else None,
                     )
@@ -264,9 +307,9 @@ class HostPool:
                 except OSError as exc:
                     last = exc
                     continue
-                conn = _Conn(reader, writer)
                 if tls is not None and tls.pin is not None:
-                    ssl_object = writer.get_extra_info("ssl_object")
+                    assert conn.transport is not None
+                    ssl_object = conn.transport.get_extra_info("ssl_object")
                     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
                     if der is None or hashlib.sha256(der).digest() != tls.pin:
                         conn.fail()
@@ -279,32 +322,29 @@ class HostPool:
         idle = self._idle
         while idle:
             conn = idle.pop()
-            if (
-                now - conn.idle_since < self.keepalive
-                and not conn.reader.at_eof()
-                and not conn.writer.is_closing()
-            ):
+            if now - conn.idle_since < self.keepalive and conn.usable:
                 return conn
-            conn.close()
+            conn.fail()
         return None
 
-    def _release(self, conn: _Conn) -> None:
+    def _finished(self, conn: _Conn, trailers: bool) -> None:
+        """A response was read to its end: pool the connection only if the exchange was clean."""
+        h = conn.h11
+        leftover, _closed = h.trailing_data
         if (
-            conn.failed
-            or self._closed
+            self._closed
+            or trailers  # h11 reads trailers leniently (folding, bare LF): we do not reuse after them
+            or leftover  # bytes past the response: never read them as the next one
+            or h.our_state is not h11.DONE
+            or h.their_state is not h11.DONE
+            or not conn.usable
             or len(self._idle) >= self.max_idle
-            or conn.reader.at_eof()
-            or conn.writer.is_closing()
         ):
-            conn.close()
+            conn.fail()
             return
+        h.start_next_cycle()
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
-
-    @property
-    def idle(self) -> tuple[_Conn, ...]:
-        """The connections waiting in the pool (for health checks and tests)."""
-        return tuple(self._idle)
 
     async def request(
         self,
@@ -317,7 +357,7 @@ class HostPool:
 
         The client writes Host and the framing itself (Content-Length, or chunked for a streamed
         body of no declared length) and skips such fields in `headers`."""
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
+        fields: list[tuple[bytes, bytes]] = [(b"Host", self.host_header)]
         has_accept = False
         for k, v in headers:
             lk = k.lower()
@@ -325,61 +365,61 @@ class HostPool:
                 continue
             if lk == "accept":
                 has_accept = True
-            lines.append(f"{k}: {v}\r\n")
+            fields.append((k.encode("ascii"), v.encode("utf-8", "surrogateescape")))
         if not has_accept:
-            lines.append("Accept: */*\r\n")
+            fields.append((b"Accept", b"*/*"))
         streamed = body if isinstance(body, StreamedBody) else None
         if isinstance(body, bytes):
-            lines.append(f"Content-Length: {len(body)}\r\n")
+            fields.append((b"Content-Length", b"%d" % len(body)))
         elif streamed is not None:
             length = streamed.length
-            lines.append(
-                f"Content-Length: {length}\r\n" if length is not None else "Transfer-Encoding: chunked\r\n"
+            fields.append(
+                (b"Content-Length", b"%d" % length)
+                if length is not None
+                else (b"Transfer-Encoding", b"chunked")
             )
         elif method in _BODY_METHODS:
-            lines.append("Content-Length: 0\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("utf-8", "surrogateescape")
-        if isinstance(body, bytes) and body:
-            head += body
+            fields.append((b"Content-Length", b"0"))
+        try:
+            event = h11.Request(method=method.encode("ascii"), target=target.encode("ascii"), headers=fields)
+        except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
+            raise RequestFramingError(f"request head cannot be sent: {exc}") from None
         conn = self._get_idle()
         if conn is not None and streamed is None:
             try:
-                return await self._exchange(conn, method, head, None)
+                return await self._exchange(conn, method, event, body)
             except _Stale:
                 pass  # the target closed an idle connection: a replayable request may go again
         elif conn is not None:
             self._idle.append(conn)  # a streamed body cannot be replayed: use a fresh connection
         conn = await self._connect()
         try:
-            return await self._exchange(conn, method, head, streamed)
+            return await self._exchange(conn, method, event, body)
         except _Stale as exc:
             raise HTTPError(str(exc)) from None
 
-    async def _exchange(self, conn: _Conn, method: str, head: bytes, body: StreamedBody | None) -> Response:
-        reader, writer = conn.reader, conn.writer
+    async def _exchange(
+        self, conn: _Conn, method: str, event: h11.Request, body: bytes | StreamedBody | None
+    ) -> Response:
         try:
-            writer.write(head)
-            if body is not None:
-                await _write_body(writer, body)
+            conn.send(event)
+            if isinstance(body, bytes):
+                if body:
+                    conn.send(h11.Data(data=body))
+            elif body is not None:
+                await _send_body(conn, body)
+            conn.send(h11.EndOfMessage())
             # The caller bounds the wait for the head (the target's total timeout); no second timer.
-            while True:
-                try:
-                    raw = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError as exc:
-                    if not exc.partial:
-                        raise _Stale("connection closed before the response") from None
-                    raise HTTPError("connection closed inside the response head") from None
-                status, headers, reusable = _parse_head(raw)
-                if 100 <= status < 200 and status != 101:
-                    continue  # interim responses (100 Continue): the real one follows
-                return Response(self, conn, status, headers, method, reusable)
+            return Response(self, conn, await _read_head(conn), method)
+        except h11.LocalProtocolError as exc:
+            conn.fail()
+            raise RequestFramingError(f"request body does not match its framing: {exc}") from None
+        except h11.RemoteProtocolError as exc:
+            conn.fail()
+            raise HTTPError(f"target broke the response: {exc}") from None
         except ConnectionError as exc:
             conn.fail()
             raise _Stale(f"connection lost: {exc}") from None
-        except asyncio.LimitOverrunError:
-            conn.fail()
-            raise HTTPError(f"response head over {MAX_HEAD} bytes") from None
         except BaseException:
             conn.fail()
             raise
@@ -394,7 +434,7 @@ class HostPool:
             await self.resolver.close()
 
 
-async def _write_body(writer: asyncio.StreamWriter, body: StreamedBody) -> None:
+async def _send_body(conn: _Conn, body: StreamedBody) -> None:
     """Exactly `body.length` bytes, or chunked framing of our own; never a byte past the length."""
     length = body.length
     sent = 0
@@ -402,44 +442,53 @@ async def _write_body(writer: asyncio.StreamWriter, body: StreamedBody) -> None:
         if not chunk:
             continue
         sent += len(chunk)
-        if length is None:
-            writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        elif sent > length:
+        if length is not None and sent > length:
             raise RequestFramingError(f"request body longer than its Content-Length {length}")
-        else:
-            writer.write(chunk)
-        await writer.drain()
-    if length is None:
-        writer.write(b"0\r\n\r\n")
-    elif sent != length:
+        conn.send(h11.Data(data=chunk))
+        await conn.drain()
+    if length is not None and sent != length:
         raise RequestFramingError(f"request body of {sent} bytes, Content-Length {length}")
+
+
+async def _read_head(conn: _Conn) -> h11.Response:
+    """The final response head (interim 1xx skipped), each head checked by check_head first."""
+    pending = bytearray()
+    got_any = False
+    while True:
+        end = _HEAD_END.search(pending)
+        if end is None:
+            if len(pending) > MAX_HEAD:
+                raise HTTPError(f"response head over {MAX_HEAD} bytes")
+            data = await conn.receive(None)
+            if not data:
+                if not got_any:
+                    raise _Stale("connection closed before the response")
+                raise HTTPError("connection closed inside the response head")
+            got_any = True
+            pending += data
+            continue
+        head = bytes(pending[: end.end()])
+        del pending[: end.end()]
+        check_head(head)
+        conn.h11.receive_data(head)
+        try:
+            # A 101 is refused here too: the gateway never proposes an upgrade.
+            event = conn.h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise HTTPError(f"target broke the response: {exc}") from None
+        if type(event) is h11.InformationalResponse:
+            continue  # 100 Continue and friends: the real response follows
+        if type(event) is not h11.Response:
+            raise HTTPError(f"unparsable response head ({type(event).__name__})")
+        if event.http_version not in (b"1.1", b"1.0"):
+            raise HTTPError(f"HTTP version {event.http_version[:10]!r} in the response")
+        names = [k for k, _v in event.headers]
+        if b"content-length" in names and b"transfer-encoding" in names:
+            raise HTTPError("both Content-Length and Transfer-Encoding in the response")
+        if pending:
+            conn.h11.receive_data(bytes(pending))
+        return event
 
 
 class _Stale(HTTPError):
     """The connection died before any response byte (a reused idle connection may be retried)."""
-
-
-def _parse_head(raw: bytes) -> tuple[int, list[tuple[str, str]], bool]:
-    text = raw.decode("latin-1")
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or len(parts[1]) != 3 or not parts[1].isdigit():
-        raise HTTPError(f"bad status line {lines[0][:60]!r}")
-    status = int(parts[1])
-    http10 = parts[0] == "HTTP/1.0"
-    headers: list[tuple[str, str]] = []
-    conn_tokens = ""
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise HTTPError(f"bad header line {line[:60]!r}")
-        value = value.strip(" \t")
-        if name.lower() == "connection":
-            conn_tokens += "," + value.lower()
-        # Header values are opaque bytes on the wire; keep them byte-exact (surrogate-escape, like the plane).
-        headers.append((name, value.encode("latin-1").decode("utf-8", "surrogateescape")))
-    tokens = {t.strip() for t in conn_tokens.split(",")}
-    reusable = "keep-alive" in tokens if http10 else "close" not in tokens
-    return status, headers, reusable

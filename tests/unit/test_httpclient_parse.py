@@ -1,26 +1,37 @@
-"""The lean target client's pure parts: response-head parsing and body framing (no sockets)."""
+"""The lean target client's parsing, without sockets: the strict head check and h11's body framing."""
 
 from __future__ import annotations
 
-import asyncio
-
+import h11
 import pytest
 
-from gateway.httpclient import HostPool, HTTPError, Response, _Conn, _parse_head
+from gateway.httpclient import HostPool, HTTPError, Response, _Conn, _read_head, check_head
 from gateway.ssrf import GuardedResolver
 
 
-class _Writer:
-    """Just enough of a StreamWriter for a connection nobody writes to."""
+class _Transport:
+    """Just enough of an asyncio transport for a connection fed by hand."""
 
     def __init__(self) -> None:
         self.closed = False
+        self.written = b""
+
+    def write(self, data: bytes) -> None:
+        self.written += data
 
     def close(self) -> None:
         self.closed = True
 
+    abort = close
+
     def is_closing(self) -> bool:
         return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
 
 def _pool() -> HostPool:
@@ -29,17 +40,15 @@ def _pool() -> HostPool:
     )
 
 
-def _response(raw: bytes, method: str = "GET", eof: bool = True) -> tuple[HostPool, Response, _Writer]:
-    reader = asyncio.StreamReader()
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    reader.feed_data(rest)
+async def _response(raw: bytes, method: str = "GET", eof: bool = True) -> tuple[HostPool, Response, _Conn]:
+    pool, conn = _pool(), _Conn()
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    conn.send(h11.Request(method=method, target="/", headers=[("Host", "t")]))
+    conn.send(h11.EndOfMessage())
+    conn.data_received(raw)
     if eof:
-        reader.feed_eof()
-    writer = _Writer()
-    pool = _pool()
-    status, headers, reusable = _parse_head(head + b"\r\n\r\n")
-    conn = _Conn(reader, writer)  # type: ignore[arg-type]
-    return pool, Response(pool, conn, status, headers, method, reusable), writer
+        conn.eof_received()
+    return pool, Response(pool, conn, await _read_head(conn), method), conn
 
 
 async def _body(resp: Response) -> bytes:
@@ -49,70 +58,103 @@ async def _body(resp: Response) -> bytes:
     return b"".join(parts)
 
 
-def test_parse_head_status_headers_and_keepalive() -> None:
-    status, headers, reusable = _parse_head(
-        b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nX-A:  b \r\n\r\n"
-    )
-    assert status == 302
-    assert headers == [("Location", "http://169.254.169.254/"), ("X-A", "b")]
-    assert reusable
-    assert not _parse_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")[2]
-    assert not _parse_head(b"HTTP/1.0 200 OK\r\n\r\n")[2]
-    assert _parse_head(b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n\r\n")[2]
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length:  5 \r\nX-A: b\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.0 204 No Content\r\n\r\n",
+    ],
+)
+def test_check_head_accepts_strict_heads(head: bytes) -> None:
+    check_head(head)
 
 
 @pytest.mark.parametrize(
-    "raw", [b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 20 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"]
+    "head",
+    [
+        b"HTTP/1.1 200 OK\nContent-Length: 5\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\r\n\tb\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1_0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 19 + b"\r\n\r\n",
+    ],
 )
-def test_parse_head_refuses_bad_heads(raw: bytes) -> None:
+def test_check_head_refuses_what_a_second_parser_could_read_differently(head: bytes) -> None:
     with pytest.raises(HTTPError):
-        _parse_head(raw)
+        check_head(head)
 
 
-async def test_fixed_length_body_returns_the_connection_to_the_pool() -> None:
-    pool, resp, writer = _response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", eof=False)
-    assert resp.content_length == 5
+async def test_status_headers_and_a_fixed_length_body_that_returns_the_connection() -> None:
+    raw = b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 5\r\n\r\nhello"
+    pool, resp, conn = await _response(raw, eof=False)
+    assert resp.status == 302 and resp.content_length == 5
+    assert ("Location", "http://169.254.169.254/") in resp.headers
     assert await _body(resp) == b"hello"
-    assert not writer.closed
-    assert len(pool._idle) == 1
+    assert pool.idle == (conn,) and not conn.failed
 
 
 async def test_short_fixed_length_body_is_an_error_not_a_clean_end() -> None:
-    _pool_, resp, writer = _response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+    pool, resp, conn = await _response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
     assert await resp.read() == b"hello"
-    with pytest.raises(HTTPError, match="missing"):
+    with pytest.raises(HTTPError):
         await resp.read()
-    assert writer.closed
+    assert conn.failed and not pool.idle
 
 
-async def test_chunked_body_with_extensions_and_trailers() -> None:
-    raw = (
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n1\r\n!\r\n0\r\nT: 1\r\n\r\n"
-    )
-    pool, resp, writer = _response(raw, eof=False)
+async def test_chunked_body_with_extensions_and_no_trailers_is_reused() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n1\r\n!\r\n0\r\n\r\n"
+    pool, resp, conn = await _response(raw, eof=False)
     assert resp.content_length is None
     assert await _body(resp) == b"hello!"
-    assert len(pool._idle) == 1 and not writer.closed
+    assert pool.idle == (conn,)
+
+
+async def test_trailers_or_bytes_after_the_response_end_the_connection() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n!\r\n0\r\nT: 1\r\n\r\n"
+    pool, resp, conn = await _response(raw, eof=False)
+    assert await _body(resp) == b"!"
+    assert conn.failed and not pool.idle
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n!HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n?"
+    pool, resp, conn = await _response(raw, eof=False)
+    assert await _body(resp) == b"!"
+    assert conn.failed and not pool.idle
 
 
 async def test_truncated_chunked_body_is_an_error() -> None:
-    _pool_, resp, writer = _response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+    _pool_, resp, conn = await _response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
     with pytest.raises(HTTPError):
         await _body(resp)
-    assert writer.closed
+    assert conn.failed
 
 
 async def test_close_delimited_body_and_head_requests() -> None:
-    pool, resp, writer = _response(b"HTTP/1.1 200 OK\r\n\r\nuntil close")
+    pool, resp, conn = await _response(b"HTTP/1.1 200 OK\r\n\r\nuntil close")
     assert await _body(resp) == b"until close"
-    assert writer.closed and not pool._idle
-    pool, resp, writer = _response(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", method="HEAD", eof=False)
+    assert not pool.idle
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"
+    pool, resp, conn = await _response(raw, method="HEAD", eof=False)
+    assert resp.content_length is None  # the entity's length, not a body's
     assert await resp.read() == b""
-    assert len(pool._idle) == 1
+    assert pool.idle == (conn,)
+
+
+async def test_interim_responses_are_skipped_and_101_is_refused() -> None:
+    raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    _pool_, resp, _conn = await _response(raw, eof=False)
+    assert resp.status == 200 and await _body(resp) == b"ok"
+    with pytest.raises(HTTPError, match="_SWITCH_UPGRADE"):
+        await _response(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
 
 
 async def test_closing_an_unfinished_response_drops_the_connection() -> None:
-    pool, resp, writer = _response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel", eof=False)
+    pool, resp, conn = await _response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel", eof=False)
     assert await resp.read() == b"hel"
     resp.close()
-    assert writer.closed and not pool._idle
+    assert conn.failed and not pool.idle
