@@ -39,6 +39,8 @@ class GatewayConfig:
     drain_timeout: float = 20.0
     status_file: Path = DEFAULT_STATUS_PATH
     status_interval: float = DEFAULT_STATUS_INTERVAL
+    # Bytes for buffered bodies across all streams; None: a quarter of the unit's memory limit.
+    buffer_budget_mib: int | None = None
 
 
 def _url(value: Any, key: str, schemes: tuple[str, ...]) -> URL:
@@ -94,6 +96,7 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "drain_timeout": _number(0, 600),
     "status_file": _path,
     "status_interval": _number(0.1, 300),
+    "buffer_budget_mib": _count,
 }
 
 

@@ -21,7 +21,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.policy import PolicySet, load_policies
 from gateway.proxy import redact
-from gateway.relay import Relay
+from gateway.relay import Relay, body_budget
 from gateway.ssrf import own_addresses
 from gateway.streams import until_either
 from gateway.targets import TargetSet, load_targets
@@ -200,7 +200,7 @@ class Daemon:
             )
             raise
         self.status.targets = len(targets.targets)
-        self.relay = Relay(targets, policies, own_addresses())
+        self.relay = Relay(targets, policies, own_addresses(), budget=body_budget(cfg.buffer_budget_mib))
         limits = p.Limits(
             max_streams=cfg.max_streams, heartbeat_ms=max(100, int(cfg.heartbeat_interval * 1000))
         )

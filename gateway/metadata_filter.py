@@ -60,7 +60,7 @@ class FilterResponse:
 
     status: int
     headers: Mapping[str, str]
-    body: bytes
+    body: bytes | bytearray  # the relay's one buffer, not copied to bytes
 
 
 @dataclass(frozen=True)

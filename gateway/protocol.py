@@ -63,6 +63,7 @@ class ErrorCode(StrEnum):
     ADDRESS_FORBIDDEN = "address-forbidden"
     BAD_REQUEST = "bad-request"
     HEARTBEAT_TIMEOUT = "heartbeat-timeout"
+    BUSY = "busy"
 
 
 CODE_NUMBERS: dict[ErrorCode, int] = {ErrorCode(code): number for number, code in enumerate(ErrorCode)}

@@ -7,16 +7,25 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from multidict import CIMultiDict
 from yarl import URL
 
 from gateway import protocol as p
+from gateway.budget import Budget, BudgetExhausted, Lease, cgroup_memory_limit, default_budget
 from gateway.filter_audit import log_decision
 from gateway.framing import RequestFramingError, declared_length, forwardable
-from gateway.httpclient import ConnectError, HostPool, HTTPError, StreamedBody, TargetTLS, TLSVerifyError
+from gateway.httpclient import (
+    ConnectError,
+    HostPool,
+    HTTPError,
+    Response,
+    StreamedBody,
+    TargetTLS,
+    TLSVerifyError,
+)
 from gateway.metadata_filter import (
     Allowed,
     Denied,
@@ -119,13 +128,26 @@ def _tls_for(target: Target) -> TargetTLS | None:
     return TargetTLS(ctx, host)
 
 
+def body_budget(override_mib: int | None = None) -> Budget:
+    """The budget for buffered bodies: `override_mib`, or a share of the unit's memory limit."""
+    if override_mib is not None:
+        return Budget(override_mib * 1024 * 1024)
+    return Budget(default_budget(cgroup_memory_limit()))
+
+
 class Relay:
     """Serves streams opened by the plane; keeps one connection pool per target."""
 
     def __init__(
-        self, targets: TargetSet, policies: PolicySet | None, own_addresses: Iterable[IPAddress] = ()
+        self,
+        targets: TargetSet,
+        policies: PolicySet | None,
+        own_addresses: Iterable[IPAddress] = (),
+        budget: Budget | None = None,
     ) -> None:
         self.targets = targets
+        # One budget for every body buffered, across all streams (gateway/budget.py).
+        self.budget = budget if budget is not None else body_budget()
         self.filter = PolicyFilter(policies)
         self.own = frozenset(own_addresses)
         self._pools: dict[str, tuple[Target, HostPool]] = {}
@@ -203,8 +225,14 @@ class Relay:
         """Relay one request; every failure becomes a RESET with a stable code."""
         head = stream.request
         assert head is not None
+        lease = self.budget.lease()
         try:
-            await self._relay(stream, head)
+            await self._relay(stream, head, lease)
+        except BudgetExhausted as exc:
+            log.warning(
+                "stream %d: %s %s on %s: busy: %s", stream.id, head.method, head.path, head.target, exc
+            )
+            stream.reset(p.ErrorCode.BUSY, exc.message)
         except StreamReset as exc:
             log.debug("stream %d: reset: %s", stream.id, exc)
         except _Denied as exc:
@@ -233,9 +261,10 @@ class Relay:
                 log.info("stream %d: target %s: %s: %s", stream.id, head.target, code, message)
             stream.reset(code, message)
         finally:
+            lease.release()  # on every path: success, denial, reset, cancellation
             self.handled += 1
 
-    async def _relay(self, stream: Stream, head: p.RequestHead) -> None:
+    async def _relay(self, stream: Stream, head: p.RequestHead, lease: Lease) -> None:
         target = self.targets.get(head.target)
         if target is None:
             stream.reset(p.ErrorCode.TARGET_UNKNOWN, f"no target named {head.target!r}")
@@ -252,7 +281,7 @@ class Relay:
         # has_body, not rx_fin: a body that arrived with its OPEN has ended but is still unread.
         buffered: bytes | None = None
         if stream.has_body and target.kind != "http":
-            buffered = await _read_bounded(stream, length, MAX_REQUEST_BODY_BYTES)
+            buffered = await _read_bounded(stream, length, MAX_REQUEST_BODY_BYTES, lease)
         freq = FilterRequest(head.method, head.path, CIMultiDict(req_headers), buffered)
         rule = self.filter.check(target, freq)
         body: bytes | StreamedBody | None = buffered
@@ -262,9 +291,7 @@ class Relay:
         async with asyncio.timeout(target.total_timeout):
             resp = await pool.request(head.method, url.raw_path_qs, req_headers, body)
         try:
-            await self._respond(
-                stream, target, rule, freq, resp.status, resp.headers, resp.content_length, resp.read
-            )
+            await self._respond(stream, target, rule, freq, resp, lease)
         finally:
             resp.close()
 
@@ -274,31 +301,40 @@ class Relay:
         target: Target,
         rule: Rule,
         freq: FilterRequest,
-        status: int,
-        resp_headers: Iterable[tuple[str, str]],
-        content_length: int | None,
-        read: Callable[[], Awaitable[bytes]],
+        resp: Response,
+        lease: Lease,
     ) -> None:
-        headers = strip_hop_headers(resp_headers)
+        headers = strip_hop_headers(resp.headers)
+        read = resp.read
         if rule.passthrough:
             headers.append((FILTER_HEADER, f"{rule.name}; removed=0"))
-            stream.send_head(p.ResponseHead(status, tuple(headers)))
+            stream.send_head(p.ResponseHead(resp.status, tuple(headers)))
             while chunk := await read():
                 await stream.write(chunk)
             stream.end()
             return
         limit = rule.max_body_bytes
+        content_length = resp.content_length
         if content_length is not None and content_length > limit:
             raise _Denied(f"response body of {content_length} bytes exceeds the {limit}-byte bound")
+        # A declared length is reserved before the first byte is read (busy at once, not halfway);
+        # otherwise the reservation grows with the body.
+        if content_length is not None:
+            lease.grow(content_length)
+        body = bytearray()  # one buffer: never a list of parts plus their join
         async with asyncio.timeout(target.total_timeout):
-            parts, size = [], 0
             while chunk := await read():
-                size += len(chunk)
-                if size > limit:
+                if len(body) + len(chunk) > limit:
                     raise _Denied(f"response body exceeds the {limit}-byte bound")
-                parts.append(chunk)
-        fresp = FilterResponse(status, CIMultiDict(headers), b"".join(parts))
-        allowed = self.filter.filter(target, freq, fresp)
+                if content_length is None:
+                    lease.grow(len(chunk))
+                body += chunk
+        allowed = self.filter.filter(target, freq, FilterResponse(resp.status, CIMultiDict(headers), body))
+        # The raw body goes now; what is still held until the plane has it is the filtered copy.
+        reserved_raw = len(body) if content_length is None else content_length
+        del body
+        lease.shrink(reserved_raw)
+        lease.grow(len(allowed.body))
         out = [(k, v) for k, v in allowed.headers.items() if k.lower() not in ("content-length", *HOP_BY_HOP)]
         out.append(("Content-Length", str(len(allowed.body))))
         out.append((FILTER_HEADER, f"{allowed.rule}; removed={allowed.removed}"))
@@ -307,20 +343,21 @@ class Relay:
             await stream.write(allowed.body, fin=True)
 
 
-async def _read_bounded(stream: Stream, length: int | None, limit: int) -> bytes:
-    """The whole request body, at most `limit` bytes, exactly `length` when one was declared."""
-    bound = limit if length is None else min(length, limit)
-    parts, size = [], 0
+async def _read_bounded(stream: Stream, length: int | None, limit: int, lease: Lease) -> bytes:
+    """The whole request body, at most `limit` bytes, exactly `length` when one was declared;
+    reserved in the body budget as it arrives (it is held until the response is filtered)."""
+    body = bytearray()
     while chunk := await stream.read():
-        size += len(chunk)
+        size = len(body) + len(chunk)
         if length is not None and size > length:
             raise RequestFramingError(f"request body longer than its Content-Length {length}")
-        if size > bound:
+        if size > limit:
             raise _Denied(f"request body exceeds the {limit}-byte inspection bound")
-        parts.append(chunk)
-    if length is not None and size != length:
-        raise RequestFramingError(f"request body of {size} bytes, Content-Length {length}")
-    return b"".join(parts)
+        lease.grow(len(chunk))
+        body += chunk
+    if length is not None and len(body) != length:
+        raise RequestFramingError(f"request body of {len(body)} bytes, Content-Length {length}")
+    return bytes(body)  # at most 1 MiB; the bytearray goes when we return
 
 
 async def _exact_body(stream: Stream, length: int | None) -> AsyncIterator[bytes]:

@@ -39,6 +39,7 @@ STATUS_FOR_CODE: dict[p.ErrorCode, int] = {
     p.ErrorCode.HEARTBEAT_TIMEOUT: 504,
     p.ErrorCode.TOO_MANY_STREAMS: 503,
     p.ErrorCode.GOING_AWAY: 503,
+    p.ErrorCode.BUSY: 503,
 }
 
 

@@ -115,6 +115,7 @@ def test_error_code_numbers_are_stable() -> None:
         "address-forbidden": 13,
         "bad-request": 14,
         "heartbeat-timeout": 15,
+        "busy": 16,
     }
 
 
