@@ -272,6 +272,9 @@ def _response(policies: PolicySet, kind: str, req: FilterRequest, resp: FilterRe
             if k in src:
                 headers[k] = src[k]
         return Allowed(resp.status, headers, resp.body, rule.name, 0, 0)
+    if resp.status == 206 or "content-range" in src:
+        # A slice is not a document: filtered as one, a cut inside a removed value can look allowed.
+        return Denied("partial content (206 or Content-Range) cannot be filtered", rule.name)
     if len(resp.body) > rule.max_body_bytes:
         return Denied("response body exceeds the size bound", rule.name)
     no_body = req.method.upper() == "HEAD" or resp.status in (204, 304) or resp.status < 200

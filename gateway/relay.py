@@ -59,6 +59,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 _RETIRE_GRACE = 5.0
+_RANGE_FIELDS = frozenset({"range", "if-range"})
 
 
 def strip_hop_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -284,6 +285,9 @@ class Relay:
             buffered = await _read_bounded(stream, length, MAX_REQUEST_BODY_BYTES, lease)
         freq = FilterRequest(head.method, head.path, CIMultiDict(req_headers), buffered)
         rule = self.filter.check(target, freq)
+        if not rule.passthrough:
+            # Filtered rules need whole documents: the target never sees the plane's Range.
+            req_headers = [(k, v) for k, v in req_headers if k.lower() not in _RANGE_FIELDS]
         body: bytes | StreamedBody | None = buffered
         if body is None and stream.has_body:
             body = StreamedBody(_exact_body(stream, length), length)

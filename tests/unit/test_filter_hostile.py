@@ -268,3 +268,12 @@ def test_xml_namespaces_round_trip(policies: PolicySet) -> None:
     assert meta is not None
     assert [c.tag for c in meta] == ["x", "{urn:d}y", "{urn:other}z"]
     assert [c.text for c in meta] == ["plain", "in-d", "shadowed"]
+
+
+def test_partial_content_is_never_filtered_as_a_document(policies: PolicySet) -> None:
+    body = json.dumps({"meta": {"a": 1}}).encode()
+    slice_206 = filter_response(
+        policies, "http", REQ, FilterResponse(206, {"content-type": "application/json"}, body)
+    )
+    _denied(slice_206, "partial content")
+    _denied(_filter(policies, body, **{"Content-Range": "bytes 0-13/99"}), "partial content")
