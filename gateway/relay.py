@@ -27,6 +27,7 @@ from gateway.httpclient import (
     TLSVerifyError,
 )
 from gateway.metadata_filter import (
+    FORM_TYPES,
     Allowed,
     Denied,
     FilterRequest,
@@ -278,10 +279,11 @@ class Relay:
         except ValueError as exc:
             stream.reset(p.ErrorCode.BAD_REQUEST, str(exc))
             return
-        # Filtered kinds may inspect the request body (SOAP operations): buffer it, bounded.
+        # Filtered kinds may inspect the request body (SOAP operations), and a form body may
+        # override the method on any kind: buffer those, bounded.
         # has_body, not rx_fin: a body that arrived with its OPEN has ended but is still unread.
         buffered: bytes | None = None
-        if stream.has_body and target.kind != "http":
+        if stream.has_body and (target.kind != "http" or _is_form(req_headers)):
             buffered = await _read_bounded(stream, length, MAX_REQUEST_BODY_BYTES, lease)
         freq = FilterRequest(head.method, head.path, CIMultiDict(req_headers), buffered)
         rule = self.filter.check(target, freq)
@@ -345,6 +347,11 @@ class Relay:
         stream.send_head(p.ResponseHead(allowed.status, tuple(out)), fin=not allowed.body)
         if allowed.body:
             await stream.write(allowed.body, fin=True)
+
+
+def _is_form(headers: Iterable[tuple[str, str]]) -> bool:
+    ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
+    return ctype.split(";", 1)[0].strip().lower() in FORM_TYPES
 
 
 async def _read_bounded(stream: Stream, length: int | None, limit: int, lease: Lease) -> bytes:
