@@ -271,6 +271,8 @@ class Mux:
         self._decoder = p.Decoder(local.max_frame_size, local.max_header_block)
         self._out: list[bytes | memoryview] = []
         self._out_size = 0
+        # The newest PING not answered yet: one PONG per writer turn, however many PINGs came.
+        self._pong: int | None = None
         self._out_event = asyncio.Event()
         self._writable = asyncio.Event()  # set while the queue is below OUT_HIGH
         self._writable.set()
@@ -406,6 +408,11 @@ class Mux:
         out = self._out
         try:
             while True:
+                if self._pong is not None:
+                    pong = p.encode_pong(self._pong)
+                    self._pong = None
+                    out.insert(0, pong)  # liveness first: it costs 18 bytes
+                    self._out_size += len(pong)
                 if not out:
                     if self.closed:
                         return
@@ -471,7 +478,9 @@ class Mux:
             if stream is not None:
                 stream._fail(StreamReset(code, message or "reset by peer"))
         elif t is p.FrameType.PING:
-            self._queue(p.encode_pong(p.decode_ping(f.payload)))
+            # Coalesced (docs/protocol.md 7): a flood of PINGs leaves one PONG pending, not one each.
+            self._pong = p.decode_ping(f.payload)
+            self._out_event.set()
         elif t is p.FrameType.PONG:
             pass  # last_rx is already updated: any frame proves the link is alive
         elif t is p.FrameType.HELLO:

@@ -289,3 +289,30 @@ async def test_has_body_and_rx_fin_are_different_facts() -> None:
         assert await with_body.read() == b"body" and await with_body.read() == b""
         assert without.rx_fin and not without.has_body
         assert await without.read() == b""
+
+
+async def test_a_ping_flood_leaves_one_pong_pending_and_the_link_alive() -> None:
+    sent: list[bytes] = []
+    async with Pair(SMALL, serve(lambda path, req: b"pong-ok")) as pair:
+        pair.paused = True  # the gateway cannot write while the flood arrives
+        await asyncio.sleep(0.05)
+        flood = b"".join(p.encode_ping(i) for i in range(1, 100_001))
+        for start in range(0, len(flood), 180_000):  # in messages of 10,000 PINGs
+            pair.gateway.feed(flood[start : start + 180_000])
+        queued = pair.gateway._out_size
+        assert queued <= 4 * (p.HEADER_SIZE + 8), queued  # not 100,000 PONGs (1.8 MB)
+        assert not pair.gateway.closed
+        # The answer that goes out echoes the newest PING.
+        original = pair.plane.feed
+
+        def spy(data: bytes) -> None:
+            sent.append(data)
+            original(data)
+
+        pair.plane.feed = spy  # type: ignore[method-assign]
+        pair.paused = False
+        st = pair.plane.open(p.RequestHead("GET", "t", "/after"), fin=True)
+        assert await asyncio.wait_for(read_all(st), 5) == b"pong-ok"
+    frames = p.Decoder(1 << 20, 1 << 20).feed(b"".join(sent))
+    pongs = [p.decode_ping(f.payload) for f in frames if f.type is p.FrameType.PONG]
+    assert pongs and pongs[0] == 100_000 and len(pongs) <= 2
