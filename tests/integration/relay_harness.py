@@ -14,9 +14,11 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
+from aiohttp import WSMsgType, web
+
 from gateway import protocol as p
 from gateway.relay import Relay
-from gateway.streams import Mux
+from gateway.streams import WS_MAX_MESSAGE, Mux
 
 PLANE_LIMITS = p.Limits(initial_stream_window=4 << 20, initial_connection_window=64 << 20)
 
@@ -37,27 +39,19 @@ class Outcome:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
 
 
-class HostilePlane:
-    """The plane's end of a tunnel connection, driven by hand: raw frames in, decoded frames out."""
+class _PlaneEnd:
+    """What the plane's end of a tunnel sees: response heads, bodies and RESETs, by stream."""
 
-    def __init__(self, relay: Relay, limits: p.Limits | None = None) -> None:
-        self.relay = relay
+    def __init__(self) -> None:
         self._decoder = p.Decoder(p.ABSOLUTE_MAX_FRAME, p.ABSOLUTE_MAX_FRAME)
         self.outcomes: dict[int, Outcome] = {}
         self._changed = asyncio.Event()
         self.goaway: tuple[int, p.ErrorCode, str] | None = None
-        self.mux = Mux(self._from_gateway, limits or p.Limits(), opens_streams=False, on_open=relay.on_open)
 
-    async def __aenter__(self) -> HostilePlane:
-        self.mux.start()
-        self.feed(p.encode_hello(p.Hello(limits=PLANE_LIMITS)))
-        await asyncio.wait_for(self.mux.ready.wait(), 5)
-        return self
+    def _reply(self, data: bytes) -> None:
+        raise NotImplementedError
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.mux.stop()
-
-    async def _from_gateway(self, data: bytes) -> None:
+    def _received(self, data: bytes) -> None:
         for frame in self._decoder.feed(data):
             sid = frame.stream_id
             out = self.outcomes.setdefault(sid, Outcome()) if sid else None
@@ -71,17 +65,49 @@ class HostilePlane:
                 out.done = out.done or bool(frame.flags & p.FLAG_FIN)
                 n = len(frame.payload)
                 if n:  # the plane's application consumed it: give the credit back
-                    self.feed(p.encode_window(sid, n) + p.encode_window(0, n))
+                    self._reply(p.encode_window(sid, n) + p.encode_window(0, n))
             elif t is p.FrameType.END and out is not None:
                 out.done = True
             elif t is p.FrameType.RESET and out is not None:
                 out.reset, out.message = p.decode_reset(frame.payload)
                 out.done = True
             elif t is p.FrameType.PING:
-                self.feed(p.encode_pong(p.decode_ping(frame.payload)))
+                self._reply(p.encode_pong(p.decode_ping(frame.payload)))
             elif t is p.FrameType.GOAWAY:
                 self.goaway = p.decode_goaway(frame.payload)
         self._changed.set()
+
+    async def outcome(self, sid: int, timeout: float = 10) -> Outcome:
+        """Wait until stream `sid` has finished (FIN or RESET) and return what came back."""
+        async with asyncio.timeout(timeout):
+            while not (sid in self.outcomes and self.outcomes[sid].done):
+                self._changed.clear()
+                await self._changed.wait()
+        return self.outcomes[sid]
+
+
+class HostilePlane(_PlaneEnd):
+    """The plane's end of a tunnel connection, in memory: raw frames in, decoded frames out."""
+
+    def __init__(self, relay: Relay, limits: p.Limits | None = None) -> None:
+        super().__init__()
+        self.relay = relay
+        self.mux = Mux(self._from_gateway, limits or p.Limits(), opens_streams=False, on_open=relay.on_open)
+
+    async def __aenter__(self) -> HostilePlane:
+        self.mux.start()
+        self.feed(p.encode_hello(p.Hello(limits=PLANE_LIMITS)))
+        await asyncio.wait_for(self.mux.ready.wait(), 5)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.mux.stop()
+
+    async def _from_gateway(self, data: bytes) -> None:
+        self._received(data)
+
+    def _reply(self, data: bytes) -> None:
+        self.mux.feed(data)
 
     def feed(self, data: bytes, splits: Iterable[int] | None = None) -> None:
         """Deliver `data` to the gateway as one message, or cut at the offsets in `splits`."""
@@ -104,13 +130,53 @@ class HostilePlane:
             start = cut
             await asyncio.sleep(0)
 
-    async def outcome(self, sid: int, timeout: float = 10) -> Outcome:
-        """Wait until stream `sid` has finished (FIN or RESET) and return what came back."""
-        async with asyncio.timeout(timeout):
-            while not (sid in self.outcomes and self.outcomes[sid].done):
-                self._changed.clear()
-                await self._changed.wait()
-        return self.outcomes[sid]
+
+class HostileHub(_PlaneEnd):
+    """A plane that speaks the real wire (mTLS WebSocket on loopback) but sends whatever frames,
+    cut into whatever messages, a test asks for. The gateway's real TunnelClient dials it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ws: web.WebSocketResponse | None = None
+        self.connected = asyncio.Event()
+        self._done = asyncio.Event()
+        self._replies: list[bytes] = []
+
+    def _reply(self, data: bytes) -> None:
+        self._replies.append(data)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE, compress=False)
+        await ws.prepare(request)
+        self.ws = ws
+        await ws.send_bytes(p.encode_hello(p.Hello(limits=PLANE_LIMITS)))
+        self.connected.set()
+        async for msg in ws:
+            if msg.type is WSMsgType.BINARY:
+                self._received(msg.data)
+                replies, self._replies = self._replies, []
+                if replies:
+                    await ws.send_bytes(b"".join(replies))
+        self._done.set()
+        return ws
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/tunnel", self._handle)
+        return app
+
+    async def send(self, data: bytes, splits: Iterable[int] = ()) -> None:
+        """Send `data` to the gateway as one WebSocket message, or cut at the offsets in `splits`."""
+        assert self.ws is not None
+        cuts = sorted({c for c in splits if 0 < c < len(data)})
+        start = 0
+        for cut in [*cuts, len(data)]:
+            await self.ws.send_bytes(data[start:cut])
+            start = cut
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
 
 
 def request_frames(
