@@ -316,6 +316,8 @@ class RecordingTarget:
     requests: list[TargetRequest] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     leftovers: list[bytes] = field(default_factory=list)
+    # For each leftover: whether the gateway had closed that connection (FIN or RST) by then.
+    leftover_closed_by_peer: list[bool] = field(default_factory=list)
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     @property
@@ -332,10 +334,12 @@ class RecordingTarget:
         self.connections.append(raw)
         self._writers.add(writer)
         buf = b""
+        peer_closed = False
         try:
             while True:
                 data = await reader.read(65536)
                 if not data:
+                    peer_closed = True
                     break
                 raw += data
                 buf += data
@@ -352,11 +356,14 @@ class RecordingTarget:
                     self.requests.append(req)
                     writer.write(self.respond(req))
                     await writer.drain()
-        except (ConnectionError, ssl.SSLError, asyncio.CancelledError):
+        except (ConnectionError, ssl.SSLError):
+            peer_closed = True
+        except asyncio.CancelledError:
             pass
         finally:
             if buf:
                 self.leftovers.append(buf)
+                self.leftover_closed_by_peer.append(peer_closed)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -214,6 +214,7 @@ def check_targets(run: Run) -> None:
         assert all(r.path != "/secret" for r in target.requests)
         # What else reached the target is the incomplete start of a refused request: a head with
         # nothing of the smuggled bytes, never a byte past its declared length.
+        assert all(target.leftover_closed_by_peer)  # the gateway dropped every connection it broke off
         for leftover in target.leftovers:
             assert b"/secret" not in leftover, leftover
             head, sep, partial = leftover.partition(b"\r\n\r\n")
