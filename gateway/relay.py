@@ -291,7 +291,10 @@ class Relay:
             # Filtered rules need whole documents: the target never sees the plane's Range.
             req_headers = [(k, v) for k, v in req_headers if k.lower() not in _RANGE_FIELDS]
         body: bytes | StreamedBody | None = buffered
-        if body is None and stream.has_body:
+        if body is None and stream.has_body and length == 0:
+            # The head alone would be a complete request: see the plane's FIN (and no byte) first.
+            body = await _read_bounded(stream, 0, 0, lease)
+        elif body is None and stream.has_body:
             body = StreamedBody(_exact_body(stream, length), length)
         pool = self._pool(target)
         async with asyncio.timeout(target.total_timeout):

@@ -199,3 +199,15 @@ async def test_a_connection_that_saw_a_framing_error_is_not_reused(env: Env, nam
     (broken,) = [c for c in target.connections if b"/two" in c]
     assert b"/three" not in broken and bytes(broken).endswith(b"\r\n\r\nhel")  # dropped, not reused
     assert b"/secret" not in target.received
+
+
+@pytest.mark.parametrize("name", TARGETS)
+async def test_a_zero_length_with_body_bytes_never_runs(env: Env, name: str) -> None:
+    # Found by the fuzz: the head with Content-Length 0 is a complete request on its own, so the
+    # gateway must see the plane's FIN (and no byte) before it sends anything.
+    target = env.targets[name]
+    async with HostilePlane(env.relay) as plane:
+        plane.feed(request_frames(1, "GET", name, "/a", cl(0), b"\x00" + SMUGGLED))
+        out = await plane.outcome(1)
+    assert out.reset is p.ErrorCode.BAD_REQUEST, out
+    assert target.received == b""
