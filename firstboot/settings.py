@@ -13,6 +13,7 @@ from enum import StrEnum
 from urllib.parse import urlsplit, urlunsplit
 
 from firstboot.errors import FirstbootError
+from firstboot.redact import mask_url_value
 
 
 class NetworkMode(StrEnum):
@@ -199,8 +200,8 @@ def mask_token(text: str) -> str:
 
 
 def mask_url(text: str) -> str:
-    """Mask the password part of user:password@ in a URL."""
-    return re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:********@", text)
+    """Mask the password part of user:password@ in a URL (up to its last '@')."""
+    return mask_url_value(text, "********")
 
 
 @dataclass(frozen=True)

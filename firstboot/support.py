@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from firstboot.redact import mask_url_passwords, mask_url_value
 from firstboot.system import System, atomic_write
 from gateway.safeload import loads_json, loads_yaml
 
@@ -29,14 +30,18 @@ FILES = (
     "/run/gateway/status.json",
 )
 _SECRET_KEY = re.compile(r"(pass|secret|token|key|hash|authorization|cookie)", re.IGNORECASE)
-_URL_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@/\s]*@", re.IGNORECASE)
 _TOKEN = re.compile(r"GWJ1\.[A-Za-z0-9_-]+")
 REDACTED = "<redacted>"
 
 
 def redact_text(text: str) -> str:
-    """Redact URL passwords and join tokens in free text (pure)."""
-    return _TOKEN.sub("GWJ1." + REDACTED, _URL_USERINFO.sub(r"\1:" + REDACTED + "@", text))
+    """Redact URL passwords (up to the last '@' of each URL) and join tokens in free text (pure)."""
+    return _TOKEN.sub("GWJ1." + REDACTED, mask_url_passwords(text, REDACTED))
+
+
+def redact_value(value: str) -> str:
+    """Redact one structured value: a value that starts with a URL is that URL, spaces and all (pure)."""
+    return _TOKEN.sub("GWJ1." + REDACTED, mask_url_value(value, REDACTED))
 
 
 def redact(data: Any) -> Any:
@@ -49,7 +54,7 @@ def redact(data: Any) -> Any:
     if isinstance(data, list):
         return [redact(v) for v in data]
     if isinstance(data, str):
-        return redact_text(data)
+        return redact_value(data)
     return data
 
 

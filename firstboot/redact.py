@@ -1,0 +1,26 @@
+"""Pure text hygiene for settings, the wizard and the support bundle: URL passwords, control characters."""
+
+from __future__ import annotations
+
+import re
+
+# scheme://user:PASSWORD@host. A password may hold '@', ':' and, typed unencoded, '/', '?' or '#':
+# the userinfo therefore ends at the LAST '@', never the first. In free text a URL ends at
+# whitespace; a value known to be one URL ends at the end of the string. The user part stops at
+# ':' or '/', so "http://proxy:3128/a@b" is redacted too: over-redaction is the safe side.
+_SCHEME_USER = r"([a-z][a-z0-9+.-]*://[^\s:/]*)"
+_IN_TEXT = re.compile(_SCHEME_USER + r":\S*@", re.IGNORECASE)
+_WHOLE = re.compile(r"^(\s*" + _SCHEME_USER + r"):.*@", re.IGNORECASE | re.DOTALL)
+
+
+def mask_url_passwords(text: str, replacement: str) -> str:
+    """Replace the password of every scheme://user:password@ URL in free text (pure)."""
+    return _IN_TEXT.sub(lambda m: f"{m.group(1)}:{replacement}@", text)
+
+
+def mask_url_value(value: str, replacement: str) -> str:
+    """Like mask_url_passwords, for a value that is (or starts with) one URL, whitespace and all."""
+    match = _WHOLE.match(value)
+    if match is None:
+        return mask_url_passwords(value, replacement)
+    return f"{match.group(1)}:{replacement}@" + mask_url_passwords(value[match.end() :], replacement)
