@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # scheme://user:PASSWORD@host. A password may hold '@', ':' and, typed unencoded, '/', '?' or '#':
 # the userinfo therefore ends at the LAST '@', never the first. In free text a URL ends at
@@ -24,3 +25,30 @@ def mask_url_value(value: str, replacement: str) -> str:
     if match is None:
         return mask_url_passwords(value, replacement)
     return f"{match.group(1)}:{replacement}@" + mask_url_passwords(value[match.end() :], replacement)
+
+
+def first_unprintable(text: str) -> int | None:
+    """Index of the first character that is not printable text (controls, line and paragraph
+    separators, format characters such as bidi overrides, unassigned code points); None if clean.
+
+    A plain space is printable; other spaces (NBSP, ...) are not, as they are easy to mistake.
+    """
+    for i, ch in enumerate(text):
+        if ch != " " and not ch.isprintable():
+            return i
+    return None
+
+
+def describe_char(ch: str) -> str:
+    """A control character as an operator can read it: '\\n' or U+2028 (LINE SEPARATOR)."""
+    shown = repr(ch)[1:-1]
+    if shown != ch and shown.startswith("\\") and len(shown) <= 4:
+        return f"'{shown}'"
+    return f"U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')})"
+
+
+def printable(text: str) -> str:
+    """The text with every unprintable character escaped, safe to put on a terminal or in one line."""
+    if first_unprintable(text) is None:
+        return text
+    return "".join(ch if ch == " " or ch.isprintable() else repr(ch)[1:-1] for ch in text)

@@ -13,7 +13,7 @@ from enum import StrEnum
 from urllib.parse import urlsplit, urlunsplit
 
 from firstboot.errors import FirstbootError
-from firstboot.redact import mask_url_value
+from firstboot.redact import describe_char, first_unprintable, mask_url_value
 
 
 class NetworkMode(StrEnum):
@@ -46,7 +46,55 @@ _SSH_TYPES = (
 
 
 def _is_hostname(text: str) -> bool:
-    return len(text) <= 253 and all(_HOST_LABEL.match(label) for label in text.rstrip(".").split("."))
+    # fullmatch: with match(), '$' would also accept a label that ends in a newline.
+    return len(text) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in text.rstrip(".").split("."))
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IP address without an IPv6 scope id; ValueError otherwise.
+
+    Python accepts any text after '%' as a scope id, newlines included. The files first boot
+    writes apply to the appliance's own link, so a scope id is never needed there.
+    """
+    if "%" in text:
+        raise ValueError("scope id")
+    return ipaddress.ip_address(text)
+
+
+def _no_scope(text: str) -> None:
+    if "%" in text:
+        raise Invalid(
+            f"{text!r} has an IPv6 scope id; leave it out (the setting applies to the appliance's own link)"
+        )
+
+
+_URL_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+
+
+def _check_url_host(host: str) -> bool:
+    """A URL's host: a name of letters, digits, '-', '_' and dots, or an IP address (IPv6 in brackets).
+
+    Looser than a host name setting (a resolver may know names DNS would not): the point is that
+    the host is shown to the operator and written to files as the one word it is.
+    """
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return _ip(host[1:-1]).version == 6
+        except ValueError:
+            return False
+    try:
+        _ip(host)
+    except ValueError:
+        return len(host) <= 253 and bool(_URL_NAME.fullmatch(host)) and not host.replace(".", "").isdigit()
+    return True
+
+
+def _url_host(netloc: str) -> str:
+    """The host part of a netloc, as typed (userinfo and port removed, brackets kept)."""
+    host = netloc.rpartition("@")[2]
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.partition(":")[0]
 
 
 def validate_plane_url(text: str) -> str:
@@ -62,7 +110,9 @@ def validate_plane_url(text: str) -> str:
         or not parts.hostname
         or parts.path.strip("/")
         or parts.query
-        or parts.username
+        or parts.fragment
+        or "@" in parts.netloc
+        or not _check_url_host(_url_host(parts.netloc))
     ):
         raise Invalid(problem)
     del port
@@ -97,6 +147,7 @@ def validate_address(text: str) -> str:
     problem = f"expected an IPv4/IPv6 address with prefix like 192.0.2.10/24, got {text!r}"
     if "/" not in text:
         raise Invalid(problem)
+    _no_scope(text)
     try:
         iface = ipaddress.ip_interface(text)
     except ValueError:
@@ -109,6 +160,7 @@ def validate_address(text: str) -> str:
 
 def validate_gateway(text: str) -> str:
     """A router IP address."""
+    _no_scope(text)
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
@@ -119,6 +171,7 @@ def validate_dns(text: str) -> str:
     """Comma-separated IP addresses."""
     out = []
     for item in _split(text):
+        _no_scope(item)
         try:
             out.append(str(ipaddress.ip_address(item)))
         except ValueError:
@@ -132,6 +185,7 @@ def validate_ntp(text: str) -> str:
     """Comma-separated NTP server names or addresses."""
     out = []
     for item in _split(text):
+        _no_scope(item)
         try:
             out.append(str(ipaddress.ip_address(item)))
         except ValueError:
@@ -153,8 +207,18 @@ def validate_proxy_url(text: str) -> str:
         port = parts.port
     except ValueError:
         raise Invalid(problem) from None
-    if parts.scheme != "http" or not parts.hostname or port is None or parts.path.strip("/") or parts.query:
+    if (
+        parts.scheme != "http"
+        or not parts.hostname
+        or port is None
+        or parts.path.strip("/")
+        or parts.query
+        or parts.fragment
+        or not _check_url_host(_url_host(parts.netloc))
+    ):
         raise Invalid(problem)
+    if " " in parts.netloc:
+        raise Invalid(f"{shown!r}: write a space in user or password as %20")
     return urlunsplit(("http", parts.netloc, "", "", ""))
 
 
@@ -162,7 +226,7 @@ def validate_ssh_key(text: str) -> str:
     """One OpenSSH public key line: type, base64 blob, optional comment."""
     fields = text.split()
     problem = f"expected one OpenSSH public key like 'ssh-ed25519 AAAAC3Nza... admin@host', got {text[:40]!r}"
-    if len(fields) < 2 or fields[0] not in _SSH_TYPES or "\n" in text:
+    if len(fields) < 2 or fields[0] not in _SSH_TYPES:
         raise Invalid(problem)
     try:
         blob = base64.b64decode(fields[1], validate=True)
@@ -177,7 +241,7 @@ def validate_ssh_key(text: str) -> str:
 
 def validate_password_hash(text: str) -> str:
     """A crypt(3) hash ($6$ sha512crypt, $y$ yescrypt, ...), never a plain password."""
-    if not _CRYPT.match(text):
+    if not _CRYPT.fullmatch(text):
         # Never echo the value: it may be a plain password typed into the wrong field.
         raise Invalid(
             "expected a crypt(3) hash like $6$... or $y$... (make one with `mkpasswd -m yescrypt`), "
@@ -260,10 +324,23 @@ KEYS: tuple[str, ...] = tuple(s.key for s in SETTINGS)
 REQUIRED: tuple[str, ...] = ("gateway.join_token",)
 
 
+def check_printable(key: str, text: str) -> None:
+    """Every value is one line of printable text: a control character could add a line to a file."""
+    at = first_unprintable(text)
+    if at is not None:
+        # Only the character and its position: the value may be a secret.
+        raise FirstbootError(
+            f"{key}: control character {describe_char(text[at])} at position {at} "
+            "(a value is one line of printable text)"
+        )
+
+
 def validate_value(key: str, raw: str) -> str:
     """Validate one value; raises FirstbootError('key: problem')."""
+    text = raw.strip()
+    check_printable(key, text)
     try:
-        return BY_KEY[key].validate(raw.strip())
+        return BY_KEY[key].validate(text)
     except Invalid as exc:
         raise FirstbootError(f"{key}: {exc}") from None
     except FirstbootError as exc:

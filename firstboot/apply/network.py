@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from firstboot.apply.lines import token
 from firstboot.settings import NetworkMode, Settings
 from firstboot.system import System, atomic_write, remove
 
@@ -20,11 +21,13 @@ def render_network(settings: Settings) -> str:
     """The .network file for the settings (pure)."""
     lines = ["# Written by firstboot; reconfigure from the console menu.", "[Match]", MATCH, "", "[Network]"]
     if settings.mode == NetworkMode.STATIC:
-        lines += ["DHCP=no", f"Address={settings.address}", f"Gateway={settings.gateway}"]
+        address = token("network.address", settings.address or "", forbidden="%")
+        gateway = token("network.gateway", settings.gateway or "", forbidden="%")
+        lines += ["DHCP=no", f"Address={address}", f"Gateway={gateway}"]
     else:
         lines += ["DHCP=yes"]
-    lines += [f"DNS={dns}" for dns in settings.dns]
-    lines += [f"NTP={ntp}" for ntp in settings.ntp]
+    lines += [f"DNS={token('network.dns', dns, forbidden='%')}" for dns in settings.dns]
+    lines += [f"NTP={token('network.ntp', ntp, forbidden='%')}" for ntp in settings.ntp]
     if settings.mode == NetworkMode.DHCP and (settings.dns or settings.ntp):
         # Explicit servers replace what the DHCP server offers rather than being mixed with it.
         lines += ["", "[DHCPv4]"]
@@ -37,7 +40,8 @@ def render_timesyncd(settings: Settings) -> str | None:
     """The timesyncd drop-in, or None when no NTP servers are set (pure)."""
     if not settings.ntp:
         return None
-    return "# Written by firstboot.\n[Time]\nNTP=" + " ".join(settings.ntp) + "\n"
+    servers = [token("network.ntp", ntp, forbidden="%") for ntp in settings.ntp]
+    return "# Written by firstboot.\n[Time]\nNTP=" + " ".join(servers) + "\n"
 
 
 def snapshot(system: System) -> bytes | None:
@@ -75,16 +79,17 @@ def apply_hostname(system: System, settings: Settings) -> None:
     """Set /etc/hostname (and the live hostname), plus the Debian 127.0.1.1 line in /etc/hosts."""
     if not settings.hostname:
         return
-    atomic_write(system.path("/etc/hostname"), settings.hostname + "\n")
+    hostname = token("network.hostname", settings.hostname)
+    atomic_write(system.path("/etc/hostname"), hostname + "\n")
     hosts = system.path("/etc/hosts")
     try:
         old = hosts.read_text().splitlines()
     except FileNotFoundError:
         old = ["127.0.0.1\tlocalhost"]
     new = [line for line in old if not line.startswith("127.0.1.1")]
-    new.insert(1 if new else 0, f"127.0.1.1\t{settings.hostname}")
+    new.insert(1 if new else 0, f"127.0.1.1\t{hostname}")
     atomic_write(hosts, "\n".join(new) + "\n")
-    system.run(["hostnamectl", "set-hostname", settings.hostname], why="set the host name")
+    system.run(["hostnamectl", "set-hostname", hostname], why="set the host name")
 
 
 def apply_ntp(system: System, settings: Settings) -> None:
