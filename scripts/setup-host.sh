@@ -21,6 +21,7 @@ PKGS=(
   tmux                                                # wizard tests in a real terminal
   socat                                               # QEMU guest forwards to host loopback ports
   virt-v2v nbdkit libnbd-bin linux-image-amd64        # the OVA's KVM import test (libguestfs boots a kernel)
+  nftables                                            # nft checks the appliance's rule sets (in a netns)
 )
 
 die() { echo "setup: $*" >&2; exit 1; }

@@ -236,3 +236,48 @@ def test_pure_renderers() -> None:
     assert set_shadow_hash("a:x:1\nadmin:!:2::\n", "admin", "$6$h") == "a:x:1\nadmin:$6$h:2::\n"
     with pytest.raises(FirstbootError, match="no entry for user 'admin'"):
         set_shadow_hash("root:*:1\n", "admin", "$6$h")
+
+
+def test_ssh_key_opens_port_22_and_turning_ssh_off_closes_it(tmp_path: Path) -> None:
+    system = make_root(tmp_path)
+    applier.apply(system, static_settings(), plan=SIMULATED)
+    rule = system.root / "etc/nftables.d/50-ssh.nft"
+    assert rule.read_text().endswith("\ntcp dport 22 accept\n")
+    cmds = system.recorded
+    # Host keys are made before sshd starts; the rule set is checked before it is loaded.
+    assert cmds.index(["ssh-keygen", "-A"]) < cmds.index(
+        ["systemctl", "enable", "--now", "--no-block", "ssh.service"]
+    )
+    check = cmds.index(["nft", "-c", "-f", "/etc/nftables.conf"])
+    assert cmds[check + 1] == ["systemctl", "reload-or-restart", "nftables.service"]
+
+    # The same appliance, its settings changed to no key (a corrected seed or wizard answer).
+    system.recorded.clear()
+    applier.apply(system, static_settings(**{"admin.ssh_key": ""}), plan=SIMULATED)
+    assert not rule.exists()
+    assert not (system.root / "home/admin/.ssh/authorized_keys").exists()
+    # sshd goes first, the port closes last (a power cut in between leaves the rule to retry).
+    ssh_cmds = [
+        c for c in system.recorded if "ssh" in " ".join(c) or c[0] == "nft" or "nftables" in " ".join(c)
+    ]
+    assert ssh_cmds == [
+        ["systemctl", "disable", "--now", "ssh.service", "ssh.socket"],
+        ["nft", "-c", "-f", "/etc/nftables.conf"],
+        ["systemctl", "reload-or-restart", "nftables.service"],
+    ]
+    # Applied again without a key: nothing left to undo, nothing run.
+    system.recorded.clear()
+    (system.root / "var/lib/firstboot/state.json").unlink()
+    applier.apply(system, static_settings(**{"admin.ssh_key": ""}), plan=SIMULATED)
+    assert not [c for c in system.recorded if "ssh" in " ".join(c) or c[0] == "nft"]
+
+
+def test_sudo_without_password_only_for_a_key_only_admin(tmp_path: Path) -> None:
+    system = make_root(tmp_path)
+    sudoers = system.root / "etc/sudoers.d/50-firstboot-admin"
+    applier.apply(system, static_settings(**{"admin.password_hash": ""}), plan=SIMULATED)
+    assert sudoers.read_text().endswith("\nadmin ALL=(ALL:ALL) NOPASSWD: ALL\n")
+    assert sudoers.stat().st_mode & 0o777 == 0o440
+    # With a console password sudo asks for it (Debian's %sudo rule), so the drop-in goes.
+    applier.apply(system, static_settings(), plan=SIMULATED)
+    assert not sudoers.exists()
