@@ -259,8 +259,10 @@ def mask_all(text: str) -> str:
 
 
 def mask_token(text: str) -> str:
-    """Show the token's prefix only."""
-    return text[:5] + "********" if text else ""
+    """Show the token's prefix only (and nothing of text that is not a token: it may be anything)."""
+    if not text:
+        return ""
+    return "GWJ1.********" if text.startswith("GWJ1.") else "********"
 
 
 def mask_url(text: str) -> str:
@@ -275,6 +277,7 @@ class Setting:
     validate: Callable[[str], str]
     help: str
     mask: Callable[[str], str] | None = None  # set for secrets
+    blind: bool = False  # typed without echo and shown masked, like a password
 
     @property
     def secret(self) -> bool:
@@ -310,6 +313,7 @@ SETTINGS: tuple[Setting, ...] = (
         validate_join_token,
         "GWJ1.... from the management plane",
         mask_token,
+        blind=True,
     ),
     Setting("gateway.plane_url", "Plane URL", validate_plane_url, "empty = taken from the join token"),
     Setting(

@@ -26,6 +26,9 @@ LOCK_FILE = "/run/firstboot/apply.lock"
 
 def hash_password(system: System, password: str) -> str:
     """A SHA-512 crypt(3) hash via openssl (Python 3.13 has no crypt module); the password goes on stdin."""
+    if "\n" in password or "\r" in password:
+        # openssl reads one line: the hash would be of the first line only.
+        raise FirstbootError("admin.password: a password is one line")
     proc = system.run(
         ["openssl", "passwd", "-6", "-stdin"],
         input_text=password + "\n",

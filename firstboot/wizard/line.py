@@ -13,6 +13,7 @@ from typing import TextIO
 
 from firstboot import apply as applier
 from firstboot.errors import FirstbootError
+from firstboot.settings import masked
 from firstboot.wizard.flow import ApplyFlow, explain, handoff
 from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, SCREENS, Field, Screen, plane_summary
 from firstboot.wizard.session import Session, appliance_info
@@ -110,18 +111,25 @@ class LineWizard:
         finally:
             termios.tcsetattr(fd, termios.TCSADRAIN, old)
 
+    def _shown(self, f: Field, value: str) -> str:
+        if f.secret_input:
+            return "********" if value else ""
+        return masked(f.key, value) if f.masked and value else value
+
     def ask_field(self, f: Field, current: str) -> str:
-        """Ask one field; Enter keeps the current value, '-' clears it."""
-        shown = "" if f.secret_input else current
+        """Ask one field; Enter keeps the current value, '-' clears it. Blind fields are not echoed."""
         hint = f" ({f.help})" if f.help else ""
-        prompt = f"{f.label}{hint} [{shown}]: "
+        prompt = f"{f.label}{hint} [{'' if f.secret_input else self._shown(f, current)}]: "
         answer = self.s.answer(f.key)
         if answer is not None:
-            self.say(f"{prompt}{'********' if f.secret_input else answer}   (from answers)")
+            self.say(f"{prompt}{self._shown(f, answer)}   (from answers)")
             return answer
-        got = self._readline(prompt, secret=f.secret_input) or ""
+        got = self._readline(prompt, secret=f.blind) or ""
         if got.strip() == CLEAR:
             return ""
+        if f.masked and got.strip():
+            # Typed blind: say what arrived, masked, so a paste that went wrong is noticed.
+            self.say(f"  {f.label}: {self._shown(f, got.strip())} ({len(got.strip())} characters)")
         return got if got.strip() else current
 
     def ask_screen(self, screen: Screen) -> None:
@@ -138,11 +146,12 @@ class LineWizard:
                     entries[f.key] = ""
                     continue
                 entries[f.key] = self.ask_field(f, entries.get(f.key, ""))
+                if f.key == "gateway.join_token":
+                    # What the token points at, before anything else is asked or applied.
+                    self.say("  " + plane_summary(entries[f.key])[1])
             errors = self.s.model.validate(screen, entries)
             if not errors:
                 self.s.commit(screen, entries)
-                if screen.name == "plane":
-                    self.say("  " + plane_summary(self.s.model.values["gateway.join_token"])[1])
                 return
             for message in errors.values():
                 self.say(f"  ! {message}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from firstboot.errors import FirstbootError
+from firstboot.redact import describe_char, first_unprintable
 from firstboot.settings import (
     BY_KEY,
     KEYS,
@@ -32,12 +33,17 @@ class Field:
     key: str
     label: str
     help: str
-    secret_input: bool = False
+    secret_input: bool = False  # typed blind and never shown (passwords: each screen starts empty)
+    masked: bool = False  # typed blind and shown masked, but the value is kept (the join token)
+
+    @property
+    def blind(self) -> bool:
+        return self.secret_input or self.masked
 
 
 def _f(key: str) -> Field:
     s = BY_KEY[key]
-    return Field(key, s.label, s.help)
+    return Field(key, s.label, s.help, masked=s.blind)
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,11 @@ class WizardModel:
                 errors.update(_by_key(check_cross(good)))
         if screen.name == "admin":
             pw, pw2 = entries.get(PASSWORD, ""), entries.get(PASSWORD2, "")
-            if pw and len(pw) < MIN_PASSWORD:
+            bad = first_unprintable(pw)
+            if bad is not None:
+                # openssl reads the password up to a line break: the hash would be of a prefix.
+                errors[PASSWORD] = f"{PASSWORD}: control character {describe_char(pw[bad])} in the password"
+            elif pw and len(pw) < MIN_PASSWORD:
                 errors[PASSWORD] = f"{PASSWORD}: use at least {MIN_PASSWORD} characters"
             elif pw != pw2:
                 errors[PASSWORD2] = f"{PASSWORD}: the two passwords differ"
@@ -148,6 +158,9 @@ class WizardModel:
         for key in KEYS:
             if key in raw:
                 rows.append((BY_KEY[key].label, masked(key, raw[key]), settings.sources.get(key, "wizard")))
+            if key == "gateway.plane_url":
+                # What registration will pin, in full, for the operator to compare with the plane's.
+                rows.append(("Plane CA (pinned)", parse_token(settings.join_token).ca_hash, "join-token"))
         if "admin.ssh_key" not in raw:
             rows.append(("SSH", "off (no key)", ""))
         return rows

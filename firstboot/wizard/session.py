@@ -10,7 +10,7 @@ from firstboot import apply as applier
 from firstboot.seeds import SeedContext, resolve
 from firstboot.system import System, read_os_release
 from firstboot.wizard.flow import hash_password
-from firstboot.wizard.model import PASSWORD, Answers, Screen, WizardModel
+from firstboot.wizard.model import PASSWORD, PASSWORD2, Answers, Screen, WizardModel
 
 
 @dataclass
@@ -28,6 +28,8 @@ class Session:
         """The answers file's value for a field, if it drives this run."""
         if self.answers is None:
             return None
+        if key == PASSWORD2:  # an answers file gives the password once
+            key = PASSWORD
         return self.answers.values.get(key)
 
     def commit(self, screen: Screen, entries: dict[str, str]) -> None:

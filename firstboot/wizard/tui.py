@@ -109,7 +109,7 @@ class FormView:
                 edit = urwid.Edit(
                     f"{f.label + ':':<{width}} ",
                     "" if f.secret_input else entries.get(f.key, ""),
-                    mask="*" if f.secret_input else None,
+                    mask="*" if f.blind else None,
                     wrap="any",
                 )
                 self.edits[f.key] = edit

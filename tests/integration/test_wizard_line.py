@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -58,16 +59,18 @@ def test_line_mode_bad_input_on_every_screen_then_apply(tmp_path: Path) -> None:
 
         child.expect_exact("== Management plane ==")
         ask(child, "Join token (GWJ1.... from the management plane) []: ", "abc")
+        child.expect_exact("  Join token: ******** (3 characters)")
+        child.expect_exact("  Plane: (paste the join token from the management plane)")
         ask(child, "Plane URL (empty = taken from the join token) []: ", "https://other.example.com")
         child.expect_exact("  ! gateway.join_token: must start with 'GWJ1.'")
         # Only the bad field is asked again; the cross check then catches the mismatched URL.
-        ask(child, "Join token (GWJ1.... from the management plane) [abc]: ", fake_token())
+        ask(child, "Join token (GWJ1.... from the management plane) [********]: ", fake_token())
+        child.expect_exact("  Plane: https://127.0.0.1:9   CA sha256:abababababababab...")
         child.expect_exact(
             "  ! gateway.plane_url: https://other.example.com does not match the join token's "
             "https://127.0.0.1:9 (leave it empty to use the token's)"
         )
         ask(child, "Plane URL (empty = taken from the join token) [https://other.example.com]: ", "-")
-        child.expect_exact("  Plane: https://127.0.0.1:9   CA sha256:abababababababab...")
 
         child.expect_exact("== Admin access ==")
         ask(child, "Admin SSH key (enables SSH for user admin; empty = SSH off) []: ", "")
@@ -92,6 +95,60 @@ def test_line_mode_bad_input_on_every_screen_then_apply(tmp_path: Path) -> None:
     assert "longpassword" not in child.before
     assert (root / "etc/hostname").read_text() == "gw-line\n"
     assert (root / "var/lib/firstboot/done").exists()
+
+
+def test_line_mode_takes_the_token_blind_and_shows_what_it_carries(tmp_path: Path) -> None:
+    root = make_root(tmp_path / "root")
+    token = fake_token("https://127.0.0.1:9")
+    child = spawn("--root", str(root), "wizard", "--dry-run", "--line")
+    seen = io.StringIO()
+    child.logfile_read = seen
+    try:
+        for prompt in ("Network mode", "DNS servers", "Host name", "NTP servers", "Outbound proxy"):
+            child.expect_exact(prompt)
+            child.expect(r"\]: ")
+            child.sendline("")
+        ask(child, "Join token (GWJ1.... from the management plane) []: ", token)
+        # Before the next question: the token masked, then the plane and CA it carries.
+        child.expect_exact(f"  Join token: GWJ1.******** ({len(token)} characters)")
+        child.expect_exact("  Plane: https://127.0.0.1:9   CA sha256:abababababababab...")
+        ask(child, "Plane URL (empty = taken from the join token) []: ", "")
+        for prompt in ("Admin SSH key", "Console password", "Repeat password"):
+            child.expect_exact(prompt)
+            child.expect(r"\]: ")
+            child.sendline("")
+        child.expect_exact("  Plane CA (pinned)      sha256:" + "ab" * 32 + "   (join-token)")
+        # Back to the start: the kept token is offered masked.
+        ask(child, "[r]estart: ", "r")
+        for prompt in ("Network mode", "DNS servers", "Host name", "NTP servers", "Outbound proxy"):
+            child.expect_exact(prompt)
+            child.expect(r"\]: ")
+            child.sendline("")
+        ask(child, "Join token (GWJ1.... from the management plane) [GWJ1.********]: ", "")
+        child.expect_exact("Plane URL")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert token[5:25] not in seen.getvalue()
+
+
+def test_answers_file_shows_the_token_masked(tmp_path: Path) -> None:
+    root = make_root(tmp_path / "root")
+    token = fake_token("https://127.0.0.1:9")
+    answers = tmp_path / "answers.yaml"
+    keys = ("network.mode", "network.dns", "network.hostname", "network.ntp", "proxy.url")
+    keys += ("gateway.plane_url", "admin.ssh_key", "admin.password")
+    answers.write_text("".join(f"{k}: ''\n" for k in keys) + f"gateway.join_token: {token}\n")
+    child = spawn("--root", str(root), "wizard", "--dry-run", "--line", "--answers", str(answers))
+    try:
+        child.expect_exact("from the management plane) []: GWJ1.********   (from answers)")
+        child.expect_exact("First boot complete.")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert token[5:25] not in (child.before or "")
+    assert child.exitstatus == 0
 
 
 def test_line_mode_rolls_back_unconfirmed_network(tmp_path: Path) -> None:

@@ -44,8 +44,11 @@ def test_good_path(tmp_path: Path, tmuxes: list[Tmux]) -> None:
     t.wait_for("4/8: Outbound proxy")
     t.keys("Enter", "Enter")
     t.wait_for("5/8: Management plane")
-    t.type(fake_token("https://127.0.0.1:9"))
-    t.wait_for("Plane: https://127.0.0.1:9   CA sha256:abababab")
+    token = fake_token("https://127.0.0.1:9")
+    t.type(token)
+    screen = t.wait_for("Plane: https://127.0.0.1:9   CA sha256:abababab")
+    # Masked like the password while it is typed; what it carries is shown below it.
+    assert token[5:] not in screen.replace("\n", "") and "*" * 60 in screen
     t.keys("Enter", "Enter", "Enter")  # token, empty plane URL (taken from the token), Next
     t.wait_for("6/8: Admin access")
     t.keys("Enter")
@@ -57,6 +60,7 @@ def test_good_path(tmp_path: Path, tmuxes: list[Tmux]) -> None:
     assert "Join token:             GWJ1.********" in screen
     assert "Console password hash:  ********" in screen
     assert "Plane URL:              https://127.0.0.1:9   (join-token)" in screen
+    assert "Plane CA (pinned):      sha256:" + "ab" * 32 + "   (join-token)" in screen
     assert "SSH:                    off (no key)" in screen
     assert "correct horse" not in screen
     t.keys("Enter")  # Apply

@@ -261,6 +261,7 @@ def test_empty_values_are_unset_and_static_is_built() -> None:
 def test_masks() -> None:
     assert masked("admin.password_hash", SHA512) == "********"
     assert masked("gateway.join_token", make_token()) == "GWJ1.********"
+    assert masked("gateway.join_token", "hunter2-typed-in-the-wrong-field") == "********"
     assert masked("proxy.url", "http://bob:hunter2@p:3128") == "http://bob:********@p:3128"
     assert masked("network.hostname", "gw") == "gw"
     assert BY_KEY["proxy.url"].secret
