@@ -32,6 +32,7 @@ from cryptography.x509.oid import NameOID
 from yarl import URL
 
 from firstboot.errors import FirstbootError
+from firstboot.redact import printable
 from firstboot.register_args import DESCRIPTION, add_arguments
 from gateway.atomic import write_atomic
 from gateway.cliutil import run_command
@@ -46,7 +47,10 @@ CA_FILE = "ca.pem"
 IDENTITY_FILE = "identity.json"
 
 _HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+# What a gateway id from the plane may look like (the reference plane issues UUIDs). The plane is
+# untrusted: its id reaches identity.json, the journal and the status console.
+_GATEWAY_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _MAX_RESPONSE = 256 * 1024
 
 # What a token error code from the plane means to the person at the console.
@@ -97,20 +101,28 @@ def parse_token(text: str) -> JoinToken:
     url, ca_hash, secret, expires = data.get("u"), data.get("h"), data.get("s"), data.get("e")
     if not isinstance(url, str) or not url:
         raise FirstbootError("join token: u (plane URL) is missing")
+    # The one URL check (settings.validate_plane_url): the URL is shown on the console for the
+    # operator to verify and used to register, so it must be exactly https://host[:port], with no
+    # control characters (urlsplit silently drops tab and newline, and keeps ESC).
+    from firstboot.settings import Invalid, check_printable, validate_plane_url
+
+    check_printable("join token: u", url)
     parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise FirstbootError(f"join token: u: plane URL {url!r} must be https://host[:port]")
     try:
         _ = parts.port
     except ValueError as exc:
         raise FirstbootError(f"join token: u: bad port in {url!r}") from exc
+    try:
+        url = validate_plane_url(url)
+    except Invalid:
+        raise FirstbootError(f"join token: u: plane URL {url!r} must be https://host[:port]") from None
     if not isinstance(ca_hash, str) or not _HASH_RE.match(ca_hash):
         raise FirstbootError("join token: h: CA hash must be 'sha256:' and 64 lowercase hex digits")
     if not isinstance(secret, str) or not secret:
         raise FirstbootError("join token: s (secret) is missing")
     if isinstance(expires, bool) or not isinstance(expires, int) or expires <= 0:
         raise FirstbootError("join token: e (expiry) must be a positive unix time")
-    return JoinToken(plane_url=url.rstrip("/"), ca_hash=ca_hash, secret=secret, expires_at=expires)
+    return JoinToken(plane_url=url, ca_hash=ca_hash, secret=secret, expires_at=expires)
 
 
 def spki_sha256(cert: x509.Certificate) -> str:
@@ -280,8 +292,10 @@ class _Client:
             message = data.get("message") if isinstance(data, dict) else None
             if code in _TOKEN_ERRORS:
                 raise FirstbootError(_TOKEN_ERRORS[code])
+            # The plane's words, escaped: they end up on the console and in the one-line last-error.
+            said = printable(message) if isinstance(message, str) and message else repr(body[:200])
             raise FirstbootError(
-                f"plane refused registration (HTTP {status}, {code}): {message or body[:200]!r}"
+                f"plane refused registration (HTTP {status}, {printable(str(code))}): {said}"
             )
         if not isinstance(data, dict):
             raise FirstbootError(f"POST {url}: response is not a JSON object")
@@ -289,7 +303,7 @@ class _Client:
 
 
 def _check_hostname(hostname: str) -> str:
-    if not _HOSTNAME_RE.match(hostname):
+    if not _HOSTNAME_RE.fullmatch(hostname):
         raise FirstbootError(f"--hostname: {hostname!r} is not a valid host name")
     return hostname
 
@@ -341,6 +355,8 @@ def _check_response(
     gateway_id, cert_pem = data.get("gateway_id"), data.get("certificate")
     if not isinstance(gateway_id, str) or not isinstance(cert_pem, str):
         raise FirstbootError("plane response lacks gateway_id or certificate")
+    if not _GATEWAY_ID_RE.fullmatch(gateway_id):
+        raise FirstbootError(f"plane response: gateway_id {gateway_id[:80]!r} is not a plain identifier")
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode())
     except ValueError as exc:
