@@ -23,7 +23,7 @@ import pexpect
 import pytest
 
 from appliance.ovf import render_ovf_environment
-from appliance.qemu import HOST_ALIAS, BootOptions, Firmware, accelerator, qemu_command
+from appliance.qemu import HOST_ALIAS, BootOptions, Firmware, Forward, accelerator, qemu_command
 from appliance.smoke import console_text
 from appliance.spec import Spec
 from tests.integration.plane_helpers import Plane, free_port
@@ -117,12 +117,13 @@ class Guest:
     """One QEMU boot of a persistent overlay over the built image, console to a file or a pty."""
 
     def __init__(self, disk: Path, workdir: Path, ports: tuple[int, ...], *, serial_file: bool = True,
-                 credentials: dict[str, str] | None = None, ovf_iso: Path | None = None) -> None:  # fmt: skip
+                 credentials: dict[str, str] | None = None, ovf_iso: Path | None = None,
+                 forwards: tuple[Forward, ...] = ()) -> None:  # fmt: skip
         self.workdir = workdir
         self.log = workdir / f"serial-{time.monotonic_ns()}.log"
         opts = BootOptions(image=disk, firmware=Firmware.bios, snapshot=False, host_ports=ports,
                            serial_log=self.log if serial_file else None, accel=accel(),
-                           credentials=credentials or {}, ovf_iso=ovf_iso)  # fmt: skip
+                           credentials=credentials or {}, ovf_iso=ovf_iso, forwards=forwards)  # fmt: skip
         self.cmd = [*qemu_command(opts, workdir), "-qmp", f"unix:{workdir}/qmp.sock,server=on,wait=off"]
         self.started = time.monotonic()
 
@@ -284,14 +285,49 @@ def test_wrong_ca_hash_is_refused_on_the_console(
     assert "possible interception" in guest.console()
 
 
+def ssh_keypair(tmp_path: Path) -> tuple[Path, str]:
+    """A fresh ed25519 key pair for the admin user: (private key file, public key line)."""
+    key = tmp_path / "id_ed25519"
+    argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "e2e@host", "-f", str(key)]
+    subprocess.run(argv, check=True)
+    return key, key.with_name("id_ed25519.pub").read_text().strip()
+
+
+def ssh_admin(key: Path, port: int, command: str) -> subprocess.CompletedProcess[str]:
+    """Run a command over SSH as admin through the host forward (loopback only)."""
+    argv = ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=60",
+            "admin@127.0.0.1", command]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+
+
+def shell(child: pexpect.spawn, marker: str, command: str) -> str:
+    """Run a command in the serial console's shell; returns its output (one line).
+
+    It is printed after `marker=`, spelt `M''ARKER=` on the command line, so that the terminal's
+    echo of the typed line cannot match.
+    """
+    child.sendline(f"echo {marker[0]}''{marker[1:]}=$({command})")
+    child.expect(rf"{marker}=([^\r\n]*)\r*\n")
+    return str(child.match.group(1)).strip()
+
+
 def test_wizard_over_the_serial_console(
     artifacts: dict[str, Path], plane: Plane, target: int, tmp_path: Path
 ) -> None:
+    """An operator at the serial console: the wizard, then a login with the password it set, and SSH."""
     disk = overlay(artifacts["qcow2"], tmp_path / "disk.qcow2")
     known = {g["gateway_id"] for g in connected_gateways(plane)}
+    key, pubkey = ssh_keypair(tmp_path)
+    password = "e2e-Console-pw-4711"
+    ssh_port = free_port()
+    token = plane.token()
+    secret_part = token[5:][-24:]  # never on the console: the token is typed blind like a password
+    problems: list[str] = []  # checks that do not stop the session are reported together at the end
     # The serial console on QEMU's stdio, driven like an operator at a serial terminal.
     guest = Guest(disk, tmp_path, (plane.port, target), serial_file=False,
-                  credentials={"tmpfiles.extra": targets_credential(target)})  # fmt: skip
+                  credentials={"tmpfiles.extra": targets_credential(target)},
+                  forwards=(Forward(ssh_port, 22),))  # fmt: skip
     cmd = guest.cmd
     start = time.monotonic()
     child = pexpect.spawn(cmd[0], cmd[1:], encoding="utf-8", timeout=900, codec_errors="replace")
@@ -306,14 +342,30 @@ def test_wizard_over_the_serial_console(
             child.expect(r"\]: ")
             child.sendline("gw-wizard" if prompt == "Host name" else "")
         child.expect_exact("Join token (GWJ1.... from the management plane) []: ")
-        child.sendline(plane.token())
+        child.sendline(token)
+        # What the token carries is shown before anything else is asked or applied.
         child.expect_exact("Plane URL (empty = taken from the join token) []: ")
+        shown = child.before
+        if secret_part in shown:
+            problems.append(f"the join token was echoed on the console: {shown!r}")
+        ca = token_ca_hash(token)
+        for want in (
+            f"Plane: https://{HOST_ALIAS}:{plane.port}   CA {ca[:23]}...",
+            "Join token: GWJ1.********",
+        ):
+            if want not in shown:
+                problems.append(f"{want!r} not shown after the token was typed: {shown!r}")
         child.sendline("")
-        for prompt in ("Admin SSH key", "Console password", "Repeat password"):
+        child.expect_exact("Admin SSH key")
+        child.expect(r"\]: ")
+        child.sendline(pubkey)
+        for prompt in ("Console password", "Repeat password"):
             child.expect_exact(prompt)
             child.expect(r"\]: ")
-            child.sendline("")
+            child.sendline(password)
         child.expect_exact("[r]estart: ")
+        if f"Plane CA (pinned)      {ca}" not in child.before:
+            problems.append(f"the review does not show the pinned CA {ca}")
         child.sendline("y")
         child.timeout = 600
         index = child.expect_exact(["Keep these network settings?", "First boot complete."])
@@ -323,8 +375,46 @@ def test_wizard_over_the_serial_console(
         took = time.monotonic() - start
         wait_for(lambda: new_gateway_connected(plane, known), 600, "the wizard-configured gateway's tunnel")
         print(f"wizard shown after {wizard_shown:.0f}s; good path done after {took:.0f}s")
+
+        # SSH with the key the wizard was given: sshd runs and the firewall lets port 22 in.
+        proc = ssh_admin(key, ssh_port, "echo SSH-OK $(id -un)")
+        if "SSH-OK admin" not in proc.stdout:
+            problems.append(
+                f"ssh as admin with the wizard's key failed ({proc.returncode}): {proc.stderr[-300:]!r}"
+            )
+
+        # The serial console is handed to a login prompt; the wizard's password opens a shell.
+        child.timeout = 120
+        child.expect(r"login: ")
+        child.sendline("admin")
+        child.expect_exact("Password: ")
+        child.sendline(password)
+        child.expect(r"admin@gw-wizard:~\$ ")
+        logged_in = time.monotonic() - start
+        assert shell(child, "ID", "id").startswith("uid=1000(admin) gid=1000(admin)")
+        assert shell(child, "GW", "systemctl is-active gateway") == "active"
+        # sudo asks for the same password: the operator can administer the appliance.
+        as_root = f"echo '{password}' | sudo -S -p '' "
+        assert shell(child, "SUDO", as_root + "id -u") == "0"
+        # SSH takes keys only: the console password is not an SSH password.
+        pwauth = shell(child, "PWAUTH", as_root + "sshd -T | grep -i '^passwordauthentication'")
+        if pwauth.lower() != "passwordauthentication no":
+            problems.append(f"sshd accepts passwords: {pwauth!r}")
+        print(f"serial console login as admin after {logged_in:.0f}s")
+        child.sendline("exit")
+    except Exception as exc:
+        if problems:  # say what else went wrong before the step that stopped the session
+            raise AssertionError("\n".join([*problems, f"then: {type(exc).__name__}: {exc}"[:2000]])) from exc
+        raise
     finally:
         child.logfile_read.close()
         if child.isalive():
             child.kill(signal.SIGKILL)
         child.close()
+    assert not problems, "\n".join(problems)
+
+
+def token_ca_hash(token: str) -> str:
+    """The plane CA's SPKI hash a join token pins (`sha256:<hex>`), as the wizard shows it."""
+    payload = json.loads(base64.urlsafe_b64decode(token[5:] + "=" * (-len(token[5:]) % 4)))
+    return str(payload["h"])
