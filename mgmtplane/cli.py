@@ -1,4 +1,4 @@
-"""Command line of the reference plane: serve, token create/list, admin-token, gateways."""
+"""Command line of the reference plane: serve, token create/list, admin-token, gateways, forward."""
 
 from __future__ import annotations
 
@@ -175,6 +175,23 @@ def cmd_gateways(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forward(args: argparse.Namespace) -> int:
+    """`mgmtplane forward GATEWAY TARGET --listen 127.0.0.1:PORT`: a local listener relaying to one target."""
+    from mgmtplane.forward import build_config, run_forward  # the other commands do not need it
+
+    config = build_config(
+        Path(args.state_dir),
+        args.gateway,
+        args.target,
+        parse_listen(args.listen),
+        url=_check_advertise_url(args.url) if args.url else None,
+        ca_file=Path(args.ca_file) if args.ca_file else None,
+        token_file=Path(args.token_file) if args.token_file else None,
+    )
+    asyncio.run(run_forward(config))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `mgmtplane` argument parser."""
     parser = argparse.ArgumentParser(prog="mgmtplane", description="Reference management plane for gateways")
@@ -209,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_admin_token)
     p = with_state_dir(sub.add_parser("gateways", help="list registered gateways"))
     p.set_defaults(func=cmd_gateways)
+
+    p = with_state_dir(
+        sub.add_parser("forward", help="serve one target of a gateway on a local plain-HTTP port (for SDKs)")
+    )
+    p.add_argument("gateway", metavar="GATEWAY", help="gateway id (or its registered hostname)")
+    p.add_argument("target", metavar="TARGET", help="target name in the gateway's targets.yaml")
+    p.add_argument("--listen", default="127.0.0.1:0", help="loopback HOST:PORT to serve on (%(default)s)")
+    p.add_argument("--url", help="plane URL (default: the URL recorded in the state dir)")
+    p.add_argument("--ca-file", help="plane CA certificate (default: STATE_DIR/ca.pem)")
+    p.add_argument("--token-file", help="file holding the admin token (default: STATE_DIR/admin-token)")
+    p.set_defaults(func=cmd_forward)
     return parser
 
 

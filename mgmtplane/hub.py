@@ -25,10 +25,11 @@ log = logging.getLogger(__name__)
 RELAY_ROUTE = "/v1/gateways/{gateway_id}/targets/{target}/{path:.*}"
 TUNNEL_ROUTE = "/v1/tunnel"
 READ_CHUNK = 256 * 1024
-# The caller's plane credentials never reach the target; X-Target-Authorization becomes Authorization.
+# The caller's plane credentials never reach the target; X-Target-Authorization becomes Authorization
+# and X-Target-Cookie becomes Cookie (a SOAP session cookie such as vmware_soap_session).
 # Expect: 100-continue is answered by the plane's own HTTP server, never forwarded.
 _PLANE_ONLY = frozenset({"authorization", "cookie", "x-forwarded-for", "x-real-ip", "expect"})
-_TARGET_AUTH = "x-target-authorization"
+_TARGET_CREDENTIALS = {"x-target-authorization": "Authorization", "x-target-cookie": "Cookie"}
 
 STATUS_FOR_CODE: dict[p.ErrorCode, int] = {
     p.ErrorCode.TARGET_UNKNOWN: 404,
@@ -187,8 +188,8 @@ class Hub:
         headers = []
         for key, value in strip_hop_headers(request.headers.items()):
             lower = key.lower()
-            if lower == _TARGET_AUTH:
-                headers.append(("Authorization", value))
+            if lower in _TARGET_CREDENTIALS:
+                headers.append((_TARGET_CREDENTIALS[lower], value))
             elif lower not in _PLANE_ONLY:
                 headers.append((key, value))
         has_body = request.body_exists
