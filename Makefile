@@ -7,12 +7,16 @@ SPEC ?= appliance.yaml
 BUILD ?= build
 PYTEST := $(BIN)/pytest
 
-.PHONY: setup host venv ova image verify check lint unit integration vm bench clean distclean
+.PHONY: setup host tools venv ova image verify check lint unit integration vm bench clean distclean
 
-setup: host venv
+setup: host venv tools
 
 host:
 	@scripts/setup-host.sh
+
+# vcsim and govc for the SDK tests, built from Debian's govmomi source into .tools/bin.
+tools: host
+	@scripts/build-tools.sh
 
 # The venv is rebuilt only when the pins change.
 venv: $(VENV)/.stamp
@@ -56,4 +60,4 @@ clean:
 	rm -rf $(BUILD) .pytest_cache .mypy_cache .ruff_cache
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) .tools

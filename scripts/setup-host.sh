@@ -22,6 +22,7 @@ PKGS=(
   socat                                               # QEMU guest forwards to host loopback ports
   virt-v2v nbdkit libnbd-bin linux-image-amd64        # the OVA's KVM import test (libguestfs boots a kernel)
   nftables                                            # nft checks the appliance's rule sets (in a netns)
+  golang-go golang-github-vmware-govmomi-dev golang-github-kr-pretty-dev  # vcsim and govc (scripts/build-tools.sh)
 )
 
 die() { echo "setup: $*" >&2; exit 1; }
