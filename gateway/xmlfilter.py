@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import xml.etree.ElementTree as ET  # output trees only; parsing is defusedxml
 from xml.sax.saxutils import escape, quoteattr
 
 import defusedxml.ElementTree as DET
 
-from gateway.jsonpath import Node
+from gateway.jsonpath import Node, compile_paths
 from gateway.policy import XmlAllow
 
 MAX_DEPTH = 128
 _CHUNK = 64 * 1024
 # PropertyCollector results carry the property path in a `name` child; the property decides what leaves.
 _PROPERTY_ELEMENTS = frozenset({"propSet", "changeSet"})
+
+
+def whole_property(name: str, properties: frozenset[str]) -> bool:
+    """Whether `name`, or a property it is part of (`guest` for `guest.net`), is allowed whole."""
+    parts = name.split(".")
+    return any(".".join(parts[:n]) in properties for n in range(1, len(parts) + 1))
+
+
+@functools.lru_cache(maxsize=256)
+def narrowed(name: str, properties: frozenset[str]) -> Node | None:
+    """What a property's value may keep when only paths below it are allowed, or None.
+
+    Clients ask for a wide property (govc asks for `summary`) when the policy lists its fields
+    (`summary.config.name`, ...). The value's elements are named like the property path's steps
+    (VirtualMachineSummary has `config`, which has `name`), so the allowed fields below `name`
+    become element paths inside its `val`, each keeping its own subtree.
+    """
+    prefix = name + "."
+    below = sorted(p[len(prefix) :] for p in properties if p.startswith(prefix) and len(p) > len(prefix))
+    if not below or any(not step for rel in below for step in rel.split(".")):
+        return None
+    return compile_paths([rel.replace(".", "/") + "/**" for rel in below], slash=True).root
 
 
 class XmlRejected(ValueError):
@@ -65,7 +88,7 @@ def soap_operation(body: bytes) -> str:
 
 
 class _Frame:
-    __slots__ = ("has_child", "kept0", "name", "names", "node", "removed0", "start", "text")
+    __slots__ = ("has_child", "kept0", "name", "names", "narrowed", "node", "removed0", "start", "text")
 
     def __init__(self, node: Node, name: str, start: int, kept: int, removed: int) -> None:
         self.node = node
@@ -75,6 +98,7 @@ class _Frame:
         self.text: list[str] = []
         self.has_child = False
         self.names: list[str] | None = None  # a property element's `name` children
+        self.narrowed: str | None = None  # the property name its `val` was narrowed for
 
 
 _XML_NS = "http://www.w3.org/XML/1998/namespace"
@@ -144,6 +168,8 @@ class _Filter:
             parent.text.clear()
             parent.has_child = True
             sub = parent.node if parent.node.subtree else parent.node.child(local)
+            if sub is not None and local == "val" and parent.names is not None and sub.subtree:
+                sub = self._value_node(parent, sub)
             if sub is None:
                 self.removed += 1
                 self.skip = 1
@@ -166,6 +192,20 @@ class _Filter:
         parts.append(">")
         self.out.append("".join(parts))
         self.stack.append(frame)
+
+    def _value_node(self, prop: _Frame, whole: Node) -> Node | None:
+        """The allowlist for a property's `val`: whole, narrowed to the fields listed below it, or none."""
+        names = prop.names or []
+        if len(names) != 1:
+            # No name yet (servers send it first): keep the value for now; the property is cut at
+            # its end unless its name turns out to be allowed whole.
+            return whole if not names else None
+        if whole_property(names[0], self.allow.properties):
+            return whole
+        node = narrowed(names[0], self.allow.properties)
+        if node is not None:
+            prop.narrowed = names[0]
+        return node
 
     def data(self, text: str) -> None:
         if not self.skip and self.stack:
@@ -193,7 +233,8 @@ class _Filter:
             parent.names.append(text.strip())
         if frame.names is not None:
             self.open_props -= 1
-            if len(frame.names) != 1 or frame.names[0] not in self.allow.properties:
+            name = frame.names[0] if len(frame.names) == 1 else None
+            if name is None or not (whole_property(name, self.allow.properties) or frame.narrowed == name):
                 # Not an allowed property: cut it back out, with whatever it counted.
                 del self.out[frame.start :]
                 self.kept, self.removed = frame.kept0, frame.removed0 + 1
