@@ -23,6 +23,7 @@ PKGS=(
   virt-v2v nbdkit libnbd-bin linux-image-amd64        # the OVA's KVM import test (libguestfs boots a kernel)
   nftables                                            # nft checks the appliance's rule sets (in a netns)
   golang-go golang-github-vmware-govmomi-dev golang-github-kr-pretty-dev  # vcsim and govc (scripts/build-tools.sh)
+  python3-keystone                                    # a real Keystone for openstacksdk through the relay
 )
 
 die() { echo "setup: $*" >&2; exit 1; }
