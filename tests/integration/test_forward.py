@@ -15,7 +15,15 @@ import pytest
 from aiohttp import web
 
 from tests.integration import plane_helpers
-from tests.integration.sdk_support import Chain, Target, chain, read_forward_url, start_forward, stop
+from tests.integration.sdk_support import (
+    Chain,
+    Target,
+    chain,
+    free_port,
+    read_forward_url,
+    start_forward,
+    stop,
+)
 from tests.integration.tunnel_support import rss_kib, target_app, write_policies
 
 BIG = 64 * 1024 * 1024
@@ -158,3 +166,12 @@ def test_an_unknown_gateway_name_is_a_one_line_error(env: Chain) -> None:
     cmd += [str(env.plane.state_dir)]
     result = subprocess.run(cmd, env=plane_helpers._env(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "neither a registered gateway id nor a hostname" in result.stderr
+
+
+async def test_an_unreachable_plane_is_a_502_with_the_reason(env: Chain) -> None:
+    closed = free_port()
+    with env.forward("t1", "--url", f"https://127.0.0.1:{closed}") as fwd:
+        async with aiohttp.ClientSession() as http, http.get(f"{fwd.url}/small") as r:
+            body = await r.json()
+            assert r.status == 502 and body["error"] == "plane-unreachable"
+            assert r.headers["X-Relay-Refusal"].startswith("plane-unreachable: ")
