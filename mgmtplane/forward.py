@@ -71,10 +71,7 @@ def _read_token(path: Path) -> str:
 
 def resolve_gateway(state_dir: Path, name: str) -> str:
     """A gateway id from an id or a registered hostname (hostnames must be unique)."""
-    try:
-        records = Registry(state_dir).all()
-    except PlaneError:
-        records = []
+    records = Registry(state_dir).all()  # none when the plane's state is elsewhere (flags given)
     if any(r.gateway_id == name for r in records):
         return name
     matches = [r.gateway_id for r in records if r.hostname == name]
