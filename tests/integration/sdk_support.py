@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,19 @@ def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], sig: int = signa
             proc.kill()
             proc.wait(timeout=10)
     return int(proc.returncode)
+
+
+def call_url(
+    url: str, headers: dict[str, str] | None = None, method: str = "GET", data: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One plain-HTTP call (to a forward); error statuses are returned, and every response is closed."""
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, dict(exc.headers), exc.read()
 
 
 @dataclass
@@ -122,7 +136,8 @@ class Chain:
             with urllib.request.urlopen(req, context=self.ssl_context(), timeout=10) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
+            with exc:
+                return exc.code, exc.read()
 
     def wait_connected(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

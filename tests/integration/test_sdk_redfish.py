@@ -15,7 +15,6 @@ import re
 import secrets
 import subprocess
 import sys
-import urllib.request
 from base64 import b64encode
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import pytest
 import sushy
 from sushy import exceptions as sushy_errors
 
-from tests.integration.sdk_support import Chain, Forward, Target, chain, stop, wait_port
+from tests.integration.sdk_support import Chain, Forward, Target, call_url, chain, stop, wait_port
 
 USER = "operator"
 
@@ -138,16 +137,11 @@ def test_sushy_credentials_reach_the_bmc_and_bad_ones_fail_as_401(
 
 
 def _get(base: str, path: str, password: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    token = b64encode(f"{USER}:{password}".encode()).decode()
-    req = urllib.request.Request(base + path, method=method, headers={"Authorization": f"Basic {token}"})
+    headers = {"Authorization": "Basic " + b64encode(f"{USER}:{password}".encode()).decode()}
     if method == "POST":
-        req.data = b'{"ResetType": "ForceOff"}'
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+        headers["Content-Type"] = "application/json"
+        return call_url(base + path, headers, method, b'{"ResetType": "ForceOff"}')
+    return call_url(base + path, headers, method)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import subprocess
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import pytest
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
-from tests.integration.sdk_support import Chain, Forward, Target, chain, stop, tool
+from tests.integration.sdk_support import Chain, Forward, Target, call_url, chain, stop, tool
 
 # What an inventory collector reads, per type; every path here is allowed by the shipped policy.
 INVENTORY: dict[Any, list[str]] = {
@@ -218,14 +217,11 @@ def test_pyvmomi_consoles_exports_and_guest_operations_are_refused(
     for operation, call in not_listed.items():
         assert f"403 Relay refused: filtered: SOAP operation '{operation}' is not allowed" in _refusal(call)
     # Datastore file download with the session's own cookie: refused before the target, too.
-    cookie = si._stub.cookie
-    req = urllib.request.Request(
-        f"{fwd.url}/folder/DC0_H0_VM0/DC0_H0_VM0.vmx?dcPath=DC0&dsName=LocalDS_0", headers={"Cookie": cookie}
+    status, headers, _body = call_url(
+        f"{fwd.url}/folder/DC0_H0_VM0/DC0_H0_VM0.vmx?dcPath=DC0&dsName=LocalDS_0", {"Cookie": si._stub.cookie}
     )
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(req, timeout=10)
-    assert err.value.code == 403
-    assert "/folder on vSphere hosts carries data" in err.value.headers["X-Relay-Refusal"]
+    assert status == 403
+    assert "/folder on vSphere hosts carries data" in headers["X-Relay-Refusal"]
     assert vcsim.operations()[before:] == []  # none of them reached vcsim
     Disconnect(si)
     gc.collect()
