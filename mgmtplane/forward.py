@@ -221,7 +221,7 @@ async def _plane_refusal(
         pass
     reason = _one_line(f"{code}: {message}" if message else code)
     log.info("%s %s: %d %s", request.method, request.raw_path[:200], upstream.status, reason)
-    resp = web.Response(status=upstream.status, reason=_reason(upstream.status, reason), body=raw)
+    resp = web.Response(status=upstream.status, reason=_reason(reason), body=raw)
     for key, value in headers:
         if key.lower() not in ("content-length", "content-encoding"):
             resp.headers.add(key, value)
@@ -229,7 +229,7 @@ async def _plane_refusal(
     return resp
 
 
-def _reason(status: int, reason: str) -> str:
+def _reason(reason: str) -> str:
     # The status line's reason phrase is what pyVmomi and govc print for a non-SOAP answer.
     return _one_line(f"Relay refused: {reason}", 200)
 
@@ -238,7 +238,7 @@ def _refusal(status: int, code: str, message: str) -> web.Response:
     reason = _one_line(f"{code}: {message}")
     resp = web.Response(
         status=status,
-        reason=_reason(status, reason),
+        reason=_reason(reason),
         text=json.dumps({"error": code, "message": message}),
         content_type="application/json",
     )
