@@ -13,6 +13,7 @@ import http.client
 import os
 import re
 import secrets
+import select
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -97,8 +98,10 @@ def vcsim(env: tuple[Chain, Forward], tmp_path: Path) -> Iterator[Vcsim]:
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline()  # "export GOVC_URL=http://user:pass@127.0.0.1:PORT/sdk ..." once it listens
-    assert f"127.0.0.1:{port}/sdk" in line, line
+    # "export GOVC_URL=http://user:pass@127.0.0.1:PORT/sdk ..." once it listens (bounded wait).
+    ready, _, _ = select.select([proc.stdout], [], [], 20)
+    line = proc.stdout.readline() if ready else ""
+    assert f"127.0.0.1:{port}/sdk" in line, f"vcsim did not start: {line!r}"
     try:
         yield Vcsim(proc, port, user, password, trace)
     finally:
