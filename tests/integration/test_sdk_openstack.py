@@ -86,15 +86,13 @@ def keystone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keystone]:
     _manage(conf, "db_sync")
     _manage(conf, "fernet_setup", "--keystone-user", user, "--keystone-group", f"{os.getgid()}")
     _manage(conf, "credential_setup", "--keystone-user", user, "--keystone-group", f"{os.getgid()}")
+    # `--option=value`: a random password may start with "-", which argparse takes for an option.
     _manage(
         conf,
         "bootstrap",
-        "--bootstrap-password",
-        password,
-        "--bootstrap-public-url",
-        f"{UNREACHABLE}/v3",
-        "--bootstrap-region-id",
-        "RegionOne",
+        f"--bootstrap-password={password}",
+        f"--bootstrap-public-url={UNREACHABLE}/v3",
+        "--bootstrap-region-id=RegionOne",
     )
     # WAL: a reader in one of Keystone's pooled connections must not block another's write
     # ("database is locked"); the journal mode is kept in the database file.

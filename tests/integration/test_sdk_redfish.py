@@ -224,7 +224,9 @@ def validate(base: str, password: str, out: Path) -> dict[str, Any]:
     exe = Path(sys.executable).parent / "rf_service_validator"
     # Offline: DMTF's schema bundle (DSP8010) comes from dmtf.org, which tests never reach, so the
     # download is skipped and external fetches go to a closed loopback port.
-    cmd = [str(exe), "-r", base, "-u", USER, "-p", password, "--authtype", "Basic", "--logdir", str(out)]
+    # --option=value: a random password may start with "-", which argparse takes for an option.
+    cmd = [str(exe), f"--rhost={base}", f"--user={USER}", f"--password={password}", "--authtype=Basic"]
+    cmd += [f"--logdir={out}"]
     cmd += ["--schema_directory", str(schemas), "--skipschema", "--timeout", "10"]
     cmd += ["--ext_http_proxy", "http://127.0.0.1:9", "--ext_https_proxy", "http://127.0.0.1:9"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=out)

@@ -91,8 +91,9 @@ def vcsim(env: tuple[Chain, Forward], tmp_path: Path) -> Iterator[Vcsim]:
     port = env[0].targets["vc"].port
     user, password = "sdk-" + secrets.token_hex(4), secrets.token_urlsafe(12)
     trace = tmp_path / "vcsim-trace.txt"
-    cmd = [str(tool("vcsim")), "-l", f"127.0.0.1:{port}", "-tls=false", "-username", user]
-    cmd += ["-password", password, "-trace", "-trace-file", str(trace), "-stdinexit"]
+    # -flag=value: a random password may start with "-".
+    cmd = [str(tool("vcsim")), f"-l=127.0.0.1:{port}", "-tls=false", f"-username={user}"]
+    cmd += [f"-password={password}", "-trace", f"-trace-file={trace}", "-stdinexit"]
     # -stdinexit: vcsim ends when its stdin closes, so it never outlives this test process.
     proc = subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
