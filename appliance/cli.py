@@ -11,7 +11,7 @@ from pathlib import Path
 from appliance.errors import ApplianceError
 from appliance.log import setup_logging
 from appliance.qemu import DISK_DEVICES, NIC_DEVICES, BootOptions, Firmware, Forward
-from gateway.cliutil import run_command
+from gwcore.cli import run_command
 
 log = logging.getLogger("appliance")
 

@@ -15,7 +15,7 @@ from firstboot.errors import FirstbootError
 from firstboot.seeds import Resolved, SeedContext, resolve
 from firstboot.settings import BY_KEY, KEYS, Settings, build, check_cross, check_fields, masked, missing
 from firstboot.system import System, atomic_write
-from gateway.cliutil import run_command
+from gwcore.cli import run_command
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from yarl import URL
 from firstboot.errors import FirstbootError
 from firstboot.redact import printable
 from firstboot.register_args import DESCRIPTION, add_arguments
-from gateway.atomic import write_atomic
-from gateway.cliutil import run_command
-from gateway.safeload import loads_json
+from gwcore.atomic import write_atomic
+from gwcore.cli import run_command
+from gwcore.safeload import loads_json
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from firstboot.apply import gateway, network
 from firstboot.errors import FirstbootError
 from firstboot.settings import Settings, build
 from firstboot.system import System, read_os_release
-from gateway import status_file
-from gateway.safeload import loads_json, loads_yaml
+from gwcore import status_file
+from gwcore.safeload import loads_json, loads_yaml
 
 log = logging.getLogger(__name__)
 

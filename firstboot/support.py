@@ -13,7 +13,7 @@ from typing import Any
 
 from firstboot.redact import mask_url_passwords, mask_url_value
 from firstboot.system import System, atomic_write
-from gateway.safeload import loads_json, loads_yaml
+from gwcore.safeload import loads_json, loads_yaml
 
 OUT_DIR = "/var/lib/gateway-support"
 # Config files worth shipping; identity private keys are never included.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firstboot.errors import FirstbootError
-from gateway.atomic import write_atomic
+from gwcore.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 

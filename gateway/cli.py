@@ -6,8 +6,8 @@ import argparse
 import logging
 from collections.abc import Callable, Sequence
 
-from gateway.cliutil import run_command
 from gateway.errors import GatewayError
+from gwcore.cli import run_command
 
 # Each entry adds its subcommand(s) to the parser and sets `func` (args -> exit code) on them.
 # Modules own their own subcommands; this file only wires them together.

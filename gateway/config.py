@@ -10,9 +10,9 @@ from typing import Any
 from yarl import URL
 
 from gateway.errors import GatewayError
-from gateway.safeload import read_yaml_file
-from gateway.status_file import DEFAULT_INTERVAL as DEFAULT_STATUS_INTERVAL
-from gateway.status_file import DEFAULT_PATH as DEFAULT_STATUS_PATH
+from gwcore.safeload import read_yaml_file
+from gwcore.status_file import DEFAULT_INTERVAL as DEFAULT_STATUS_INTERVAL
+from gwcore.status_file import DEFAULT_PATH as DEFAULT_STATUS_PATH
 
 DEFAULT_CONFIG = Path("/etc/gateway/gateway.yaml")
 

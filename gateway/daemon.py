@@ -13,9 +13,6 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from gateway import protocol as p
-from gateway import status_file
-from gateway.atomic import write_atomic
 from gateway.backoff import Backoff
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
@@ -23,9 +20,12 @@ from gateway.policy import PolicySet, load_policies
 from gateway.proxy import redact
 from gateway.relay import Relay, body_budget
 from gateway.ssrf import own_addresses
-from gateway.streams import until_either
 from gateway.targets import TargetSet, load_targets
 from gateway.tunnel import Rejected, State, TunnelClient, client_ssl_context
+from gwcore import protocol as p
+from gwcore import status_file
+from gwcore.atomic import write_atomic
+from gwcore.streams import until_either
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import yaml
 
 from gateway.errors import GatewayError
 from gateway.jsonpath import Allowlist, PathSyntaxError, compile_paths, parse_json_path
-from gateway.safeload import ParseError, compose_yaml
+from gwcore.safeload import ParseError, compose_yaml
 
 SYSTEM_POLICY_DIR = Path("/etc/gateway/policies.d")
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024

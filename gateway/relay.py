@@ -13,7 +13,6 @@ from typing import Any
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway import protocol as p
 from gateway.budget import Budget, BudgetExhausted, Lease, cgroup_memory_limit, default_budget
 from gateway.filter_audit import log_decision
 from gateway.framing import RequestFramingError, declared_length, forwardable
@@ -37,8 +36,9 @@ from gateway.metadata_filter import (
 )
 from gateway.policy import MAX_REQUEST_BODY_BYTES, PolicySet, Rule
 from gateway.ssrf import AddressForbidden, GuardedResolver, IPAddress, check_literal
-from gateway.streams import Stream, StreamReset
 from gateway.targets import Target, TargetSet
+from gwcore import protocol as p
+from gwcore.streams import Stream, StreamReset
 
 log = logging.getLogger(__name__)
 

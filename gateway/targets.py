@@ -11,8 +11,8 @@ from typing import Any
 from yarl import URL
 
 from gateway.errors import GatewayError
-from gateway.safeload import read_yaml_file
 from gateway.ssrf import IPNetwork, parse_allow
+from gwcore.safeload import read_yaml_file
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _KIND_RE = re.compile(r"^(vsphere|vsphere-soap|redfish|http|openstack-[a-z][a-z0-9-]{1,30})$")

@@ -21,8 +21,8 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway.atomic import write_atomic
-from gateway.safeload import loads_json
+from gwcore.atomic import write_atomic
+from gwcore.safeload import loads_json
 from mgmtplane import tls_alerts
 from mgmtplane.ca import (
     CA_CERT_FILE,

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.atomic import write_atomic
+from gwcore.atomic import write_atomic
 from mgmtplane.errors import PlaneError
 from mgmtplane.registry import state_lock
 

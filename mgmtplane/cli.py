@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from gateway.cliutil import run_command
+from gwcore.cli import run_command
 from mgmtplane.app import PlaneConfig, create_app, load_or_create_admin_token, server_ssl_context
 from mgmtplane.ca import load_ca, server_cert_covers
 from mgmtplane.errors import PlaneError

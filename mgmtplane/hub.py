@@ -15,10 +15,10 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from gateway import protocol as p
 from gateway.relay import strip_hop_headers
 from gateway.retry_policy import TUNNEL_ERROR_HEADER
-from gateway.streams import WS_MAX_MESSAGE, Mux, StreamReset, end_connection, until_either
+from gwcore import protocol as p
+from gwcore.streams import WS_MAX_MESSAGE, Mux, StreamReset, end_connection, until_either
 
 log = logging.getLogger(__name__)
 

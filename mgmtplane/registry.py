@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.atomic import write_atomic
-from gateway.safeload import loads_json
+from gwcore.atomic import write_atomic
+from gwcore.safeload import loads_json
 from mgmtplane.errors import PlaneError
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 from firstboot.errors import FirstbootError
 from firstboot.settings import Settings, build
 from firstboot.system import System, atomic_write, remove
-from gateway.safeload import loads_json
+from gwcore.safeload import loads_json
 
 log = logging.getLogger(__name__)
 

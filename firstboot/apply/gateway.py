@@ -9,7 +9,7 @@ from typing import Any
 
 from firstboot.settings import Settings
 from firstboot.system import System, atomic_write
-from gateway.safeload import loads_yaml
+from gwcore.safeload import loads_yaml
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from firstboot.settings import (
     parse_token,
     validate_value,
 )
-from gateway.safeload import ParseError, loads_yaml
+from gwcore.safeload import ParseError, loads_yaml
 
 PASSWORD = "admin.password"  # typed at the console, turned into admin.password_hash
 PASSWORD2 = "admin.password2"

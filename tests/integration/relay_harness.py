@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
-from gateway import protocol as p
 from gateway.relay import Relay
-from gateway.streams import WS_MAX_MESSAGE, Mux
+from gwcore import protocol as p
+from gwcore.streams import WS_MAX_MESSAGE, Mux
 
 PLANE_LIMITS = p.Limits(initial_stream_window=4 << 20, initial_connection_window=64 << 20)
 

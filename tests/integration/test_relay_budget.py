@@ -19,11 +19,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway import protocol as p
 from gateway.budget import MIB, Budget
 from gateway.policy import load_policies
 from gateway.relay import Relay
 from gateway.targets import parse_targets
+from gwcore import protocol as p
 from tests.integration.relay_harness import HostilePlane, request_frames
 from tests.integration.tunnel_support import PYTHON, REPO, free_port, make_pki, running_plane, stop_process
 

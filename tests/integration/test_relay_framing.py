@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from gateway import protocol as p
 from gateway.policy import load_policies
 from gateway.relay import Relay
 from gateway.targets import parse_targets
+from gwcore import protocol as p
 from tests.integration.relay_harness import HostilePlane, RecordingTarget, request_frames
 
 pytestmark = pytest.mark.integration

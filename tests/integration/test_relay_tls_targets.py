@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import trustme
 
-from gateway import protocol as p
 from gateway.relay import Relay
 from gateway.targets import parse_targets
+from gwcore import protocol as p
 from tests.integration.relay_harness import HostilePlane, RecordingTarget, request_frames
 from tests.integration.tunnel_support import write_policies
 

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from yarl import URL
 
-from gateway import protocol as p
 from gateway.backoff import Backoff
 from gateway.policy import load_policies
 from gateway.relay import Relay
 from gateway.targets import parse_targets
 from gateway.tunnel import TunnelClient, client_ssl_context
+from gwcore import protocol as p
 from mgmtplane import tls_alerts
 from mgmtplane.hub import PLANE_LIMITS, Hub, setup_hub
 

@@ -1,4 +1,4 @@
-"""gateway.cliutil.run_command: how every CLI of the project ends."""
+"""gwcore.cli.run_command: how every CLI of the project ends."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from gateway.cliutil import run_command
 from gateway.errors import GatewayError
+from gwcore.cli import run_command
 
 ARGS = argparse.Namespace()
 

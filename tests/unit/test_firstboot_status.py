@@ -204,7 +204,7 @@ def test_plane_summary_warns_about_expired_tokens() -> None:
 
 
 def write_report(system: System, **fields: object) -> None:
-    from gateway.status_file import TunnelReport, encode
+    from gwcore.status_file import TunnelReport, encode
 
     path = system.root / "run/gateway/status.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from gateway.atomic import write_atomic
+from gwcore.atomic import write_atomic
 from mgmtplane.cli import parse_listen
 from mgmtplane.errors import PlaneError
 from mgmtplane.registry import GatewayRecord, Registry

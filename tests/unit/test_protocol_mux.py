@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import protocol as p
-from gateway import streams
-from gateway.streams import Mux, Stream, StreamReset
+from gwcore import protocol as p
+from gwcore import streams
+from gwcore.streams import Mux, Stream, StreamReset
 
 
 class Pair:

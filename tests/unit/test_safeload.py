@@ -14,8 +14,8 @@ from firstboot.wizard.model import load_answers
 from gateway.config import load_config
 from gateway.errors import GatewayError
 from gateway.policy import load_policies
-from gateway.safeload import ParseError, compose_yaml, loads_json, loads_yaml, read_yaml_file
 from gateway.targets import load_targets
+from gwcore.safeload import ParseError, compose_yaml, loads_json, loads_yaml, read_yaml_file
 
 # Past the interpreter's recursion limit (1000 frames): json takes one frame a level, PyYAML's
 # composer two. PyYAML's scanner is quadratic in nesting depth, so its input stays small.

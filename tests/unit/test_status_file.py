@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.status_file import (
+from gwcore.status_file import (
     SCHEMA,
     TunnelReport,
     decode,

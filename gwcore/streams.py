@@ -9,8 +9,8 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from gateway import protocol as p
 from gateway.errors import GatewayError
+from gwcore import protocol as p
 
 log = logging.getLogger(__name__)
 
