@@ -19,8 +19,8 @@ from typing import Any
 # Run from a checkout whether or not the package is installed into the venv.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.metadata_filter import Allowed, FilterRequest, FilterResponse, filter_response
-from gateway.policy import PolicySet, default_policy_dirs, load_policies
+from gateway.filter.metadata_filter import Allowed, FilterRequest, FilterResponse, filter_response
+from gateway.filter.policy import PolicySet, default_policy_dirs, load_policies
 
 MB = 1_000_000
 

@@ -16,7 +16,7 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 
 def _registrars() -> list[Registrar]:
     from gateway.daemon_cli import add_parsers as add_daemon_parsers
-    from gateway.policy_cli import add_parsers as add_policy_parsers
+    from gateway.filter.policy_cli import add_parsers as add_policy_parsers
 
     return [add_policy_parsers, add_daemon_parsers]
 

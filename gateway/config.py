@@ -18,7 +18,7 @@ DEFAULT_CONFIG = Path("/etc/gateway/gateway.yaml")
 
 
 def _package_policies() -> Path:
-    return Path(__file__).resolve().parent / "policies"
+    return Path(__file__).resolve().parent / "filter" / "policies"
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,15 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from gateway.backoff import Backoff
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
-from gateway.policy import PolicySet, load_policies
-from gateway.proxy import redact
-from gateway.relay import Relay, body_budget
-from gateway.ssrf import own_addresses
-from gateway.targets import TargetSet, load_targets
-from gateway.tunnel import Rejected, State, TunnelClient, client_ssl_context
+from gateway.filter.policy import PolicySet, load_policies
+from gateway.relay.relay import Relay, body_budget
+from gateway.relay.ssrf import own_addresses
+from gateway.relay.targets import TargetSet, load_targets
+from gateway.tunnel.backoff import Backoff
+from gateway.tunnel.client import Rejected, State, TunnelClient, client_ssl_context
+from gateway.tunnel.proxy import redact
 from gwcore import protocol as p
 from gwcore import status_file
 from gwcore.atomic import write_atomic
@@ -96,7 +96,7 @@ class StatusWriter:
         )
         try:
             # World-readable: the console reads it, and it holds no secret (the proxy URL that
-            # errors could name has no credentials in it, see gateway.proxy).
+            # errors could name has no credentials in it, see gateway.tunnel.proxy).
             write_atomic(self.path, status_file.encode(report), mode=0o644)
         except OSError as exc:
             if not self._failed:

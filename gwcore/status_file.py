@@ -27,7 +27,9 @@ STALE_AFTER_INTERVALS = 3
 class TunnelReport:
     """One snapshot of the daemon. Times are Unix seconds (UTC)."""
 
-    state: str = "unknown"  # gateway.tunnel.State: connecting, connected, draining, backoff, rejected, ...
+    state: str = (
+        "unknown"  # gateway.tunnel.client.State: connecting, connected, draining, backoff, rejected, ...
+    )
     since: float | None = None  # when the tunnel last went up, went down, or stopped
     plane_url: str = ""
     connects: int = 0  # successful connections since the daemon started

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
-from gateway.relay import Relay
+from gateway.relay.relay import Relay
 from gwcore import protocol as p
 from gwcore.streams import WS_MAX_MESSAGE, Mux
 

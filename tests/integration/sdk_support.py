@@ -29,7 +29,7 @@ from tests.integration import plane_helpers
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / ".tools" / "bin"
-SHIPPED_POLICIES = REPO / "gateway" / "policies"
+SHIPPED_POLICIES = REPO / "gateway" / "filter" / "policies"
 _FORWARDING = re.compile(r"mgmtplane: forwarding (http://\S+)")
 
 

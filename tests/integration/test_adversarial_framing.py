@@ -26,9 +26,9 @@ import trustme
 from aiohttp import web
 from yarl import URL
 
-from gateway.policy import load_policies
-from gateway.relay import Relay
-from gateway.targets import parse_targets
+from gateway.filter.policy import load_policies
+from gateway.relay.relay import Relay
+from gateway.relay.targets import parse_targets
 from gwcore import protocol as p
 from tests.integration.relay_harness import HostileHub, Outcome, RecordingTarget, TargetRequest, ok_response
 from tests.integration.tunnel_support import free_port, make_client, make_pki, plane_ssl_context

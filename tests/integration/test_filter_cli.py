@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 FIXTURES = Path(__file__).parent.parent / "unit" / "fixtures" / "filter"
-SHIPPED = Path(__file__).parent.parent.parent / "gateway" / "policies"
+SHIPPED = Path(__file__).parent.parent.parent / "gateway" / "filter" / "policies"
 
 
 def _gateway(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

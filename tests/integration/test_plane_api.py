@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from firstboot.register import load_identity, parse_token
-from gateway import tunnel
+from gateway.tunnel import client as tunnel
 from tests.integration.plane_helpers import Plane, register, running_plane, wait_sockets_closed
 
 

@@ -15,8 +15,8 @@ import pytest
 import trustme
 from yarl import URL
 
-from gateway.relay import Relay
-from gateway.tunnel import TunnelClient
+from gateway.relay.relay import Relay
+from gateway.tunnel.client import TunnelClient
 from mgmtplane.hub import Hub
 from tests.integration.tunnel_support import (
     Pki,

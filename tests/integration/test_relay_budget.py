@@ -19,10 +19,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.budget import MIB, Budget
-from gateway.policy import load_policies
-from gateway.relay import Relay
-from gateway.targets import parse_targets
+from gateway.filter.policy import load_policies
+from gateway.relay.budget import MIB, Budget
+from gateway.relay.relay import Relay
+from gateway.relay.targets import parse_targets
 from gwcore import protocol as p
 from tests.integration.relay_harness import HostilePlane, request_frames
 from tests.integration.tunnel_support import PYTHON, REPO, free_port, make_pki, running_plane, stop_process

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.policy import load_policies
-from gateway.relay import Relay
-from gateway.targets import parse_targets
+from gateway.filter.policy import load_policies
+from gateway.relay.relay import Relay
+from gateway.relay.targets import parse_targets
 from gwcore import protocol as p
 from tests.integration.relay_harness import HostilePlane, RecordingTarget, request_frames
 from tests.integration.tunnel_support import write_policies

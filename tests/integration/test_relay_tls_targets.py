@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from gateway.relay import Relay
-from gateway.targets import parse_targets
+from gateway.relay.relay import Relay
+from gateway.relay.targets import parse_targets
 from gwcore import protocol as p
 from tests.integration.relay_harness import HostilePlane, RecordingTarget, request_frames
 from tests.integration.tunnel_support import write_policies
@@ -43,7 +43,7 @@ async def servers(tmp_path: Path) -> AsyncIterator[tuple[dict[str, RecordingTarg
 
 
 def relay_for(tmp_path: Path, items: list[dict[str, object]]) -> Relay:
-    from gateway.policy import load_policies
+    from gateway.filter.policy import load_policies
 
     for item in items:
         item.setdefault("allow_private", ["127.0.0.1", "::1"])

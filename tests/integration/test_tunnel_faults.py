@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from gateway.tunnel import State
+from gateway.tunnel.client import State
 from tests.integration.tunnel_support import (
     free_port,
     make_client,

@@ -21,8 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from yarl import URL
 
-from gateway.retry_policy import TUNNEL_ERROR_HEADER
-from gateway.tunnel import Rejected, State, TunnelClient, client_ssl_context
+from gateway.tunnel.client import Rejected, State, TunnelClient, client_ssl_context
+from gateway.tunnel.retry_policy import TUNNEL_ERROR_HEADER
 from tests.integration.tunnel_support import (
     Pki,
     free_port,

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from yarl import URL
 
-from gateway.backoff import Backoff
-from gateway.policy import load_policies
-from gateway.relay import Relay
-from gateway.targets import parse_targets
-from gateway.tunnel import TunnelClient, client_ssl_context
+from gateway.filter.policy import load_policies
+from gateway.relay.relay import Relay
+from gateway.relay.targets import parse_targets
+from gateway.tunnel.backoff import Backoff
+from gateway.tunnel.client import TunnelClient, client_ssl_context
 from gwcore import protocol as p
 from mgmtplane import tls_alerts
 from mgmtplane.hub import PLANE_LIMITS, Hub, setup_hub

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.budget import MIB, Budget, BudgetExhausted, cgroup_memory_limit, default_budget
+from gateway.relay.budget import MIB, Budget, BudgetExhausted, cgroup_memory_limit, default_budget
 
 
 def test_leases_share_one_limit_and_give_everything_back() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.filter_audit import log_decision
-from gateway.metadata_filter import (
+from gateway.filter.audit import log_decision
+from gateway.filter.metadata_filter import (
     Allowed,
     FilterRequest,
     FilterResponse,
@@ -17,7 +17,7 @@ from gateway.metadata_filter import (
     filter_response,
     header_value,
 )
-from gateway.policy import load_policies
+from gateway.filter.policy import load_policies
 
 POLICY = """\
 kind: http
@@ -34,7 +34,7 @@ def test_every_decision_is_logged_without_removed_values(
 ) -> None:
     (tmp_path / "p.yaml").write_text(textwrap.dedent(POLICY))
     policies = load_policies([tmp_path])
-    caplog.set_level(logging.DEBUG, logger="gateway.filter_audit")
+    caplog.set_level(logging.DEBUG, logger="gateway.filter.audit")
     req = FilterRequest("GET", "/things?owner=CANARY-QUERY", {"Authorization": "CANARY-AUTH"})
     log_decision("lab1", "http", req, check_request(policies, "http", req))
     body = b'[{"id": "t1", "secret": "CANARY-VALUE"}, {"id": "t2", "CANARY-KEY": 1}]'

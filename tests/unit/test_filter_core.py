@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.metadata_filter import (
+from gateway.filter.metadata_filter import (
     Allowed,
     Denied,
     FilterRequest,
@@ -18,7 +18,7 @@ from gateway.metadata_filter import (
     filter_response,
     header_value,
 )
-from gateway.policy import PolicySet, Rule, load_policies
+from gateway.filter.policy import PolicySet, Rule, load_policies
 
 POLICY = """\
 kind: openstack-nova

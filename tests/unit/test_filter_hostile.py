@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.metadata_filter import Allowed, Denied, FilterRequest, FilterResponse, filter_response
-from gateway.policy import PolicySet, load_policies
+from gateway.filter.metadata_filter import Allowed, Denied, FilterRequest, FilterResponse, filter_response
+from gateway.filter.policy import PolicySet, load_policies
 
 POLICY = """\
 kind: http

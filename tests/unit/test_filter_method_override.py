@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-from gateway.metadata_filter import Denied, FilterRequest, check_request
-from gateway.policy import PolicySet, Rule, load_policies
+from gateway.filter.metadata_filter import Denied, FilterRequest, check_request
+from gateway.filter.policy import PolicySet, Rule, load_policies
 
 POLICY = """\
 kind: http

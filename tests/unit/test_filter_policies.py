@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.metadata_filter import (
+from gateway.filter.metadata_filter import (
     Allowed,
     Denied,
     FilterRequest,
@@ -22,7 +22,7 @@ from gateway.metadata_filter import (
     check_request,
     filter_response,
 )
-from gateway.policy import Kind, PolicySet, Rule, default_policy_dirs, load_policies
+from gateway.filter.policy import Kind, PolicySet, Rule, default_policy_dirs, load_policies
 
 FIXTURES = Path(__file__).parent / "fixtures" / "filter"
 CANARY = b"CANARY"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.jsonpath import ITEMS, SUBTREE, WILD, PathSyntaxError, compile_paths, parse_json_path
-from gateway.policy import Kind, check_policy_dirs, default_policy_dirs, load_policies
+from gateway.filter.jsonpath import ITEMS, SUBTREE, WILD, PathSyntaxError, compile_paths, parse_json_path
+from gateway.filter.policy import Kind, check_policy_dirs, default_policy_dirs, load_policies
 
 SHIPPED = default_policy_dirs()[0]
 

@@ -15,8 +15,8 @@ import defusedxml.ElementTree as DET
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.jsonpath import compile_paths
-from gateway.metadata_filter import (
+from gateway.filter.jsonpath import compile_paths
+from gateway.filter.metadata_filter import (
     Allowed,
     Denied,
     FilterRequest,
@@ -24,8 +24,8 @@ from gateway.metadata_filter import (
     filter_json,
     filter_response,
 )
-from gateway.policy import BodyAllow, Kind, PathPattern, PolicySet, Rule, XmlAllow
-from gateway.xmlfilter import filter_xml
+from gateway.filter.policy import BodyAllow, Kind, PathPattern, PolicySet, Rule, XmlAllow
+from gateway.filter.xmlfilter import filter_xml
 
 KEYS = ["a", "b", "c", "d.e", "*", "@odata.id"]
 WILD, ITEMS, SUBTREE = object(), object(), object()

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from gateway.metadata_filter import Allowed, FilterRequest, FilterResponse, filter_response
-from gateway.policy import PolicySet, default_policy_dirs, load_policies
+from gateway.filter.metadata_filter import Allowed, FilterRequest, FilterResponse, filter_response
+from gateway.filter.policy import PolicySet, default_policy_dirs, load_policies
 
 JSON = {"content-type": "application/json"}
 XML = {"content-type": "text/xml; charset=utf-8"}

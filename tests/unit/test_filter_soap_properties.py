@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.jsonpath import compile_paths
-from gateway.metadata_filter import Allowed, FilterRequest, FilterResponse, filter_response
-from gateway.policy import PolicySet, XmlAllow, default_policy_dirs, load_policies
-from gateway.xmlfilter import XmlRejected, filter_xml
+from gateway.filter.jsonpath import compile_paths
+from gateway.filter.metadata_filter import Allowed, FilterRequest, FilterResponse, filter_response
+from gateway.filter.policy import PolicySet, XmlAllow, default_policy_dirs, load_policies
+from gateway.filter.xmlfilter import XmlRejected, filter_xml
 
 ELEMENTS = [
     "Envelope/Body/RetrievePropertiesExResponse/returnval/objects/obj",

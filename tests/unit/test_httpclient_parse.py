@@ -5,8 +5,8 @@ from __future__ import annotations
 import h11
 import pytest
 
-from gateway.httpclient import HostPool, HTTPError, Response, _Conn, _read_head, check_head
-from gateway.ssrf import GuardedResolver
+from gateway.relay.httpclient import HostPool, HTTPError, Response, _Conn, _read_head, check_head
+from gateway.relay.ssrf import GuardedResolver
 
 
 class _Transport:

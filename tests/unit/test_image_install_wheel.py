@@ -36,7 +36,7 @@ def make_wheel(path: Path, packages: tuple[str, ...]) -> Path:
         for package in packages:
             wheel.writestr(f"{package}/__init__.py", "")
             wheel.writestr(f"{package}/__main__.py", "def main():\n    return 0\n")
-        wheel.writestr("gateway/policies/vsphere.yaml", "rules: []\n")
+        wheel.writestr("gateway/filter/policies/vsphere.yaml", "rules: []\n")
         wheel.writestr("gateway_appliance-0.1.0.dist-info/entry_points.txt", ENTRY_POINTS)
     return path
 
@@ -56,7 +56,7 @@ def test_only_the_image_packages_and_their_scripts_are_installed(
     wheel = make_wheel(tmp_path / "gw.whl", ("appliance", "firstboot", "gateway", "gwcore", "mgmtplane"))
     assert load_script(site, bin_dir).main([str(wheel)]) == 0
     assert sorted(p.name for p in site.iterdir()) == ["firstboot", "gateway", "gwcore"]
-    assert (site / "gateway/policies/vsphere.yaml").is_file()
+    assert (site / "gateway/filter/policies/vsphere.yaml").is_file()
     assert sorted(p.name for p in bin_dir.iterdir()) == ["firstboot", "gateway"]
     script = (bin_dir / "gateway").read_text()
     assert script.startswith("#!/usr/bin/python3\n") and "from gateway.__main__ import main" in script

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.retry_policy import (
+from gateway.tunnel.retry_policy import (
     PROXY_AUTH_DELAY,
     SILENT_CLOSE_HINT_AFTER,
     TUNNEL_ERROR_HEADER,

@@ -13,8 +13,8 @@ from firstboot.support import redact_file
 from firstboot.wizard.model import load_answers
 from gateway.config import load_config
 from gateway.errors import GatewayError
-from gateway.policy import load_policies
-from gateway.targets import load_targets
+from gateway.filter.policy import load_policies
+from gateway.relay.targets import load_targets
 from gwcore.safeload import ParseError, compose_yaml, loads_json, loads_yaml, read_yaml_file
 
 # Past the interpreter's recursion limit (1000 frames): json takes one frame a level, PyYAML's

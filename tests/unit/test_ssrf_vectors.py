@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from gateway.ssrf import (
+from gateway.relay.ssrf import (
     AddressForbidden,
     GuardedResolver,
     check_literal,

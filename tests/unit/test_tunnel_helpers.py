@@ -9,9 +9,9 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
-from gateway.backoff import Backoff
 from gateway.daemon import sd_notify, watchdog_interval
-from gateway.proxy import proxy_settings, redact
+from gateway.tunnel.backoff import Backoff
+from gateway.tunnel.proxy import proxy_settings, redact
 
 
 def test_backoff_is_capped_full_jitter_and_resets() -> None:

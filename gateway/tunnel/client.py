@@ -14,10 +14,10 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
-from gateway.backoff import Backoff
 from gateway.errors import GatewayError
-from gateway.proxy import proxy_settings
-from gateway.retry_policy import PROXY_AUTH_DELAY, classify
+from gateway.tunnel.backoff import Backoff
+from gateway.tunnel.proxy import proxy_settings
+from gateway.tunnel.retry_policy import PROXY_AUTH_DELAY, classify
 from gwcore import protocol as p
 from gwcore.status_file import TunnelReport
 from gwcore.streams import WS_MAX_MESSAGE, Mux, OpenHandler, Stream, end_connection, until_either

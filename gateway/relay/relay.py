@@ -13,19 +13,8 @@ from typing import Any
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.budget import Budget, BudgetExhausted, Lease, cgroup_memory_limit, default_budget
-from gateway.filter_audit import log_decision
-from gateway.framing import RequestFramingError, declared_length, forwardable
-from gateway.httpclient import (
-    ConnectError,
-    HostPool,
-    HTTPError,
-    Response,
-    StreamedBody,
-    TargetTLS,
-    TLSVerifyError,
-)
-from gateway.metadata_filter import (
+from gateway.filter.audit import log_decision
+from gateway.filter.metadata_filter import (
     FORM_TYPES,
     Allowed,
     Denied,
@@ -34,9 +23,20 @@ from gateway.metadata_filter import (
     check_request,
     filter_response,
 )
-from gateway.policy import MAX_REQUEST_BODY_BYTES, PolicySet, Rule
-from gateway.ssrf import AddressForbidden, GuardedResolver, IPAddress, check_literal
-from gateway.targets import Target, TargetSet
+from gateway.filter.policy import MAX_REQUEST_BODY_BYTES, PolicySet, Rule
+from gateway.relay.budget import Budget, BudgetExhausted, Lease, cgroup_memory_limit, default_budget
+from gateway.relay.framing import RequestFramingError, declared_length, forwardable
+from gateway.relay.httpclient import (
+    ConnectError,
+    HostPool,
+    HTTPError,
+    Response,
+    StreamedBody,
+    TargetTLS,
+    TLSVerifyError,
+)
+from gateway.relay.ssrf import AddressForbidden, GuardedResolver, IPAddress, check_literal
+from gateway.relay.targets import Target, TargetSet
 from gwcore import protocol as p
 from gwcore.streams import Stream, StreamReset
 
@@ -148,7 +148,7 @@ class Relay:
         budget: Budget | None = None,
     ) -> None:
         self.targets = targets
-        # One budget for every body buffered, across all streams (gateway/budget.py).
+        # One budget for every body buffered, across all streams (gateway/relay/budget.py).
         self.budget = budget if budget is not None else body_budget()
         self.filter = PolicyFilter(policies)
         self.own = frozenset(own_addresses)

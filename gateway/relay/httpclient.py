@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import h11
 
-from gateway.framing import RequestFramingError
-from gateway.ssrf import GuardedResolver
+from gateway.relay.framing import RequestFramingError
+from gateway.relay.ssrf import GuardedResolver
 
 MAX_HEAD = 256 * 1024
 READ_CHUNK = 256 * 1024

@@ -11,7 +11,7 @@ from typing import Any
 from yarl import URL
 
 from gateway.errors import GatewayError
-from gateway.ssrf import IPNetwork, parse_allow
+from gateway.relay.ssrf import IPNetwork, parse_allow
 from gwcore.safeload import read_yaml_file
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")

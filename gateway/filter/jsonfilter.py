@@ -13,7 +13,7 @@ import re
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any
 
-from gateway.jsonpath import Allowlist, Node
+from gateway.filter.jsonpath import Allowlist, Node
 
 _WS = re.compile(r"[ \t\n\r]*")
 _MAX_FLOAT_TEXT = 64

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from gateway.errors import GatewayError
-from gateway.metadata_filter import (
+from gateway.filter.metadata_filter import (
     Denied,
     FilterRequest,
     FilterResponse,
@@ -15,8 +15,8 @@ from gateway.metadata_filter import (
     filter_response,
     header_value,
 )
-from gateway.policy import Kind, default_policy_dirs, load_policies, policy_files
-from gateway.policy import check_policy_dirs as check_dirs
+from gateway.filter.policy import Kind, default_policy_dirs, load_policies, policy_files
+from gateway.filter.policy import check_policy_dirs as check_dirs
 
 
 def _check(args: argparse.Namespace) -> int:

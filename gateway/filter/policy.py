@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from gateway.errors import GatewayError
-from gateway.jsonpath import Allowlist, PathSyntaxError, compile_paths, parse_json_path
+from gateway.filter.jsonpath import Allowlist, PathSyntaxError, compile_paths, parse_json_path
 from gwcore.safeload import ParseError, compose_yaml
 
 SYSTEM_POLICY_DIR = Path("/etc/gateway/policies.d")

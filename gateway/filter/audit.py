@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from gateway.metadata_filter import Allowed, Denied, FilterRequest
-from gateway.policy import Rule
+from gateway.filter.metadata_filter import Allowed, Denied, FilterRequest
+from gateway.filter.policy import Rule
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 import defusedxml.ElementTree as DET
 
-from gateway.jsonpath import Node, compile_paths
-from gateway.policy import XmlAllow
+from gateway.filter.jsonpath import Node, compile_paths
+from gateway.filter.policy import XmlAllow
 
 MAX_DEPTH = 128
 _CHUNK = 64 * 1024

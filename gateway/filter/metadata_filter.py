@@ -1,7 +1,7 @@
 """The metadata filter: pure functions from (policies, kind, request, response) to Allowed or Denied.
 
 Fail closed: anything we cannot positively match, parse and bound is denied, and no input makes
-these functions raise. No I/O happens here; the relay does the I/O and `gateway.filter_audit` logs.
+these functions raise. No I/O happens here; the relay does the I/O and `gateway.filter.audit` logs.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, unquote_plus
 
-from gateway.jsonfilter import JsonRejected, filter_json
-from gateway.policy import KNOWN_METHODS, MAX_REQUEST_BODY_BYTES, BodyAllow, PolicySet, Rule
-from gateway.xmlfilter import XmlRejected, filter_xml, soap_operation
+from gateway.filter.jsonfilter import JsonRejected, filter_json
+from gateway.filter.policy import KNOWN_METHODS, MAX_REQUEST_BODY_BYTES, BodyAllow, PolicySet, Rule
+from gateway.filter.xmlfilter import XmlRejected, filter_xml, soap_operation
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The tunnel lane: dial the plane (mTLS, pinned CA, CONNECT proxy), keep the link, retry by rule."""
