@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from appliance.errors import ApplianceError
 from appliance.log import setup_logging
 from appliance.qemu import DISK_DEVICES, NIC_DEVICES, BootOptions, Firmware, Forward
 from gwcore.cli import run_command
+from gwcore.errors import UserError
 
 log = logging.getLogger("appliance")
 
@@ -191,4 +191,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI: `error: ...` and exit 1 for user errors, tracebacks only with --debug."""
     args = build_parser().parse_args(argv)
     setup_logging(args.debug)
-    return run_command(args.func, args, ApplianceError, args.debug)
+    return run_command(args.func, args, UserError, args.debug)

@@ -25,6 +25,7 @@ from appliance.progress import PhaseProgress
 from appliance.repro import env_epoch
 from appliance.spec import Spec
 from appliance.vmdk import DEFAULT_LEVEL, read_footer, walk_stream, write_stream_optimized
+from gwcore.atomic import atomic_writer, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,8 @@ def write_ustar(
     mtime = env_epoch()
     total = sum(len(m) if isinstance(m, bytes) else m.stat().st_size for _, m in members)
     done = 0
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
     try:
-        with open(tmp, "wb") as fh:
+        with atomic_writer(out_path) as fh:
             out = _HashingFile(fh)
             for name, member in members:
                 if isinstance(member, bytes):
@@ -120,15 +120,8 @@ def write_ustar(
             rem = out.offset % RECORD
             if rem:
                 out.write(bytes(RECORD - rem))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ApplianceError(f"{out_path}: cannot write: {exc.strerror or exc}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     if progress:
         progress("packing OVA", total, total)
     return out.sha.hexdigest()
@@ -219,12 +212,7 @@ def write_sha256sums(
         except OSError as exc:
             raise ApplianceError(f"{path}: cannot hash: {exc.strerror or exc}") from None
         lines.append(f"{digest}  {os.path.relpath(path, out.parent)}\n")
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write("".join(lines))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
+    write_atomic(out, "".join(lines).encode())
     return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from appliance.lock import (
 from appliance.render import FINALIZE_SCRIPT
 from appliance.sbom import SBOM_NAME, Wheel, make_sbom
 from appliance.spec import Spec
+from gwcore.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,7 @@ def wheel_record(path: Path) -> Wheel:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text.encode("utf-8"))
 
 
 def record_build(

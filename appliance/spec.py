@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import yaml
-
 from appliance.errors import ApplianceError
 from firstboot.errors import FirstbootError
 from firstboot.settings import KEYS as FIRSTBOOT_KEYS
 from firstboot.settings import validate_value
+from gwcore.safeload import ParseError, loads_yaml
 
 __all__ = [
     "PROPERTY_KEYS",
@@ -488,26 +487,6 @@ def parse_spec(data: object, source: Path) -> Spec:
     return spec
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _value in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
-        if key in seen:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def load_spec(path: Path) -> Spec:
     """Read and validate the spec file at `path`."""
     try:
@@ -517,14 +496,10 @@ def load_spec(path: Path) -> Spec:
     except UnicodeDecodeError:
         raise ApplianceError(f"{path}: not UTF-8 text") from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ApplianceError(f"{path}: {where}invalid YAML: {problem}") from None
-    except RecursionError:
-        raise ApplianceError(f"{path}: invalid YAML: nested too deeply") from None
+        data = loads_yaml(text)  # the one loader: duplicate keys refused, deep nesting an error
+    except ParseError as exc:
+        where = f"line {exc.line}: " if exc.line is not None else ""
+        raise ApplianceError(f"{path}: {where}invalid YAML: {exc.reason}") from None
     return parse_spec(data, path)
 
 

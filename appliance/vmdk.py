@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 
 from appliance.errors import ApplianceError
 from appliance.repro import env_epoch
+from gwcore.atomic import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -241,19 +242,11 @@ def write_stream_optimized(
         src = open(raw, "rb")  # noqa: SIM115 - closed below, with the temp file
     except OSError as exc:
         raise ApplianceError(f"{raw}: cannot read the raw disk: {exc.strerror or exc}") from None
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        with src, open(tmp, "wb") as dst, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        with src, atomic_writer(out) as dst, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             info = _convert(src, dst, out, ddb_adapter, progress, level, pool, 4 * max(1, workers))
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, out)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ApplianceError(f"{out}: cannot write the VMDK: {exc.strerror or exc}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     log.debug("vmdk %s: %d grains, %d bytes", out, info.grains, info.file_size)
     return info
 

@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from firstboot.register import register_async  # noqa: E402
+from gwcore.enrol import encode_token  # noqa: E402
 from mgmtplane.ca import load_ca  # noqa: E402
-from mgmtplane.tokens import TokenStore, encode_token  # noqa: E402
+from mgmtplane.tokens import TokenStore  # noqa: E402
 
 COUNT = int(os.environ.get("PLANE_BENCH_COUNT", "100"))
 TIME_LIMIT = 120.0

@@ -16,6 +16,7 @@ from firstboot.seeds import Resolved, SeedContext, resolve
 from firstboot.settings import BY_KEY, KEYS, Settings, build, check_cross, check_fields, masked, missing
 from firstboot.system import System, atomic_write
 from gwcore.cli import run_command
+from gwcore.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -156,4 +157,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("urwid").setLevel(logging.WARNING)  # its debug log is one line per redraw
-    return run_command(args.func, args, FirstbootError, args.debug)
+    return run_command(args.func, args, UserError, args.debug)

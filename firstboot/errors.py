@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.errors import GatewayError
+from gwcore.errors import UserError
 
 
-class FirstbootError(GatewayError):
+class FirstbootError(UserError):
     """A first-boot failure a user can act on (message and hint, printed on one line)."""

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -16,12 +13,10 @@ import socket
 import ssl
 import stat
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from cryptography import x509
@@ -32,22 +27,22 @@ from cryptography.x509.oid import NameOID
 from yarl import URL
 
 from firstboot.errors import FirstbootError
-from firstboot.redact import printable
 from firstboot.register_args import DESCRIPTION, add_arguments
 from gwcore.atomic import write_atomic
 from gwcore.cli import run_command
+from gwcore.enrol import InvalidToken, JoinToken, parse_token, proxy_credentials, valid_reported_hostname
+from gwcore.errors import UserError
+from gwcore.pki import same_public_key, spki_sha256
+from gwcore.redact import printable
 from gwcore.safeload import loads_json
 
 log = logging.getLogger(__name__)
 
-TOKEN_PREFIX = "GWJ1."
 KEY_FILE = "key.pem"
 CERT_FILE = "cert.pem"
 CA_FILE = "ca.pem"
 IDENTITY_FILE = "identity.json"
 
-_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 # What a gateway id from the plane may look like (the reference plane issues UUIDs). The plane is
 # untrusted: its id reaches identity.json, the journal and the status console.
 _GATEWAY_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -62,20 +57,6 @@ _TOKEN_ERRORS = {
 
 
 @dataclass(frozen=True)
-class JoinToken:
-    """A parsed join token: where the plane is, its CA hash, the one-time secret and the expiry."""
-
-    plane_url: str
-    ca_hash: str
-    secret: str
-    expires_at: int
-
-    def expired(self, now: float | None = None) -> bool:
-        """True once the expiry has passed by the local clock (which may be wrong before NTP)."""
-        return (time.time() if now is None else now) >= self.expires_at
-
-
-@dataclass(frozen=True)
 class Identity:
     """A stored gateway identity (identity.json plus the key, cert and CA beside it)."""
 
@@ -83,59 +64,6 @@ class Identity:
     plane_url: str
     registered_at: str
     state_dir: Path
-
-
-def parse_token(text: str) -> JoinToken:
-    """Parse and validate a `GWJ1.` join token; raises FirstbootError naming the problem."""
-    text = text.strip()
-    if not text.startswith(TOKEN_PREFIX):
-        raise FirstbootError(f"join token: must start with {TOKEN_PREFIX!r}")
-    body = text[len(TOKEN_PREFIX) :]
-    try:
-        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        data = loads_json(raw)
-    except (binascii.Error, ValueError) as exc:
-        raise FirstbootError("join token: not valid base64url JSON (was it cut short when copied?)") from exc
-    if not isinstance(data, dict):
-        raise FirstbootError("join token: payload is not a JSON object")
-    url, ca_hash, secret, expires = data.get("u"), data.get("h"), data.get("s"), data.get("e")
-    if not isinstance(url, str) or not url:
-        raise FirstbootError("join token: u (plane URL) is missing")
-    # The one URL check (settings.validate_plane_url): the URL is shown on the console for the
-    # operator to verify and used to register, so it must be exactly https://host[:port], with no
-    # control characters (urlsplit silently drops tab and newline, and keeps ESC).
-    from firstboot.settings import Invalid, check_printable, validate_plane_url
-
-    check_printable("join token: u", url)
-    parts = urlsplit(url)
-    try:
-        _ = parts.port
-    except ValueError as exc:
-        raise FirstbootError(f"join token: u: bad port in {url!r}") from exc
-    try:
-        url = validate_plane_url(url)
-    except Invalid:
-        raise FirstbootError(f"join token: u: plane URL {url!r} must be https://host[:port]") from None
-    if not isinstance(ca_hash, str) or not _HASH_RE.match(ca_hash):
-        raise FirstbootError("join token: h: CA hash must be 'sha256:' and 64 lowercase hex digits")
-    if not isinstance(secret, str) or not secret:
-        raise FirstbootError("join token: s (secret) is missing")
-    if isinstance(expires, bool) or not isinstance(expires, int) or expires <= 0:
-        raise FirstbootError("join token: e (expiry) must be a positive unix time")
-    return JoinToken(plane_url=url, ca_hash=ca_hash, secret=secret, expires_at=expires)
-
-
-def spki_sha256(cert: x509.Certificate) -> str:
-    """`sha256:<hex>` of a certificate's DER SubjectPublicKeyInfo (what the token's `h` pins)."""
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return "sha256:" + hashlib.sha256(spki).hexdigest()
-
-
-def _same_public_key(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> bool:
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return key.public_key().public_bytes(*fmt) == cert.public_key().public_bytes(*fmt)
 
 
 def _issued_by_any(cert: x509.Certificate, cas: Sequence[x509.Certificate]) -> bool:
@@ -177,7 +105,7 @@ def load_identity(state_dir: Path) -> Identity | None:
     gateway_id, plane_url = data.get("gateway_id"), data.get("plane_url")
     if not isinstance(gateway_id, str) or not isinstance(plane_url, str):
         return None
-    if not _same_public_key(key, cert) or not _issued_by_any(cert, cas) or _cn(cert) != gateway_id:
+    if not same_public_key(key, cert) or not _issued_by_any(cert, cas) or _cn(cert) != gateway_id:
         return None
     if cert.not_valid_after_utc <= dt.datetime.now(dt.UTC):
         return None
@@ -193,11 +121,11 @@ def _proxy_args(proxy_url: str | None) -> tuple[URL | None, aiohttp.BasicAuth | 
     """(proxy URL without credentials, its basic auth, a printable form without the password)."""
     if not proxy_url:
         return None, None, ""
-    url = URL(proxy_url)
-    if url.scheme != "http" or not url.host:
-        raise FirstbootError(f"--proxy: {url.with_password(None)} must be http://[user:pass@]host:port")
-    auth = aiohttp.BasicAuth(url.user or "", url.password or "") if url.user else None
-    bare = url.with_user(None)
+    split = proxy_credentials(proxy_url)
+    bare = URL(split.url)
+    if bare.scheme != "http" or not bare.host:
+        raise FirstbootError(f"--proxy: {bare} must be http://[user:pass@]host:port")
+    auth = aiohttp.BasicAuth(split.user, split.password) if split.user is not None else None
     return bare, auth, str(bare)
 
 
@@ -303,7 +231,7 @@ class _Client:
 
 
 def _check_hostname(hostname: str) -> str:
-    if not _HOSTNAME_RE.fullmatch(hostname):
+    if not valid_reported_hostname(hostname):
         raise FirstbootError(f"--hostname: {hostname!r} is not a valid host name")
     return hostname
 
@@ -361,7 +289,7 @@ def _check_response(
         cert = x509.load_pem_x509_certificate(cert_pem.encode())
     except ValueError as exc:
         raise FirstbootError("plane response: certificate is not PEM") from exc
-    if not _same_public_key(key, cert):
+    if not same_public_key(key, cert):
         raise FirstbootError("plane response: certificate is not for our key")
     if not _issued_by_any(cert, pinned):
         raise FirstbootError("plane response: certificate is not signed by the pinned plane CA")
@@ -383,7 +311,10 @@ async def register_async(
 ) -> Identity:
     """Enrol with the plane and store the identity; one for the same plane is kept unless `force`."""
     if isinstance(token, str):
-        token = parse_token(token)
+        try:
+            token = parse_token(token)
+        except InvalidToken as exc:
+            raise FirstbootError(exc.message) from None  # a first-boot step failure, like the rest
     hostname = _check_hostname(hostname)
     existing = load_identity(state_dir)
     if existing is not None and not force and existing.plane_url == token.plane_url:
@@ -459,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s"
     )
-    return run_command(run_register, args, FirstbootError, args.debug)
+    return run_command(run_register, args, UserError, args.debug)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,22 @@ from enum import StrEnum
 from urllib.parse import urlsplit, urlunsplit
 
 from firstboot.errors import FirstbootError
-from firstboot.redact import describe_char, first_unprintable, mask_url_value
+from gwcore.enrol import (
+    TOKEN_PREFIX,
+    InvalidToken,
+    JoinToken,
+    check_url_host,
+    parse_token,
+    url_host,
+    validate_plane_url,
+)
+from gwcore.errors import Invalid
+from gwcore.redact import describe_char, first_unprintable, mask_url_value
 
 
 class NetworkMode(StrEnum):
     DHCP = "dhcp"
     STATIC = "static"
-
-
-class Invalid(ValueError):
-    """A per-field problem; the table prefixes it with the key."""
 
 
 # ---------------------------------------------------------------- per-field validators
@@ -50,17 +56,6 @@ def _is_hostname(text: str) -> bool:
     return len(text) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in text.rstrip(".").split("."))
 
 
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An IP address without an IPv6 scope id; ValueError otherwise.
-
-    Python accepts any text after '%' as a scope id, newlines included. The files first boot
-    writes apply to the appliance's own link, so a scope id is never needed there.
-    """
-    if "%" in text:
-        raise ValueError("scope id")
-    return ipaddress.ip_address(text)
-
-
 def _no_scope(text: str) -> None:
     if "%" in text:
         raise Invalid(
@@ -68,61 +63,18 @@ def _no_scope(text: str) -> None:
         )
 
 
-_URL_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
-
-
-def _check_url_host(host: str) -> bool:
-    """A URL's host: a name of letters, digits, '-', '_' and dots, or an IP address (IPv6 in brackets).
-
-    Looser than a host name setting (a resolver may know names DNS would not): the point is that
-    the host is shown to the operator and written to files as the one word it is.
-    """
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            return _ip(host[1:-1]).version == 6
-        except ValueError:
-            return False
-    try:
-        _ip(host)
-    except ValueError:
-        return len(host) <= 253 and bool(_URL_NAME.fullmatch(host)) and not host.replace(".", "").isdigit()
-    return True
-
-
-def _url_host(netloc: str) -> str:
-    """The host part of a netloc, as typed (userinfo and port removed, brackets kept)."""
-    host = netloc.rpartition("@")[2]
-    if host.startswith("["):
-        return host.partition("]")[0] + "]"
-    return host.partition(":")[0]
-
-
-def validate_plane_url(text: str) -> str:
-    """An https URL with a host and optional port, no path (trailing slash dropped)."""
-    problem = f"expected an https:// URL like https://plane.example.com:8443, got {text!r}"
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        raise Invalid(problem) from None
-    if (
-        parts.scheme != "https"
-        or not parts.hostname
-        or parts.path.strip("/")
-        or parts.query
-        or parts.fragment
-        or "@" in parts.netloc
-        or not _check_url_host(_url_host(parts.netloc))
-    ):
-        raise Invalid(problem)
-    del port
-    return urlunsplit(("https", parts.netloc, "", "", ""))
-
-
 def validate_join_token(text: str) -> str:
     """A join token `GWJ1.…` as made by `mgmtplane token create`."""
-    parse_token(text)
+    token_of(text)
     return text
+
+
+def token_of(text: str) -> JoinToken:
+    """The parsed join token (gwcore.enrol.parse_token, the one parser); Invalid if bad."""
+    try:
+        return parse_token(text)
+    except InvalidToken as exc:
+        raise Invalid(exc.message.removeprefix("join token: ")) from None
 
 
 def validate_hostname(text: str) -> str:
@@ -214,7 +166,7 @@ def validate_proxy_url(text: str) -> str:
         or parts.path.strip("/")
         or parts.query
         or parts.fragment
-        or not _check_url_host(_url_host(parts.netloc))
+        or not check_url_host(url_host(parts.netloc))
     ):
         raise Invalid(problem)
     if " " in parts.netloc:
@@ -262,7 +214,7 @@ def mask_token(text: str) -> str:
     """Show the token's prefix only (and nothing of text that is not a token: it may be anything)."""
     if not text:
         return ""
-    return "GWJ1.********" if text.startswith("GWJ1.") else "********"
+    return f"{TOKEN_PREFIX}********" if text.startswith(TOKEN_PREFIX) else "********"
 
 
 def mask_url(text: str) -> str:
@@ -351,27 +303,6 @@ def validate_value(key: str, raw: str) -> str:
         raise FirstbootError(f"{key}: {exc.message}", exc.hint) from None
 
 
-# ---------------------------------------------------------------- the token (parsed by firstboot.register)
-
-
-@dataclass(frozen=True)
-class TokenInfo:
-    plane_url: str
-    ca_hash: str
-    expires_at: float
-
-
-def parse_token(text: str) -> TokenInfo:
-    """Parse a join token with firstboot.register.parse_token (the one parser); Invalid if bad."""
-    from firstboot.register import parse_token as _parse
-
-    try:
-        tok = _parse(text)
-    except FirstbootError as exc:
-        raise Invalid(exc.message.removeprefix("join token: ")) from None
-    return TokenInfo(plane_url=tok.plane_url, ca_hash=tok.ca_hash, expires_at=float(tok.expires_at))
-
-
 # ---------------------------------------------------------------- the resolved settings
 
 
@@ -446,7 +377,7 @@ def check_cross(values: Mapping[str, str]) -> list[str]:
                 problems.append(f"{key}: only used when network.mode is static (it is {mode})")
     token = values.get("gateway.join_token")
     if token is not None and "gateway.plane_url" in values:
-        tok_url = validate_plane_url(parse_token(token).plane_url)
+        tok_url = token_of(token).plane_url
         if tok_url != values["gateway.plane_url"]:
             problems.append(
                 f"gateway.plane_url: {values['gateway.plane_url']} does not match the join token's {tok_url} "
@@ -470,7 +401,7 @@ def build(values: Mapping[str, str], sources: Mapping[str, str] | None = None) -
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise FirstbootError(problems[0] + more)
     token = good["gateway.join_token"]
-    plane_url = good.get("gateway.plane_url") or validate_plane_url(parse_token(token).plane_url)
+    plane_url = good.get("gateway.plane_url") or token_of(token).plane_url
     srcs = dict(sources or {})
     if "gateway.plane_url" not in good:
         srcs["gateway.plane_url"] = "join-token"

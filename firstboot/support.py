@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from firstboot.redact import mask_url_passwords, mask_url_value
 from firstboot.system import System, atomic_write
+from gwcore.redact import mask_url_passwords, mask_url_value
 from gwcore.safeload import loads_json, loads_yaml
 
 OUT_DIR = "/var/lib/gateway-support"

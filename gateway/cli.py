@@ -6,8 +6,8 @@ import argparse
 import logging
 from collections.abc import Callable, Sequence
 
-from gateway.errors import GatewayError
 from gwcore.cli import run_command
+from gwcore.errors import UserError
 
 # Each entry adds its subcommand(s) to the parser and sets `func` (args -> exit code) on them.
 # Modules own their own subcommands; this file only wires them together.
@@ -38,4 +38,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(message)s"
     )
-    return run_command(args.func, args, GatewayError, args.debug)
+    return run_command(args.func, args, UserError, args.debug)

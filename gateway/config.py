@@ -10,15 +10,13 @@ from typing import Any
 from yarl import URL
 
 from gateway.errors import GatewayError
+from gateway.filter.policy import default_policy_dirs
+from gwcore import paths
 from gwcore.safeload import read_yaml_file
 from gwcore.status_file import DEFAULT_INTERVAL as DEFAULT_STATUS_INTERVAL
 from gwcore.status_file import DEFAULT_PATH as DEFAULT_STATUS_PATH
 
-DEFAULT_CONFIG = Path("/etc/gateway/gateway.yaml")
-
-
-def _package_policies() -> Path:
-    return Path(__file__).resolve().parent / "filter" / "policies"
+DEFAULT_CONFIG = paths.CONFIG
 
 
 @dataclass(frozen=True)
@@ -26,12 +24,10 @@ class GatewayConfig:
     """The daemon's settings (firstboot writes the first five; the rest have defaults)."""
 
     plane_url: URL
-    state_dir: Path = Path("/var/lib/gateway")
+    state_dir: Path = paths.STATE_DIR
     proxy_url: URL | None = None
-    targets: Path = Path("/etc/gateway/targets.yaml")
-    policy_dirs: tuple[Path, ...] = field(
-        default_factory=lambda: (_package_policies(), Path("/etc/gateway/policies.d"))
-    )
+    targets: Path = paths.TARGETS
+    policy_dirs: tuple[Path, ...] = field(default_factory=lambda: tuple(default_policy_dirs()))
     heartbeat_interval: float = 10.0
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
@@ -123,4 +119,4 @@ def parse_config(data: Any, source: str) -> GatewayConfig:
 
 def load_config(path: Path) -> GatewayConfig:
     """Read and validate gateway.yaml."""
-    return parse_config(read_yaml_file(path, "run `firstboot register` first"), str(path))
+    return parse_config(read_yaml_file(path, "run `firstboot register` first", GatewayError), str(path))

@@ -7,16 +7,19 @@ import os
 import sys
 from collections.abc import Callable
 
+from gwcore.errors import UserError
+
 
 def run_command(
     func: Callable[[argparse.Namespace], int],
     args: argparse.Namespace,
-    user_errors: type[Exception] | tuple[type[Exception], ...],
+    user_errors: type[Exception] | tuple[type[Exception], ...] = UserError,
     debug: bool = False,
 ) -> int:
     """Run one subcommand and turn how it ended into an exit code.
 
-    A user error (`user_errors`, or an OSError such as a permission or a full disk) prints
+    A user error (`user_errors`, by default every package's error base: gwcore.errors.UserError;
+    or an OSError such as a permission or a full disk) prints
     `error: ...` on one line and returns 1; --debug re-raises it for the traceback. Ctrl-C is 130.
     A reader that left the pipe (`... | head`) ends the command quietly with 0.
     """

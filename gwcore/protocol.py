@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
-from gateway.errors import GatewayError
+from gwcore.errors import UserError
 
 VERSION = 1
 # byte 0: version (high nibble) | type (low nibble); byte 1: flags; u32 stream id; u32 payload length.
@@ -75,7 +75,7 @@ _STREAM_FRAMES = frozenset({FrameType.OPEN, FrameType.DATA, FrameType.END, Frame
 _TYPES: dict[int, FrameType] = {t.value: t for t in FrameType}
 
 
-class ProtocolError(GatewayError):
+class ProtocolError(UserError):
     """The peer broke the protocol; the connection must be closed (GOAWAY with `code`)."""
 
     def __init__(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL_ERROR) -> None:

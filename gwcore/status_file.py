@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
+from gwcore.paths import STATUS_FILE
+
 SCHEMA = 1
-DEFAULT_PATH = Path("/run/gateway/status.json")
+DEFAULT_PATH = STATUS_FILE
 DEFAULT_INTERVAL = 15.0
 # States after which the daemon has exited on purpose: the report is its last word, not stale.
 FINAL_STATES = frozenset({"stopped", "rejected"})
@@ -27,9 +28,7 @@ STALE_AFTER_INTERVALS = 3
 class TunnelReport:
     """One snapshot of the daemon. Times are Unix seconds (UTC)."""
 
-    state: str = (
-        "unknown"  # gateway.tunnel.client.State: connecting, connected, draining, backoff, rejected, ...
-    )
+    state: str = "unknown"  # the tunnel State: connecting, connected, draining, backoff, rejected, ...
     since: float | None = None  # when the tunnel last went up, went down, or stopped
     plane_url: str = ""
     connects: int = 0  # successful connections since the daemon started

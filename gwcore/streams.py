@@ -9,8 +9,8 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from gateway.errors import GatewayError
 from gwcore import protocol as p
+from gwcore.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ WS_MAX_MESSAGE = 8 * 1024 * 1024
 _MAX_WINDOW = 0x7FFFFFFF
 
 
-class StreamReset(GatewayError):
+class StreamReset(UserError):
     """The stream was aborted (by the peer, by us, or because the connection went away)."""
 
     def __init__(self, code: p.ErrorCode, message: str = "") -> None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import hmac
 import logging
-import re
 import secrets
 import ssl
 import uuid
@@ -19,9 +17,10 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from gwcore.atomic import write_atomic
+from gwcore.enrol import valid_reported_hostname
+from gwcore.pki import spki_sha256
 from gwcore.safeload import loads_json
 from mgmtplane import tls_alerts
 from mgmtplane.ca import (
@@ -44,7 +43,6 @@ _T = TypeVar("_T")
 ADMIN_TOKEN_FILE = "admin-token"
 ADMIN_PREFIX = "/v1/gateways"
 MAX_REGISTER_BODY = 64 * 1024
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -178,16 +176,13 @@ async def post_register(request: web.Request) -> web.Response:
         return _bad_request("token_secret: missing")
     if not isinstance(csr_pem, str) or not csr_pem:
         return _bad_request("csr: missing")
-    if not isinstance(hostname, str) or (hostname and not _HOSTNAME_RE.match(hostname)):
+    if not isinstance(hostname, str) or (hostname and not valid_reported_hostname(hostname)):
         return _bad_request("hostname: not a valid host name")
     try:
         csr = load_csr(csr_pem)
     except CSRError as exc:
         return json_error(400, "bad-csr", str(exc))
-    spki = csr.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    key_hash = "sha256:" + hashlib.sha256(spki).hexdigest()
+    key_hash = spki_sha256(csr)
     app = request.app
     try:
         redemption = await _state_io(app, app[TOKENS_KEY].redeem, secret, key_hash, str(uuid.uuid4()))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 import logging
 import os
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gwcore.atomic import write_atomic
+from gwcore.pki import same_public_key, spki_sha256
 from mgmtplane.errors import PlaneError
 from mgmtplane.registry import state_lock
 
@@ -54,10 +54,7 @@ def ca_spki_sha256(cert: x509.Certificate | bytes) -> str:
     """`sha256:<hex>` of the certificate's DER SubjectPublicKeyInfo (a kubeadm-style discovery hash)."""
     if isinstance(cert, bytes):
         cert = x509.load_pem_x509_certificate(cert)
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return "sha256:" + hashlib.sha256(spki).hexdigest()
+    return spki_sha256(cert)
 
 
 def cert_fingerprint(cert: x509.Certificate) -> str:
@@ -78,11 +75,6 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def _same_key(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> bool:
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return key.public_key().public_bytes(*fmt) == cert.public_key().public_bytes(*fmt)
 
 
 def _host_to_san(host: str) -> x509.GeneralName:
@@ -261,7 +253,7 @@ def _load_ca(cert_path: Path, key_path: Path) -> PlaneCA:
         raise PlaneError(f"{key_path}: not an unencrypted PEM private key") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ALLOWED_CURVES):
         raise PlaneError(f"{key_path}: CA key must be an EC P-256 or P-384 key")
-    if not _same_key(key, cert):
+    if not same_public_key(key, cert):
         raise PlaneError(f"{key_path}: does not match the certificate {cert_path}")
     mode = stat.S_IMODE(key_path.stat().st_mode)
     if mode & 0o077:
@@ -308,7 +300,7 @@ def _server_cert_ok(ca: PlaneCA, cert_path: Path, key_path: Path, hosts: list[st
         return False
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         return False
-    if not _same_key(key, cert):
+    if not same_public_key(key, cert):
         return False
     if cert.not_valid_after_utc - _now() < RENEW_BEFORE:
         return False

@@ -18,12 +18,14 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from gwcore.cli import run_command
+from gwcore.enrol import encode_token
+from gwcore.errors import UserError
 from mgmtplane.app import PlaneConfig, create_app, load_or_create_admin_token, server_ssl_context
 from mgmtplane.ca import load_ca, server_cert_covers
 from mgmtplane.errors import PlaneError
 from mgmtplane.hub import HUB_KEY
 from mgmtplane.registry import Registry, read_json, write_json_atomic
-from mgmtplane.tokens import TokenStore, encode_token, parse_ttl
+from mgmtplane.tokens import TokenStore, parse_ttl
 
 log = logging.getLogger(__name__)
 
@@ -247,4 +249,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return run_command(args.func, args, PlaneError, args.debug)
+    return run_command(args.func, args, UserError, args.debug)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.errors import GatewayError
+from gwcore.errors import UserError
 
 
-class PlaneError(GatewayError):
+class PlaneError(UserError):
     """A plane failure a user can act on (message and hint, printed on one line)."""

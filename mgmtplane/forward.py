@@ -26,7 +26,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from gateway.relay.relay import strip_hop_headers
+from gwcore.httpwire import strip_hop_headers
 from mgmtplane.errors import PlaneError
 from mgmtplane.registry import Registry, read_json
 

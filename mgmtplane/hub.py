@@ -15,9 +15,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from gateway.relay.relay import strip_hop_headers
-from gateway.tunnel.retry_policy import TUNNEL_ERROR_HEADER
 from gwcore import protocol as p
+from gwcore.httpwire import TUNNEL_ERROR_HEADER, strip_hop_headers
 from gwcore.streams import WS_MAX_MESSAGE, Mux, StreamReset, end_connection, until_either
 
 log = logging.getLogger(__name__)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import logging
 import re
 import secrets
@@ -19,7 +17,6 @@ from mgmtplane.registry import read_json, state_lock, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-TOKEN_PREFIX = "GWJ1."
 TOKENS_FILE = "tokens.json"
 # Used and expired records are kept this long so a late retry hears "used"/"expired", not "unknown".
 RETENTION_SECONDS = 7 * 86400
@@ -36,12 +33,6 @@ class TokenError(PlaneError):
         super().__init__(message)
         self.code = code
         self.status = status
-
-
-def encode_token(plane_url: str, ca_hash: str, secret: str, expires_at: int) -> str:
-    """The join token text: `GWJ1.` + base64url (no padding) of compact JSON {u, h, s, e}."""
-    payload = json.dumps({"u": plane_url, "h": ca_hash, "s": secret, "e": expires_at}, separators=(",", ":"))
-    return TOKEN_PREFIX + base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
 def parse_ttl(text: str) -> int:

@@ -9,14 +9,15 @@ from typing import Any
 
 from firstboot.settings import Settings
 from firstboot.system import System, atomic_write
+from gwcore import paths
 from gwcore.safeload import loads_yaml
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = "/var/lib/gateway"
-CONFIG = "/etc/gateway/gateway.yaml"
-TARGETS = "/etc/gateway/targets.yaml"
-POLICY_DIRS = ["/usr/share/gateway/policies", "/etc/gateway/policies.d"]
+STATE_DIR = str(paths.STATE_DIR)
+CONFIG = str(paths.CONFIG)
+TARGETS = str(paths.TARGETS)
+POLICY_DIRS = [str(paths.SHIPPED_POLICY_DIR), str(paths.LOCAL_POLICY_DIR)]
 GATEWAY_USER = "gateway"
 
 

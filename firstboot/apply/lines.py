@@ -8,7 +8,7 @@ a section or a field from a value.
 from __future__ import annotations
 
 from firstboot.errors import FirstbootError
-from firstboot.redact import describe_char, first_unprintable
+from gwcore.redact import describe_char, first_unprintable
 
 # '\' ends a line with a continuation in systemd's files; '#' starts a comment in /etc/hosts.
 _NOT_IN_TOKEN = "\\#"

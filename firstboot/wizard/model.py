@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from firstboot.errors import FirstbootError
-from firstboot.redact import describe_char, first_unprintable
 from firstboot.settings import (
     BY_KEY,
     KEYS,
@@ -18,9 +17,10 @@ from firstboot.settings import (
     build,
     check_cross,
     masked,
-    parse_token,
+    token_of,
     validate_value,
 )
+from gwcore.redact import describe_char, first_unprintable
 from gwcore.safeload import ParseError, loads_yaml
 
 PASSWORD = "admin.password"  # typed at the console, turned into admin.password_hash
@@ -160,7 +160,7 @@ class WizardModel:
                 rows.append((BY_KEY[key].label, masked(key, raw[key]), settings.sources.get(key, "wizard")))
             if key == "gateway.plane_url":
                 # What registration will pin, in full, for the operator to compare with the plane's.
-                rows.append(("Plane CA (pinned)", parse_token(settings.join_token).ca_hash, "join-token"))
+                rows.append(("Plane CA (pinned)", token_of(settings.join_token).ca_hash, "join-token"))
         if "admin.ssh_key" not in raw:
             rows.append(("SSH", "off (no key)", ""))
         return rows
@@ -169,7 +169,7 @@ class WizardModel:
 def plane_summary(token_text: str, now: float | None = None) -> tuple[bool, str]:
     """(ok, line) describing what a pasted token points at, for the plane screen (pure but for the clock)."""
     try:
-        tok = parse_token(token_text.strip())
+        tok = token_of(token_text.strip())
     except ValueError:
         return False, "Plane: (paste the join token from the management plane)"
     line = f"Plane: {tok.plane_url}   CA {tok.ca_hash[:23]}..."

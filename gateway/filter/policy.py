@@ -14,9 +14,11 @@ import yaml
 
 from gateway.errors import GatewayError
 from gateway.filter.jsonpath import Allowlist, PathSyntaxError, compile_paths, parse_json_path
+from gwcore.paths import LOCAL_POLICY_DIR
 from gwcore.safeload import ParseError, compose_yaml
 
-SYSTEM_POLICY_DIR = Path("/etc/gateway/policies.d")
+# The policies shipped in this package (on the image, also linked as gwcore.paths.SHIPPED_POLICY_DIR).
+SHIPPED_POLICIES = Path(__file__).resolve().parent / "policies"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_RATIO = 100
 # Bodies of requests we inspect (SOAP envelopes) are small; anything bigger is not a query.
@@ -127,7 +129,7 @@ class PolicySet:
 
 def default_policy_dirs() -> list[Path]:
     """The shipped policies (package data), then local overrides in /etc/gateway/policies.d."""
-    return [Path(__file__).resolve().parent / "policies", SYSTEM_POLICY_DIR]
+    return [SHIPPED_POLICIES, LOCAL_POLICY_DIR]
 
 
 # --- loading -----------------------------------------------------------------------------------------

@@ -38,36 +38,14 @@ from gateway.relay.httpclient import (
 from gateway.relay.ssrf import AddressForbidden, GuardedResolver, IPAddress, check_literal
 from gateway.relay.targets import Target, TargetSet
 from gwcore import protocol as p
+from gwcore.httpwire import HOP_BY_HOP, strip_hop_headers
 from gwcore.streams import Stream, StreamReset
 
 log = logging.getLogger(__name__)
 
 FILTER_HEADER = "X-Gateway-Filter"
-# Connection-level headers never cross a hop (RFC 9110 7.6.1); Host is rebuilt for the target.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-    }
-)
 _RETIRE_GRACE = 5.0
 _RANGE_FIELDS = frozenset({"range", "if-range"})
-
-
-def strip_hop_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Headers without hop-by-hop ones (including any named in Connection)."""
-    items = list(headers)
-    named = {token.strip().lower() for k, v in items if k.lower() == "connection" for token in v.split(",")}
-    return [(k, v) for k, v in items if k.lower() not in HOP_BY_HOP and k.lower() not in named]
 
 
 def target_url(target: Target, path: str) -> URL:

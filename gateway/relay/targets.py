@@ -61,7 +61,7 @@ class TargetSet:
 
 def load_targets(path: Path) -> TargetSet:
     """Read and validate a targets.yaml file."""
-    return parse_targets(read_yaml_file(path), str(path))
+    return parse_targets(read_yaml_file(path, error=GatewayError), str(path))
 
 
 def parse_targets(data: Any, source: str) -> TargetSet:

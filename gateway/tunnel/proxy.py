@@ -5,15 +5,16 @@ from __future__ import annotations
 import aiohttp
 from yarl import URL
 
+from gwcore.enrol import proxy_credentials
+
 
 def proxy_settings(proxy_url: URL | None) -> tuple[URL | None, aiohttp.BasicAuth | None]:
     """The proxy URL without userinfo, and basic auth built from it (None when absent)."""
     if proxy_url is None:
         return None, None
-    auth = None
-    if proxy_url.user is not None:
-        auth = aiohttp.BasicAuth(proxy_url.user, proxy_url.password or "")
-    return proxy_url.with_user(None).with_password(None), auth
+    split = proxy_credentials(str(proxy_url))
+    auth = aiohttp.BasicAuth(split.user, split.password) if split.user is not None else None
+    return URL(split.url), auth
 
 
 def redact(proxy_url: URL | None) -> str:

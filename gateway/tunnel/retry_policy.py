@@ -19,9 +19,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-# The hub names itself on its refusals with this header ("code: message"), so a 401/403 from
-# something in front of it (a WAF, a load balancer's maintenance page) is not taken for the plane's.
-TUNNEL_ERROR_HEADER = "Tunnel-Error"
+from gwcore.httpwire import TUNNEL_ERROR_HEADER
+
 # After a proxy refuses our credentials, wait at least this long: a proxy backed by a directory
 # may lock the account after a few failures in a row, and the fix takes a person anyway.
 PROXY_AUTH_DELAY = 300.0

@@ -25,11 +25,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.filter.policy import SHIPPED_POLICIES
 from tests.integration import plane_helpers
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / ".tools" / "bin"
-SHIPPED_POLICIES = REPO / "gateway" / "filter" / "policies"
+
 _FORWARDING = re.compile(r"mgmtplane: forwarding (http://\S+)")
 
 

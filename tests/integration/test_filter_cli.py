@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gateway.filter.policy import SHIPPED_POLICIES
+
 FIXTURES = Path(__file__).parent.parent / "unit" / "fixtures" / "filter"
-SHIPPED = Path(__file__).parent.parent.parent / "gateway" / "filter" / "policies"
+SHIPPED = SHIPPED_POLICIES
 
 
 def _gateway(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

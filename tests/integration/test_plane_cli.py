@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from firstboot.register import load_identity, parse_token
+from firstboot.register import load_identity
+from gwcore.enrol import parse_token
 from tests.integration.plane_helpers import free_port, register, run, running_plane
 
 

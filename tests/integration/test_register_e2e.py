@@ -13,10 +13,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from firstboot.register import load_identity, parse_token, spki_sha256
+from firstboot.register import load_identity
 from firstboot.register import register as register_identity
+from gwcore.enrol import encode_token, parse_token
+from gwcore.pki import spki_sha256
 from mgmtplane.registry import Registry
-from mgmtplane.tokens import encode_token
 from tests.integration.plane_helpers import Plane, free_port, register, run, running_plane
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from firstboot.register import load_identity
-from mgmtplane.tokens import encode_token
+from gwcore.enrol import encode_token
 from tests.integration.plane_helpers import Plane, free_port, register, running_plane
 
 TINYPROXY = shutil.which("tinyproxy") or "/usr/sbin/tinyproxy"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.filter.policy import load_policies
+from gateway.filter.policy import SHIPPED_POLICIES, load_policies
 from gateway.relay.relay import Relay
 from gateway.relay.targets import parse_targets
 from gwcore import protocol as p
@@ -29,7 +29,7 @@ from tests.integration.tunnel_support import write_policies
 pytestmark = pytest.mark.integration
 
 SOAP_DIR = Path(__file__).resolve().parents[1] / "unit" / "fixtures" / "filter" / "vsphere-soap"
-PACKAGE_POLICIES = Path(__file__).resolve().parents[2] / "gateway" / "filter" / "policies"
+PACKAGE_POLICIES = SHIPPED_POLICIES
 LOGIN = (SOAP_DIR / "login-request.xml").read_bytes()
 LOGIN_RESPONSE = (SOAP_DIR / "login-response.xml").read_bytes()
 

@@ -12,10 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firstboot.errors import FirstbootError
-from firstboot.register import JoinToken, parse_token
+from gwcore.enrol import InvalidToken, JoinToken, encode_token, parse_token
 from mgmtplane.errors import PlaneError
-from mgmtplane.tokens import TokenError, TokenStore, encode_token, parse_ttl, secret_id
+from mgmtplane.tokens import TokenError, TokenStore, parse_ttl, secret_id
 
 HASH = "sha256:" + "ab" * 32
 
@@ -73,7 +72,7 @@ def test_trailing_slash_dropped() -> None:
     ],
 )
 def test_parse_errors(text: str, message: str) -> None:
-    with pytest.raises(FirstbootError) as info:
+    with pytest.raises(InvalidToken) as info:
         parse_token(text)
     assert message in str(info.value)
     assert "\n" not in str(info.value)

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from firstboot.errors import FirstbootError
-from firstboot.register import TOKEN_PREFIX, parse_token
 from firstboot.support import redact_file
 from firstboot.wizard.model import load_answers
 from gateway.config import load_config
 from gateway.errors import GatewayError
 from gateway.filter.policy import load_policies
 from gateway.relay.targets import load_targets
+from gwcore.enrol import TOKEN_PREFIX, InvalidToken, parse_token
+from gwcore.errors import UserError
 from gwcore.safeload import ParseError, compose_yaml, loads_json, loads_yaml, read_yaml_file
 
 # Past the interpreter's recursion limit (1000 frames): json takes one frame a level, PyYAML's
@@ -52,16 +53,16 @@ def test_parse_errors_are_value_errors_with_one_line_and_a_line_number() -> None
 @pytest.mark.unit
 def test_read_yaml_file_names_the_file_and_line(tmp_path: Path) -> None:
     missing = tmp_path / "missing.yaml"
-    with pytest.raises(GatewayError) as info:
+    with pytest.raises(UserError) as info:
         read_yaml_file(missing, "create it")
     assert str(info.value) == f"{missing}: file not found (create it)"
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: 1\nb: [\n")
-    with pytest.raises(GatewayError, match=rf"^{bad}:\d+: "):
+    with pytest.raises(UserError, match=rf"^{bad}:\d+: "):
         read_yaml_file(bad)
     deep = tmp_path / "deep.yaml"
     deep.write_text(DEEP_YAML)
-    with pytest.raises(GatewayError) as info:
+    with pytest.raises(UserError) as info:
         read_yaml_file(deep)
     assert str(info.value) == f"{deep}: nested too deeply"
 
@@ -85,7 +86,7 @@ def test_firstboot_inputs_refuse_deep_nesting(tmp_path: Path) -> None:
     import base64
 
     token = TOKEN_PREFIX + base64.urlsafe_b64encode(DEEP_JSON.encode()).decode().rstrip("=")
-    with pytest.raises(FirstbootError, match="join token: not valid base64url JSON"):
+    with pytest.raises(InvalidToken, match="join token: not valid base64url JSON"):
         parse_token(token)
     answers = tmp_path / "answers.yaml"
     answers.write_text(DEEP_YAML)
@@ -93,3 +94,41 @@ def test_firstboot_inputs_refuse_deep_nesting(tmp_path: Path) -> None:
         load_answers(answers)
     # The support bundle falls back to redacting such a file as text.
     assert redact_file("gateway.yaml", DEEP_YAML.encode()) == DEEP_YAML.encode()
+
+
+# Duplicate keys: PyYAML and json silently keep the last one, so a second `plane_url:` or a
+# second target entry key overrode the first without a word. Every loader refuses them now.
+@pytest.mark.parametrize(
+    ("name", "text", "load"),
+    [
+        (
+            "gateway.yaml",
+            "plane_url: https://a.example\nplane_url: https://b.example\n",
+            lambda p: load_config(p),
+        ),
+        (
+            "targets.yaml",
+            "targets:\n  - name: a\n    url: https://10.0.0.1\n    url: https://10.0.0.2\n    kind: x\n",
+            lambda p: load_targets(p),
+        ),
+    ],
+)
+def test_gateway_yaml_and_targets_yaml_refuse_duplicate_keys(
+    tmp_path: Path, name: str, text: str, load: Callable[[Path], object]
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(GatewayError) as info:
+        load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:") and "duplicate key" in message and "\n" not in message
+
+
+def test_loads_yaml_and_loads_json_refuse_duplicate_keys() -> None:
+    with pytest.raises(ParseError, match="duplicate key 'a'") as info:
+        loads_yaml("x: 1\nnested:\n  a: 1\n  a: 2\n")
+    assert info.value.line == 4
+    with pytest.raises(ParseError, match="duplicate key 'a'"):
+        loads_json('{"a": 1, "b": {"a": 1, "a": 2}}')
+    assert loads_yaml("a: 1\nb: {a: 2}\n") == {"a": 1, "b": {"a": 2}}
+    assert loads_json('{"a": 1, "b": {"a": 2}}') == {"a": 1, "b": {"a": 2}}

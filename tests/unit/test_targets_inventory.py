@@ -9,8 +9,9 @@ import pytest
 from yarl import URL
 
 from gateway.errors import GatewayError
-from gateway.relay.relay import strip_hop_headers, target_url
+from gateway.relay.relay import target_url
 from gateway.relay.targets import TlsTrust, load_targets, parse_targets
+from gwcore.httpwire import strip_hop_headers
 
 PIN = "sha256:" + ":".join(["AB", "CD", "EF", "01", "23", "45", "67", "89"] * 4)
 GOOD = f"""
