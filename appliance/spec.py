@@ -3,7 +3,7 @@
 Every setting is declared once, in a table of `Setting` entries (key, parser, default, help). The
 tables drive parsing, validation, the defaults and `format_summary()`. Parsing is pure
 (`parse_spec(data, source)`); `load_spec(path)` only adds reading the file. Property defaults are
-checked with first boot's own validators (firstboot.settings), so the OVA never offers a default
+checked with first boot's own validators (gwcore.deploy), so the OVA never offers a default
 the appliance would refuse.
 """
 
@@ -20,9 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from appliance.errors import ApplianceError
-from firstboot.errors import FirstbootError
-from firstboot.settings import KEYS as FIRSTBOOT_KEYS
-from firstboot.settings import validate_value
+from gwcore.deploy import KEYS, InvalidSetting, validate_value
 from gwcore.safeload import ParseError, loads_yaml
 
 __all__ = [
@@ -74,21 +72,10 @@ class PropertyType(StrEnum):
     PASSWORD = "password"
 
 
-# The deploy-time properties first boot understands, in the order the spec lists them. The spec must
-# declare exactly these: a property first boot ignores would be a silent trap for the user.
-PROPERTY_KEYS: tuple[str, ...] = (
-    "gateway.plane_url",
-    "gateway.join_token",
-    "network.hostname",
-    "network.mode",
-    "network.address",
-    "network.gateway",
-    "network.dns",
-    "network.ntp",
-    "proxy.url",
-    "admin.ssh_key",
-    "admin.password_hash",
-)
+# The deploy-time properties first boot understands: first boot's own table (gwcore.deploy), the
+# same object. The spec must declare exactly these, in this order (the wizard's: network, proxy,
+# plane, admin): a property first boot ignores would be a silent trap for the user.
+PROPERTY_KEYS: tuple[str, ...] = KEYS
 # Secrets: they must be typed `password` so hypervisors mask them, and must have no default.
 _SECRET_KEYS = frozenset({"gateway.join_token", "admin.password_hash"})
 _NETWORK_MODES = ("dhcp", "static")
@@ -415,11 +402,11 @@ SPEC_SETTINGS: tuple[Setting, ...] = (
 
 def _check_value(key: str, text: str) -> str | None:
     """Why first boot would reject this default, in first boot's own words; None if it accepts it."""
-    if key not in FIRSTBOOT_KEYS:
+    if key not in PROPERTY_KEYS:
         return None
     try:
         validate_value(key, text)
-    except FirstbootError as exc:
+    except InvalidSetting as exc:
         # validate_value says "key: problem"; the caller already names the key.
         return exc.message.removeprefix(f"{key}: ")
     return None

@@ -13,9 +13,10 @@ from typing import Any
 from firstboot import apply as applier
 from firstboot.errors import FirstbootError
 from firstboot.seeds import Resolved, SeedContext, resolve
-from firstboot.settings import BY_KEY, KEYS, Settings, build, check_cross, check_fields, masked, missing
+from firstboot.settings import Settings, build, check_cross, check_fields, missing
 from firstboot.system import System, atomic_write
 from gwcore.cli import run_command
+from gwcore.deploy import BY_KEY, KEYS, masked
 from gwcore.errors import UserError
 
 log = logging.getLogger(__name__)

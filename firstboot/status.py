@@ -15,10 +15,10 @@ from typing import Any, TextIO
 
 from firstboot import apply as applier
 from firstboot.apply import gateway, network
-from firstboot.errors import FirstbootError
 from firstboot.settings import Settings, build
 from firstboot.system import System, read_os_release
 from gwcore import status_file
+from gwcore.errors import UserError
 from gwcore.safeload import loads_json, loads_yaml
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ def line_console(
         if action is not None:
             try:
                 action[1]()
-            except FirstbootError as exc:
+            except UserError as exc:
                 say(f"FAILED: {exc}")
 
 

@@ -12,12 +12,12 @@ from typing import Any
 import urwid
 
 from firstboot import status
-from firstboot.errors import FirstbootError
 from firstboot.support import create_bundle
 from firstboot.system import System
 from firstboot.wizard.flow import explain
 from firstboot.wizard.model import BY_NAME, WizardModel
 from firstboot.wizard.tui import PALETTE, FormPile, FormView, buttons
+from gwcore.errors import UserError
 
 log = logging.getLogger(__name__)
 REFRESH_S = 5
@@ -61,7 +61,7 @@ class StatusConsole:
         def target() -> None:
             try:
                 work()
-            except FirstbootError as exc:
+            except UserError as exc:
                 text = str(exc)
                 self.post(lambda: on_error(text))
             except Exception as exc:  # shown on the console rather than lost with the thread

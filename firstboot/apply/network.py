@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 from firstboot.apply.lines import token
-from firstboot.settings import NetworkMode, Settings
+from firstboot.settings import Settings
 from firstboot.system import System, atomic_write, remove
+from gwcore.deploy import NetworkMode
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firstboot.settings import KEYS
 from firstboot.system import System
+from gwcore.deploy import KEYS
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from firstboot.errors import FirstbootError
 from firstboot.seeds import SeedContext, SeedSource
-from firstboot.settings import KEYS
+from gwcore.deploy import KEYS
 
 MAX_BYTES = 64 * 1024
 

@@ -13,10 +13,11 @@ from typing import TextIO
 
 from firstboot import apply as applier
 from firstboot.errors import FirstbootError
-from firstboot.settings import masked
 from firstboot.wizard.flow import ApplyFlow, explain, handoff
 from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, SCREENS, Field, Screen, plane_summary
 from firstboot.wizard.session import Session, appliance_info
+from gwcore.deploy import masked
+from gwcore.errors import UserError
 
 CLEAR = "-"
 
@@ -209,7 +210,7 @@ class LineWizard:
                 self.say("Network settings rolled back.")
                 return "network"
             flow.finish(self.say)
-        except FirstbootError as exc:
+        except UserError as exc:
             why = explain(str(exc))
             self.say(f"FAILED: {why.words}")
             self.say(f"What to do: {why.what_next}")

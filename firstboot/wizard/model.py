@@ -9,17 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from firstboot.errors import FirstbootError
-from firstboot.settings import (
-    BY_KEY,
-    KEYS,
-    NetworkMode,
-    Settings,
-    build,
-    check_cross,
-    masked,
-    token_of,
-    validate_value,
-)
+from firstboot.settings import Settings, build, check_cross
+from gwcore.deploy import BY_KEY, KEYS, InvalidSetting, NetworkMode, masked, token_of, validate_value
 from gwcore.redact import describe_char, first_unprintable
 from gwcore.safeload import ParseError, loads_yaml
 
@@ -104,7 +95,7 @@ class WizardModel:
             if f.key in BY_KEY and raw:
                 try:
                     good[f.key] = validate_value(f.key, raw)
-                except FirstbootError as exc:
+                except InvalidSetting as exc:
                     errors[f.key] = str(exc)
         if screen.name == "network" and not errors:
             if good.get("network.mode") != NetworkMode.STATIC:

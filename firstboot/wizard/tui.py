@@ -13,10 +13,10 @@ from typing import Any
 import urwid
 
 from firstboot import apply as applier
-from firstboot.errors import FirstbootError
 from firstboot.wizard.flow import ApplyFlow, Explained, explain, handoff
 from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, SCREENS, Screen, plane_summary
 from firstboot.wizard.session import Session, appliance_info
+from gwcore.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class TuiController:
         def target() -> None:
             try:
                 work()
-            except FirstbootError as exc:
+            except UserError as exc:
                 message = str(exc)
                 self.post(lambda: self.failed(explain(message)))
             except Exception as exc:  # a bug must still show on the console, not kill the thread silently
@@ -303,7 +303,7 @@ class TuiController:
             return
         try:
             self.s.commit(screen, entries)
-        except FirstbootError as exc:
+        except UserError as exc:
             self.form.show_errors({screen.fields[-1].key: str(exc)})
             return
         self.show(STEP_NAMES[STEP_NAMES.index(screen.name) + 1])

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from firstboot.errors import FirstbootError
 from firstboot.seeds import ovfenv
-from firstboot.settings import KEYS, build, validate_value
+from firstboot.settings import build
 from firstboot.wizard.model import load_answers
+from gwcore.deploy import KEYS, InvalidSetting, validate_value
 
 
 @settings(max_examples=300, deadline=None)
@@ -21,7 +22,7 @@ from firstboot.wizard.model import load_answers
 def test_any_text_for_any_key_is_a_value_or_one_line_error(key: str, text: str) -> None:
     try:
         value = validate_value(key, text)
-    except FirstbootError as exc:
+    except InvalidSetting as exc:
         assert str(exc).startswith(f"{key}: ")
         assert "\n" not in str(exc)  # values are echoed with repr(), so one line always
     else:

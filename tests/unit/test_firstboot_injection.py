@@ -21,8 +21,9 @@ from firstboot import apply as applier
 from firstboot.apply import network
 from firstboot.apply.access import apply_ssh, set_shadow_hash
 from firstboot.errors import FirstbootError
-from firstboot.settings import KEYS, NetworkMode, Settings, build, validate_value
+from firstboot.settings import Settings, build
 from firstboot.system import System
+from gwcore.deploy import KEYS, InvalidSetting, NetworkMode, validate_value
 from tests.unit.test_firstboot_settings import SHA512, SSH_KEY, make_token
 
 TOKEN = make_token("https://plane.example.com:8443")
@@ -83,7 +84,7 @@ SCOPE_IDS = [
 
 @pytest.mark.parametrize(("key", "raw"), SCOPE_IDS)
 def test_ipv6_scope_ids_are_refused_with_one_line(key: str, raw: str) -> None:
-    with pytest.raises(FirstbootError) as err:
+    with pytest.raises(InvalidSetting) as err:
         validate_value(key, raw)
     message = str(err.value)
     assert message.startswith(f"{key}: ") and "\n" not in message
@@ -106,7 +107,7 @@ NEWLINE_INSIDE = [
 
 @pytest.mark.parametrize(("key", "raw"), NEWLINE_INSIDE)
 def test_control_characters_inside_a_value_are_refused(key: str, raw: str) -> None:
-    with pytest.raises(FirstbootError) as err:
+    with pytest.raises(InvalidSetting) as err:
         validate_value(key, raw)
     message = str(err.value)
     assert message.startswith(f"{key}: ") and "\n" not in message
@@ -114,7 +115,7 @@ def test_control_characters_inside_a_value_are_refused(key: str, raw: str) -> No
 
 
 def test_error_names_the_character_but_never_echoes_a_secret() -> None:
-    with pytest.raises(FirstbootError) as err:
+    with pytest.raises(InvalidSetting) as err:
         validate_value("proxy.url", "http://bob:hunter2\n@proxy.example.com:3128")
     assert str(err.value).startswith("proxy.url: control character '\\n' at position 18")
     assert "hunter2" not in str(err.value)

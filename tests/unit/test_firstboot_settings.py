@@ -9,7 +9,8 @@ import time
 import pytest
 
 from firstboot.errors import FirstbootError
-from firstboot.settings import BY_KEY, KEYS, SETTINGS, NetworkMode, build, masked, validate_value
+from firstboot.settings import build
+from gwcore.deploy import BY_KEY, KEYS, SETTINGS, InvalidSetting, NetworkMode, masked, validate_value
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ2ZWF0bHljcmVhdGVka2V5Zm9ydGVzdGluZ3B1cnBvc2Vz admin@laptop"
 SHA512 = "$6$saltsalt$" + "a" * 86
@@ -174,7 +175,7 @@ BAD = [
 
 @pytest.mark.parametrize(("key", "raw", "message"), BAD)
 def test_bad_values_have_exact_messages(key: str, raw: str, message: str) -> None:
-    with pytest.raises(FirstbootError) as exc:
+    with pytest.raises(InvalidSetting) as exc:
         validate_value(key, raw)
     assert str(exc.value) == message
 
@@ -184,7 +185,7 @@ def test_every_key_has_a_bad_value_case() -> None:
 
 
 def test_password_never_echoed() -> None:
-    with pytest.raises(FirstbootError) as exc:
+    with pytest.raises(InvalidSetting) as exc:
         validate_value("admin.password_hash", "CorrectHorse1")
     assert "CorrectHorse1" not in str(exc.value)
 

@@ -26,9 +26,8 @@ from appliance.spec import (
     load_spec,
     parse_spec,
 )
-from firstboot.errors import FirstbootError
-from firstboot.settings import KEYS as FIRSTBOOT_KEYS
-from firstboot.settings import validate_value
+from gwcore.deploy import KEYS as FIRSTBOOT_KEYS
+from gwcore.deploy import InvalidSetting, validate_value
 
 REPO = Path(__file__).resolve().parents[2]
 BASE: dict[str, Any] = yaml.safe_load((REPO / "appliance.yaml").read_text())
@@ -367,7 +366,7 @@ def test_defaults_must_pass_first_boots_validation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index: int, value: str
 ) -> None:
     key = BASE["properties"][index]["key"]
-    with pytest.raises(FirstbootError) as first_boot:
+    with pytest.raises(InvalidSetting) as first_boot:
         validate_value(key, value)
     data = copy.deepcopy(BASE)
     data["properties"][index]["default"] = value
@@ -378,4 +377,4 @@ def test_defaults_must_pass_first_boots_validation(
 
 
 def test_property_keys_are_first_boots() -> None:
-    assert set(PROPERTY_KEYS) == set(FIRSTBOOT_KEYS)
+    assert PROPERTY_KEYS is FIRSTBOOT_KEYS
