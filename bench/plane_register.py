@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from firstboot.register import register_async  # noqa: E402
+from firstboot.register.client import register_async  # noqa: E402
 from gwcore.enrol import encode_token  # noqa: E402
 from mgmtplane.ca import load_ca  # noqa: E402
 from mgmtplane.tokens import TokenStore  # noqa: E402

@@ -23,7 +23,7 @@ GATEWAY_USER = "gateway"
 
 def apply_register(system: System, settings: Settings, *, simulate: bool = False) -> None:
     """Register with the plane unless an identity for this plane already exists."""
-    from firstboot.register import load_identity  # aiohttp is slow to import; only this step needs it
+    from firstboot.register.client import load_identity  # aiohttp is slow to import; only this step needs it
 
     state_dir = system.path(STATE_DIR)
     ident = load_identity(state_dir)
@@ -37,8 +37,8 @@ def apply_register(system: System, settings: Settings, *, simulate: bool = False
 
 
 def register_into(system: System, settings: Settings, state_dir: Path, *, force: bool = False) -> str:
-    """Run the enrolment (firstboot.register) into state_dir; returns the gateway id."""
-    from firstboot.register import register
+    """Run the enrolment (firstboot.register.client) into state_dir; returns the gateway id."""
+    from firstboot.register.client import register
 
     hostname = settings.hostname or socket.gethostname()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

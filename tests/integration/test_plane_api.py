@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from firstboot.register import load_identity
+from firstboot.register.client import load_identity
 from gateway.tunnel import client as tunnel
 from gwcore.enrol import parse_token
 from tests.integration.plane_helpers import Plane, register, running_plane, wait_sockets_closed

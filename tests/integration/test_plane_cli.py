@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from firstboot.register import load_identity
+from firstboot.register.client import load_identity
 from gwcore.enrol import parse_token
 from tests.integration.plane_helpers import free_port, register, run, running_plane
 

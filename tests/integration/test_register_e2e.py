@@ -13,8 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from firstboot.register import load_identity
-from firstboot.register import register as register_identity
+from firstboot.register.client import load_identity
+from firstboot.register.client import register as register_identity
 from gwcore.enrol import encode_token, parse_token
 from gwcore.pki import spki_sha256
 from mgmtplane.registry import Registry

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from firstboot.errors import FirstbootError
-from firstboot.register import register_async
+from firstboot.register.client import register_async
 from gwcore.enrol import InvalidToken, encode_token, parse_token
 from gwcore.pki import spki_sha256
 from tests.integration.plane_helpers import wait_sockets_closed

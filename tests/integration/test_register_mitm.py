@@ -11,7 +11,7 @@ import trustme
 from aiohttp import web
 
 from firstboot.errors import FirstbootError
-from firstboot.register import register_async
+from firstboot.register.client import register_async
 from gwcore.enrol import encode_token, parse_token
 from tests.integration.plane_helpers import Plane, register, running_plane, wait_sockets_closed
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from firstboot.register import load_identity
+from firstboot.register.client import load_identity
 from gwcore.enrol import encode_token
 from tests.integration.plane_helpers import Plane, free_port, register, running_plane
 

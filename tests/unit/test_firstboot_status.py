@@ -12,7 +12,7 @@ import yaml
 from firstboot import apply as applier
 from firstboot.errors import FirstbootError
 from firstboot.settings import build
-from firstboot.status import gather, render
+from firstboot.status.model import gather, render
 from firstboot.support import create_bundle, redact, redact_text
 from firstboot.system import System
 from firstboot.wizard.cli import want_line_mode

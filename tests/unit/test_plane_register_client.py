@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from firstboot.errors import FirstbootError
-from firstboot.register import _describe_client_error, _proxy_args, load_identity
+from firstboot.register.client import _describe_client_error, _proxy_args, load_identity
 from mgmtplane.ca import load_or_create_ca
 
 KEY = ConnectionKey("plane.example.com", 8443, True, True, None, None, None)

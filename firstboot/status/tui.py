@@ -11,7 +11,7 @@ from typing import Any
 
 import urwid
 
-from firstboot import status
+from firstboot.status import model as status
 from firstboot.support import create_bundle
 from firstboot.system import System
 from firstboot.wizard.flow import explain

@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from yarl import URL
 
 from firstboot.errors import FirstbootError
-from firstboot.register_args import DESCRIPTION, add_arguments
+from firstboot.register.args import DESCRIPTION, add_arguments
 from gwcore.atomic import write_atomic
 from gwcore.cli import run_command
 from gwcore.enrol import InvalidToken, JoinToken, parse_token, proxy_credentials, valid_reported_hostname
@@ -382,7 +382,7 @@ def run_register(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry: `python -m firstboot.register --token T --state-dir DIR`."""
+    """Standalone entry: `python -m firstboot.register.client --token T --state-dir DIR`."""
     parser = argparse.ArgumentParser(prog="firstboot register", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     add_arguments(parser)
@@ -391,7 +391,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s"
     )
     return run_command(run_register, args, UserError, args.debug)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -317,7 +317,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     if args.line or want_line_mode(os.environ.get("TERM"), args.console, sys.stdout.isatty()):
         return line_console(system, revert_after=args.revert_after)
-    from firstboot.status_tui import run_status_tui
+    from firstboot.status.tui import run_status_tui
 
     return run_status_tui(system, revert_after=args.revert_after)
 

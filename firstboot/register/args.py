@@ -1,6 +1,6 @@
 """The command line of `firstboot register`, apart from the enrolment itself.
 
-firstboot.register imports aiohttp and cryptography: about 20 MiB of memory and seconds of
+firstboot.register.client imports aiohttp and cryptography: about 20 MiB of memory and seconds of
 start-up on an emulated CPU. Every `firstboot` command builds the whole parser, the console
 wizards and the status console included, so the parser must not pull those in; the enrolment
 code is imported when `register` actually runs.
@@ -16,7 +16,7 @@ DESCRIPTION = "Enrol this gateway with the management plane: redeem a join token
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `firstboot register` (and of `python -m firstboot.register`)."""
+    """The options of `firstboot register` (and of `python -m firstboot.register.client`)."""
     parser.add_argument(
         "--token", required=True, help="join token from 'mgmtplane token create' ('-' reads stdin)"
     )
@@ -37,6 +37,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _run(args: argparse.Namespace) -> int:
-    from firstboot.register import run_register
+    from firstboot.register.client import run_register
 
     return run_register(args)
