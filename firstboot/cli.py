@@ -117,7 +117,7 @@ def _record_error(system: System, text: str) -> None:
 
 def _registrars() -> list[Callable[[Any], None]]:
     from firstboot.register.args import add_parser as add_register
-    from firstboot.status.model import add_parser as add_status
+    from firstboot.status.cli import add_parser as add_status
     from firstboot.support import add_parser as add_support
     from firstboot.wizard.cli import add_parser as add_wizard
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from firstboot.errors import FirstbootError
+from firstboot.errors import FirstbootError, Reason
 from firstboot.settings import Settings, build
 from firstboot.system import System, atomic_write, remove
 from gwcore.safeload import loads_json
@@ -96,12 +96,26 @@ def is_done(system: System) -> bool:
     return system.path(DONE_FILE).exists()
 
 
+def _error_lines(system: System) -> list[str]:
+    try:
+        return system.path(ERROR_FILE).read_text().strip().splitlines()
+    except OSError:
+        return []
+
+
 def last_error(system: System) -> str | None:
     """The last recorded failure, if any."""
-    try:
-        return system.path(ERROR_FILE).read_text().strip() or None
-    except OSError:
-        return None
+    lines = _error_lines(system)
+    return lines[0] if lines else None
+
+
+def last_reason(system: System) -> Reason:
+    """The reason code of the last recorded failure (OTHER when none was recorded)."""
+    for line in _error_lines(system)[1:]:
+        key, _, value = line.partition(": ")
+        if key == "reason" and value in Reason.__members__.values():
+            return Reason(value)
+    return Reason.OTHER
 
 
 Progress = Callable[[Step, str], None]  # (step, "start"|"done"|"skip"|"fail")
@@ -132,10 +146,11 @@ def apply(
         try:
             step.run(system, settings)
         except FirstbootError as exc:
-            atomic_write(system.path(ERROR_FILE), f"{step.title}: {exc}\n")
+            # The reason code rides along on a second line, for the console's explanation.
+            atomic_write(system.path(ERROR_FILE), f"{step.title}: {exc}\nreason: {exc.reason}\n")
             if progress:
                 progress(step, "fail")
-            raise FirstbootError(f"{step.title}: {exc.message}", exc.hint) from exc
+            raise FirstbootError(f"{step.title}: {exc.message}", exc.hint, exc.reason) from exc
         log.info("step %s done in %.1f s", step.name, time.monotonic() - started)
         completed.append(step.name)
         ran.append(step.name)

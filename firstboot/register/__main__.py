@@ -2,6 +2,6 @@
 
 import sys
 
-from firstboot.register.client import main
+from firstboot.register.args import main
 
 sys.exit(main())

@@ -9,9 +9,12 @@ code is imported when `register` actually runs.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import logging
+from collections.abc import Sequence
 
-DEFAULT_STATE_DIR = Path("/var/lib/gateway")
+from gwcore.cli import run_command
+from gwcore.paths import STATE_DIR as DEFAULT_STATE_DIR
+
 DESCRIPTION = "Enrol this gateway with the management plane: redeem a join token, keep the identity."
 
 
@@ -37,6 +40,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _run(args: argparse.Namespace) -> int:
+    # The enrolment client loads aiohttp and cryptography: only when a registration runs. This is
+    # the only edge between the two modules (the client does not import this one): no cycle.
     from firstboot.register.client import run_register
 
     return run_register(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry: `python -m firstboot.register --token T --state-dir DIR`."""
+    parser = argparse.ArgumentParser(prog="firstboot register", description=DESCRIPTION)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    return run_command(args.func, args, debug=args.debug)

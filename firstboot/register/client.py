@@ -26,12 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from yarl import URL
 
-from firstboot.errors import FirstbootError
-from firstboot.register.args import DESCRIPTION, add_arguments
+from firstboot.errors import FirstbootError, Reason
 from gwcore.atomic import write_atomic
-from gwcore.cli import run_command
 from gwcore.enrol import InvalidToken, JoinToken, parse_token, proxy_credentials, valid_reported_hostname
-from gwcore.errors import UserError
 from gwcore.pki import same_public_key, spki_sha256
 from gwcore.redact import printable
 from gwcore.safeload import loads_json
@@ -138,29 +135,39 @@ def _describe_client_error(
             return FirstbootError(
                 f"proxy {proxy_shown} requires authentication (HTTP 407)",
                 hint="give credentials as --proxy http://user:password@host:port",
+                reason=Reason.PROXY_AUTH,
             )
         if exc.status in (401, 407):
             # tinyproxy answers wrong credentials with 401, squid with 407.
-            return FirstbootError(f"proxy {proxy_shown} rejected the proxy credentials (HTTP {exc.status})")
+            return FirstbootError(
+                f"proxy {proxy_shown} rejected the proxy credentials (HTTP {exc.status})",
+                reason=Reason.PROXY_AUTH if exc.status == 407 else Reason.PROXY,
+            )
         return FirstbootError(
-            f"proxy {proxy_shown} refused to connect to {where} (HTTP {exc.status} {exc.message})"
+            f"proxy {proxy_shown} refused to connect to {where} (HTTP {exc.status} {exc.message})",
+            reason=Reason.PROXY,
         )
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        return FirstbootError(f"cannot reach proxy {proxy_shown}: {exc.os_error.strerror or exc.os_error}")
+        return FirstbootError(
+            f"cannot reach proxy {proxy_shown}: {exc.os_error.strerror or exc.os_error}", reason=Reason.PROXY
+        )
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return FirstbootError(
             f"TLS verification of {where} against the pinned plane CA failed: possible interception",
             hint=str(exc),
+            reason=Reason.INTERCEPTED,
         )
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return FirstbootError(
-            f"cannot resolve the plane host in {where} (DNS failure)", hint=str(exc.os_error)
+            f"cannot resolve the plane host in {where} (DNS failure)",
+            hint=str(exc.os_error),
+            reason=Reason.DNS,
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror or str(exc.os_error)
-        return FirstbootError(f"plane unreachable at {where}: {reason}")
+        why = exc.os_error.strerror or str(exc.os_error)
+        return FirstbootError(f"plane unreachable at {where}: {why}", reason=Reason.UNREACHABLE)
     if isinstance(exc, TimeoutError):
-        return FirstbootError(f"plane at {where} did not answer in time")
+        return FirstbootError(f"plane at {where} did not answer in time", reason=Reason.UNREACHABLE)
     return FirstbootError(f"talking to the plane at {where} failed: {exc}")
 
 
@@ -191,7 +198,8 @@ class _Client:
             seen = ", ".join(spki_sha256(c) for c in certs)
             raise FirstbootError(
                 f"plane CA hash mismatch at {token.plane_url}: token pins {token.ca_hash}, "
-                f"plane presents {seen}: possible interception, refusing to register"
+                f"plane presents {seen}: possible interception, refusing to register",
+                reason=Reason.INTERCEPTED,
             )
         pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in pinned)
         return pinned, pem
@@ -219,7 +227,7 @@ class _Client:
             code = data.get("error") if isinstance(data, dict) else None
             message = data.get("message") if isinstance(data, dict) else None
             if code in _TOKEN_ERRORS:
-                raise FirstbootError(_TOKEN_ERRORS[code])
+                raise FirstbootError(_TOKEN_ERRORS[code], reason=Reason.TOKEN)
             # The plane's words, escaped: they end up on the console and in the one-line last-error.
             said = printable(message) if isinstance(message, str) and message else repr(body[:200])
             raise FirstbootError(
@@ -379,15 +387,3 @@ def run_register(args: argparse.Namespace) -> int:
     )
     print(f"registered as gateway {identity.gateway_id} with {identity.plane_url}; identity in {state_dir}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry: `python -m firstboot.register.client --token T --state-dir DIR`."""
-    parser = argparse.ArgumentParser(prog="firstboot register", description=DESCRIPTION)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s"
-    )
-    return run_command(run_register, args, UserError, args.debug)

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from firstboot import apply as applier
+from firstboot import console
 from firstboot.apply import gateway, network
 from firstboot.settings import Settings, build
 from firstboot.system import System, read_os_release
 from gwcore import status_file
-from gwcore.errors import UserError
 from gwcore.safeload import loads_json, loads_yaml
 
 log = logging.getLogger(__name__)
@@ -208,11 +205,7 @@ POWER = {"reboot": ["systemctl", "reboot"], "poweroff": ["systemctl", "poweroff"
 
 def try_network(system: System, settings: Settings) -> tuple[bytes | None, str | None]:
     """Apply new network settings and probe the plane; returns (snapshot to revert to, problem or None)."""
-    from firstboot.wizard.flow import probe_until
-
-    previous = network.snapshot(system)
-    network.apply_network(system, settings)
-    return previous, probe_until(settings.plane_url, settings.proxy_url)
+    return console.try_network(system, settings, lambda: network.apply_network(system, settings))
 
 
 def keep_network(system: System, settings: Settings) -> None:
@@ -222,113 +215,4 @@ def keep_network(system: System, settings: Settings) -> None:
 
 def revert_network(system: System, previous: bytes | None) -> None:
     """Not confirmed: put the old network file back."""
-    network.restore(system, previous)
-
-
-# ---------------------------------------------------------------- line view
-
-
-def line_console(
-    system: System, inp: TextIO = sys.stdin, out: TextIO = sys.stdout, *, revert_after: float = 60.0
-) -> int:
-    """A numbered menu for terminals urwid cannot drive."""
-    from firstboot.support import create_bundle
-
-    def say(text: str = "") -> None:
-        out.write(text + "\n")
-        out.flush()
-
-    def do_register() -> None:
-        out.write("New join token: ")
-        out.flush()
-        token = inp.readline().strip()
-        if token:
-            say(f"Registered as gateway {reregister(system, token)}")
-
-    def do_bundle() -> None:
-        say(f"Support bundle written to {create_bundle(system)}")
-
-    def power(which: str) -> Callable[[], None]:
-        def act() -> None:
-            system.run(POWER[which], check=False)
-
-        return act
-
-    def do_network() -> None:
-        from firstboot.wizard.line import LineWizard
-        from firstboot.wizard.model import BY_NAME, WizardModel
-        from firstboot.wizard.session import Session
-
-        old = current_settings(system)
-        if old is None:
-            say("No saved settings: run the wizard first.")
-            return
-        model = WizardModel(values=old.raw(), sources=dict.fromkeys(old.raw(), "current"))
-        wizard = LineWizard(
-            Session(system=system, model=model, revert_after=revert_after), inp, out, watch_done=False
-        )
-        wizard.ask_screen(BY_NAME["network"])
-        new = model.settings()
-        previous, problem = try_network(system, new)
-        say("The plane is reachable." if problem is None else f"The plane is NOT reachable: {problem}")
-        if wizard.confirm(
-            f"Keep these network settings? [y/n] (reverting in {revert_after:g} s)", timeout=revert_after
-        ):
-            keep_network(system, new)
-            say("Kept.")
-        else:
-            revert_network(system, previous)
-            say("Network settings rolled back.")
-
-    actions: dict[str, tuple[str, Callable[[], None]]] = {
-        "1": ("Reconfigure network", do_network),
-        "2": ("Re-register with a new join token", do_register),
-        "3": ("Create a support bundle", do_bundle),
-        "4": ("Reboot", power("reboot")),
-        "5": ("Shut down", power("poweroff")),
-    }
-    while True:
-        for line in render(gather(system)):
-            say(line)
-        say()
-        for key, (label, _) in actions.items():
-            say(f"  {key}) {label}")
-        say("  Enter) refresh")
-        out.write("Choice: ")
-        out.flush()
-        choice = inp.readline()
-        if not choice:
-            return 0
-        action = actions.get(choice.strip())
-        if action is not None:
-            try:
-                action[1]()
-            except UserError as exc:
-                say(f"FAILED: {exc}")
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """Show the status console (or print the status once)."""
-    system = System.for_args(args.root)
-    if args.once:
-        print("\n".join(render(gather(system))))
-        return 0
-    from firstboot.wizard.cli import want_line_mode
-
-    if args.line or want_line_mode(os.environ.get("TERM"), args.console, sys.stdout.isatty()):
-        return line_console(system, revert_after=args.revert_after)
-    from firstboot.status.tui import run_status_tui
-
-    return run_status_tui(system, revert_after=args.revert_after)
-
-
-def add_parser(sub: Any) -> None:
-    """Register `firstboot status`."""
-    p = sub.add_parser("status", help="the status console (tty1 after first boot)")
-    p.add_argument("--once", action="store_true", help="print the status and exit")
-    p.add_argument("--line", action="store_true", help="plain numbered menu")
-    p.add_argument("--console", metavar="TTY", help="the tty this runs on")
-    p.add_argument(
-        "--revert-after", type=float, default=60.0, metavar="SECONDS", help="network rollback timeout"
-    )
-    p.set_defaults(func=cmd_status)
+    console.revert_network(system, previous)

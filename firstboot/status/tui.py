@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
-import queue
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import urwid
 
+from firstboot.console import Countdown, UiThread
 from firstboot.status import model as status
 from firstboot.support import create_bundle
 from firstboot.system import System
-from firstboot.wizard.flow import explain
+from firstboot.wizard.flow import explain_error
 from firstboot.wizard.model import BY_NAME, WizardModel
 from firstboot.wizard.tui import PALETTE, FormPile, FormView, buttons
 from gwcore.errors import UserError
@@ -37,41 +35,20 @@ class StatusConsole:
             footer=urwid.AttrMap(self.footer, "footer"),
         )
         self.loop = urwid.MainLoop(self.frame, PALETTE, unhandled_input=self._unhandled, handle_mouse=False)
-        self._queue: queue.Queue[Callable[[], None]] = queue.Queue()
-        self._pipe = self.loop.watch_pipe(self._drain)
-        self._threads: list[threading.Thread] = []
+        self.ui = UiThread(self.loop, "status-action")
         self.info_lines: list[str] = ["Reading status ..."]
         self.message: tuple[str, str] = ("", "")
         self.on_main = True
-        self._countdown: Any = None
+        self._countdown: Countdown | None = None
         self._main_pile: Any = None
 
-    # ---------------------------------------------------------------- plumbing
+    # ---------------------------------------------------------------- plumbing (firstboot.console)
 
     def post(self, fn: Callable[[], None]) -> None:
-        self._queue.put(fn)
-        os.write(self._pipe, b"x")
+        self.ui.post(fn)
 
-    def _drain(self, _data: bytes) -> bool:
-        while not self._queue.empty():
-            self._queue.get_nowait()()
-        return True
-
-    def background(self, work: Callable[[], None], on_error: Callable[[str], None]) -> None:
-        def target() -> None:
-            try:
-                work()
-            except UserError as exc:
-                text = str(exc)
-                self.post(lambda: on_error(text))
-            except Exception as exc:  # shown on the console rather than lost with the thread
-                log.exception("status console action failed")
-                text = f"unexpected error: {exc}"
-                self.post(lambda: on_error(text))
-
-        thread = threading.Thread(target=target, name="status-action", daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
+    def background(self, work: Callable[[], None], on_error: Callable[[UserError], None]) -> None:
+        self.ui.background(work, on_error)
 
     def _unhandled(self, key: str) -> None:
         if key == "esc":
@@ -82,7 +59,7 @@ class StatusConsole:
             lines = status.render(status.gather(self.system))
             self.post(lambda: self._set_info(lines))
 
-        self.background(work, lambda text: self._set_info([f"status unavailable: {text}"]))
+        self.background(work, lambda exc: self._set_info([f"status unavailable: {exc}"]))
         self.loop.set_alarm_in(REFRESH_S, self._refresh)
 
     def _set_info(self, lines: list[str]) -> None:
@@ -145,7 +122,7 @@ class StatusConsole:
                 previous, problem = status.try_network(self.system, settings)
                 self.post(lambda: self.ask_keep(settings, previous, problem))
 
-            self.background(work, lambda text: self.say(f"FAILED: {text}", "error"))
+            self.background(work, lambda exc: self.say(f"FAILED: {exc}", "error"))
 
         form = FormView(screen, model.entries(screen), submit, self.show_main)
         self.frame.body = urwid.Padding(form.widget, left=2, right=2)
@@ -155,11 +132,10 @@ class StatusConsole:
             ("ok", "The plane is reachable.") if problem is None else ("error", f"NOT reachable: {problem}")
         )
         countdown = urwid.Text("")
-        remaining = [int(self.revert_after)]
 
         def finish(keep: bool) -> None:
             if self._countdown is not None:
-                self.loop.remove_alarm(self._countdown)
+                self._countdown.stop()
                 self._countdown = None
             if keep:
                 status.keep_network(self.system, settings)
@@ -168,14 +144,6 @@ class StatusConsole:
                 status.revert_network(self.system, previous)
                 self.say("Network settings rolled back.", "error")
 
-        def tick(*_: Any) -> None:
-            countdown.set_text(f"Keep these network settings? Reverting in {remaining[0]} s.")
-            if remaining[0] <= 0:
-                finish(False)
-                return
-            remaining[0] -= 1
-            self._countdown = self.loop.set_alarm_in(1, tick)
-
         self.body(
             [
                 urwid.Text(verdict),
@@ -183,7 +151,8 @@ class StatusConsole:
                 buttons(("Revert", lambda: finish(False)), ("Keep", lambda: finish(True))),
             ]
         )
-        tick()
+        self._countdown = Countdown(self.loop, self.revert_after, countdown.set_text, lambda: finish(False))
+        self._countdown.start()
 
     def register(self) -> None:
         self.on_main = False
@@ -203,8 +172,8 @@ class StatusConsole:
                 gid = status.reregister(self.system, token)
                 self.post(lambda: self.say(f"Registered as gateway {gid}; the gateway restarts.", "ok"))
 
-            def failed(text: str) -> None:
-                why = explain(text)
+            def failed(exc: UserError) -> None:
+                why = explain_error(exc)
                 self.say(f"FAILED: {why.words} What to do: {why.what_next}", "error")
 
             self.background(work, failed)
@@ -219,7 +188,7 @@ class StatusConsole:
             path = create_bundle(self.system)
             self.post(lambda: self.say(f"Support bundle written to {path}", "ok"))
 
-        self.background(work, lambda text: self.say(f"FAILED: {text}", "error"))
+        self.background(work, lambda exc: self.say(f"FAILED: {exc}", "error"))
 
     def power(self, which: str) -> None:
         self.on_main = False
@@ -241,9 +210,7 @@ class StatusConsole:
         self.show_main()
         self._refresh()
         self.loop.run()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        os.close(self._pipe)
+        self.ui.close()
         return 0
 
 

@@ -13,7 +13,7 @@ from typing import TextIO
 
 from firstboot import apply as applier
 from firstboot.errors import FirstbootError
-from firstboot.wizard.flow import ApplyFlow, explain, handoff
+from firstboot.wizard.flow import ApplyFlow, explain, explain_error, handoff
 from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, SCREENS, Field, Screen, plane_summary
 from firstboot.wizard.session import Session, appliance_info
 from gwcore.deploy import masked
@@ -211,7 +211,7 @@ class LineWizard:
                 return "network"
             flow.finish(self.say)
         except UserError as exc:
-            why = explain(str(exc))
+            why = explain_error(exc)
             self.say(f"FAILED: {why.words}")
             self.say(f"What to do: {why.what_next}")
             if self.s.answers is not None:
@@ -236,7 +236,7 @@ class LineWizard:
             self.say(line)
         if m.last_error:
             self.say(f"Last attempt failed: {m.last_error}")
-            self.say(f"What to do: {explain(m.last_error).what_next}")
+            self.say(f"What to do: {explain(m.last_error, m.last_reason).what_next}")
         self.say("Enter keeps the value in [brackets]; '-' clears it.")
         names = [s.name for s in SCREENS]
         i = names.index("network")

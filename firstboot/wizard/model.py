@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firstboot.errors import FirstbootError
+from firstboot.errors import FirstbootError, Reason
 from firstboot.settings import Settings, build, check_cross
 from gwcore.deploy import BY_KEY, KEYS, InvalidSetting, NetworkMode, masked, token_of, validate_value
 from gwcore.redact import describe_char, first_unprintable
@@ -78,6 +78,7 @@ class WizardModel:
     sources: dict[str, str] = field(default_factory=dict)
     version: str = "unknown"
     last_error: str | None = None
+    last_reason: Reason = Reason.OTHER
 
     def entries(self, screen: Screen) -> dict[str, str]:
         """Current values of a screen's fields (passwords always start empty)."""

@@ -54,6 +54,7 @@ def load_model(system: System, *, probe: bool = True) -> WizardModel:
     release = read_os_release(system)
     model.version = release.get("IMAGE_VERSION") or release.get("VERSION_ID") or "unknown"
     model.last_error = applier.last_error(system)
+    model.last_reason = applier.last_reason(system)
     return model
 
 

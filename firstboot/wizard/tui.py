@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
-import queue
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import urwid
 
 from firstboot import apply as applier
-from firstboot.wizard.flow import ApplyFlow, Explained, explain, handoff
+from firstboot.console import Countdown, UiThread
+from firstboot.wizard.flow import ApplyFlow, Explained, explain, explain_error, handoff
 from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, SCREENS, Screen, plane_summary
 from firstboot.wizard.session import Session, appliance_info
 from gwcore.errors import UserError
@@ -179,46 +178,33 @@ class TuiController:
             unhandled_input=self._unhandled,
             handle_mouse=False,
         )
-        self._queue: queue.Queue[Callable[[], None]] = queue.Queue()
-        self._pipe = self.loop.watch_pipe(self._drain)
-        self._threads: list[threading.Thread] = []
+        self.ui = UiThread(self.loop, "firstboot-apply")
+        # The screens, by name: the special ones, and a form for every screen with fields.
+        self.screens: dict[str, Callable[[], None]] = {
+            "welcome": self.show_welcome,
+            "review": self.show_review,
+            "apply": self.start_apply,
+        }
+        for screen in SCREENS:
+            if screen.fields:
+                self.screens[screen.name] = functools.partial(self.show_form, screen)
         self.current = "welcome"
         self.form: FormView | None = None
         self.busy = False
         self.result = 0
         self.flow: ApplyFlow | None = None
-        self._countdown: Any = None
+        self._countdown: Countdown | None = None
         self.message: str | None = None  # printed after the screen is restored
 
-    # ---------------------------------------------------------------- plumbing
+    # ---------------------------------------------------------------- plumbing (firstboot.console)
 
     def post(self, fn: Callable[[], None]) -> None:
         """Run fn on the UI thread (called from workers)."""
-        self._queue.put(fn)
-        os.write(self._pipe, b"x")
-
-    def _drain(self, _data: bytes) -> bool:
-        while not self._queue.empty():
-            self._queue.get_nowait()()
-        return True
+        self.ui.post(fn)
 
     def background(self, work: Callable[[], None]) -> None:
-        """Run blocking work off the UI thread; its exceptions come back as an explained failure."""
-
-        def target() -> None:
-            try:
-                work()
-            except UserError as exc:
-                message = str(exc)
-                self.post(lambda: self.failed(explain(message)))
-            except Exception as exc:  # a bug must still show on the console, not kill the thread silently
-                log.exception("apply failed")
-                message = f"unexpected error: {exc}"
-                self.post(lambda: self.failed(explain(message)))
-
-        thread = threading.Thread(target=target, name="firstboot-apply", daemon=True)
-        self._threads.append(thread)
-        thread.start()
+        """Run blocking work off the UI thread; its failure comes back explained by its reason code."""
+        self.ui.background(work, lambda exc: self.failed(explain_error(exc)))
 
     def _unhandled(self, key: str) -> None:
         log.debug("unhandled key %r on %s", key, self.current)
@@ -246,24 +232,20 @@ class TuiController:
     # ---------------------------------------------------------------- screens
 
     def show(self, name: str) -> None:
+        """Go to a screen by name (the table in __init__)."""
         self.current = name
         self.form = None
-        if name == "welcome":
-            self.show_welcome()
-        elif name == "review":
-            self.show_review()
-        elif name == "apply":
-            self.start_apply()
-        else:
-            screen = BY_NAME[name]
-            self.form = FormView(screen, self.s.model.entries(screen), self.submit, self.back)
-            self.set_body(self.form.widget, screen.title)
-            if self.s.answers is not None:
-                given = {f.key: v for f in screen.fields if (v := self.s.answer(f.key)) is not None}
-                if PASSWORD in given:
-                    given[PASSWORD2] = given[PASSWORD]
-                self.form.fill(given)
-                self.loop.set_alarm_in(0.2, lambda *_: self.submit())
+        self.screens[name]()
+
+    def show_form(self, screen: Screen) -> None:
+        self.form = FormView(screen, self.s.model.entries(screen), self.submit, self.back)
+        self.set_body(self.form.widget, screen.title)
+        if self.s.answers is not None:
+            given = {f.key: v for f in screen.fields if (v := self.s.answer(f.key)) is not None}
+            if PASSWORD in given:
+                given[PASSWORD2] = given[PASSWORD]
+            self.form.fill(given)
+            self.loop.set_alarm_in(0.2, lambda *_: self.submit())
 
     def show_welcome(self) -> None:
         m = self.s.model
@@ -277,7 +259,7 @@ class TuiController:
         if seeded:
             rows.append(urwid.Text(f"Pre-set by seeds: {', '.join(seeded)}"))
         if m.last_error:
-            why = explain(m.last_error)
+            why = explain(m.last_error, m.last_reason)
             rows += [
                 urwid.Divider(),
                 urwid.AttrMap(urwid.Text(f"Last attempt failed: {m.last_error}"), "error"),
@@ -367,27 +349,19 @@ class TuiController:
         verdict = (
             ("ok", "The plane is reachable.") if problem is None else ("error", f"NOT reachable: {problem}")
         )
-        self.remaining = int(self.s.revert_after)
-        self.countdown_text = urwid.Text("")
+        countdown_text = urwid.Text("")
         self.set_confirm(
-            [urwid.Text(verdict), self.countdown_text, buttons(("Revert", self.revert), ("Keep", self.keep))]
+            [urwid.Text(verdict), countdown_text, buttons(("Revert", self.revert), ("Keep", self.keep))]
         )
-        self._tick()
+        self._countdown = Countdown(self.loop, self.s.revert_after, countdown_text.set_text, self.revert)
+        self._countdown.start()
         if self.s.answers is not None:
             keep = self.s.answers.confirm_network
             self.loop.set_alarm_in(0.3, lambda *_: self.keep() if keep else self.revert())
 
-    def _tick(self, *_: Any) -> None:
-        self.countdown_text.set_text(f"Keep these network settings? Reverting in {self.remaining} s.")
-        if self.remaining <= 0:
-            self.revert()
-            return
-        self.remaining -= 1
-        self._countdown = self.loop.set_alarm_in(1, self._tick)
-
     def _stop_countdown(self) -> None:
         if self._countdown is not None:
-            self.loop.remove_alarm(self._countdown)
+            self._countdown.stop()
             self._countdown = None
 
     def revert(self) -> None:
@@ -456,9 +430,7 @@ class TuiController:
         if self.s.system.live:
             self.loop.set_alarm_in(2, self._watch_other_console)
         self.loop.run()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        os.close(self._pipe)
+        self.ui.close()
         return self.result
 
 

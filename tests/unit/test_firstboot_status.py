@@ -10,13 +10,13 @@ import pytest
 import yaml
 
 from firstboot import apply as applier
-from firstboot.errors import FirstbootError
+from firstboot.errors import FirstbootError, Reason
 from firstboot.settings import build
 from firstboot.status.model import gather, render
 from firstboot.support import create_bundle, redact, redact_text
 from firstboot.system import System
 from firstboot.wizard.cli import want_line_mode
-from firstboot.wizard.flow import explain
+from firstboot.wizard.flow import explain, explain_error
 from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, WizardModel, load_answers
 from tests.unit.test_firstboot_apply import make_root
 from tests.unit.test_firstboot_settings import SHA512, make_token
@@ -115,22 +115,36 @@ def test_redaction_is_pure_and_recursive() -> None:
 
 
 @pytest.mark.parametrize(
-    ("message", "screen", "refuse"),
+    ("message", "reason", "screen", "refuse"),
     [
-        ("plane CA hash mismatch at https://p: possible interception, refusing to register", "plane", True),
-        ("join token has expired; create a new one", "plane", False),
-        ("join token was already used; create a new one", "plane", False),
-        ("proxy http://p:3128 requires authentication (HTTP 407)", "proxy", False),
-        ("cannot reach proxy http://p:3128: Connection refused", "proxy", False),
-        ("cannot resolve the plane host in https://p/v1/ca (DNS failure)", "network", False),
-        ("plane unreachable at https://p/v1/ca: Connection refused", "network", False),
-        ("Console password: /etc/shadow: no entry for user 'admin'", "review", False),
+        (
+            "plane CA hash mismatch at https://p: possible interception, refusing to register",
+            Reason.INTERCEPTED,
+            "plane",
+            True,
+        ),
+        ("join token has expired; create a new one", Reason.TOKEN, "plane", False),
+        ("join token was already used; create a new one", Reason.TOKEN, "plane", False),
+        ("proxy http://p:3128 requires authentication (HTTP 407)", Reason.PROXY_AUTH, "proxy", False),
+        ("cannot reach proxy http://p:3128: Connection refused", Reason.PROXY, "proxy", False),
+        ("cannot resolve the plane host in https://p/v1/ca (DNS failure)", Reason.DNS, "network", False),
+        ("plane unreachable at https://p/v1/ca: Connection refused", Reason.UNREACHABLE, "network", False),
+        ("Console password: /etc/shadow: no entry for user 'admin'", Reason.OTHER, "review", False),
     ],
 )
-def test_failures_in_words(message: str, screen: str, refuse: bool) -> None:
-    why = explain(message)
+def test_failures_in_words(message: str, reason: Reason, screen: str, refuse: bool) -> None:
+    why = explain(message, reason)
     assert (why.screen, why.refuse) == (screen, refuse)
     assert why.what_next
+    # The same by way of the error the step raises, whose reason code travels with it.
+    assert explain_error(FirstbootError(message, reason=reason)) == why
+
+
+def test_the_explanation_follows_the_code_not_the_words() -> None:
+    """A message that happens to say proxy, DNS or 407 is not taken for one without its code."""
+    why = explain("the plane's DNS-named proxy said 407 and unreachable", Reason.OTHER)
+    assert (why.screen, why.refuse) == ("review", False)
+    assert explain("anything", Reason.INTERCEPTED).refuse
 
 
 @pytest.mark.parametrize(

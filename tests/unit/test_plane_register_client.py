@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from firstboot.errors import FirstbootError
+from firstboot.errors import FirstbootError, Reason
 from firstboot.register.client import _describe_client_error, _proxy_args, load_identity
 from mgmtplane.ca import load_or_create_ca
 
@@ -49,6 +49,17 @@ WHERE = "https://plane.example.com:8443/v1/ca"
 def test_failures_in_words(exc: BaseException, expected: str) -> None:
     err = _describe_client_error(exc, WHERE, "http://proxy:3128")
     assert isinstance(err, FirstbootError) and expected in str(err) and "\n" not in str(err)
+    # The code the console explains (wizard.flow.explain), by what failed, not by the words.
+    assert err.reason is REASONS[expected]
+
+
+REASONS = {
+    "DNS failure": Reason.DNS,
+    "plane unreachable": Reason.UNREACHABLE,
+    "cannot reach proxy": Reason.PROXY,
+    "possible interception": Reason.INTERCEPTED,
+    "did not answer in time": Reason.UNREACHABLE,
+}
 
 
 def _proxy_error(status: int) -> aiohttp.ClientHttpProxyError:
@@ -57,6 +68,9 @@ def _proxy_error(status: int) -> aiohttp.ClientHttpProxyError:
 
 def test_proxy_status_wording() -> None:
     assert "requires authentication (HTTP 407)" in str(_describe_client_error(_proxy_error(407), WHERE, "p"))
+    assert _describe_client_error(_proxy_error(407), WHERE, "p").reason is Reason.PROXY_AUTH
+    assert _describe_client_error(_proxy_error(401), WHERE, "p", True).reason is Reason.PROXY
+    assert _describe_client_error(_proxy_error(502), WHERE, "p").reason is Reason.PROXY
     assert "rejected the proxy credentials" in str(
         _describe_client_error(_proxy_error(407), WHERE, "p", True)
     )
