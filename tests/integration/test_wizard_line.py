@@ -81,8 +81,9 @@ def test_line_mode_bad_input_on_every_screen_then_apply(tmp_path: Path) -> None:
         ask(child, "Repeat password []: ", "longpassword")
 
         child.expect_exact("== Review ==")
-        child.expect_exact("  Address/prefix         192.0.2.10/24")
+        # In the table's order (gwcore.deploy.SETTINGS): the plane first.
         child.expect_exact("  Join token             GWJ1.********")
+        child.expect_exact("  Address/prefix         192.0.2.10/24")
         ask(child, "Apply these settings? [y]es / [b]ack / [r]estart: ", "y")
         child.expect_exact("The plane is NOT reachable: plane 127.0.0.1 unreachable")
         ask(child, "Keep these network settings? [y/n] (reverting in 30 s) ", "y")

@@ -59,7 +59,7 @@ def listener() -> Iterator[int]:
 
 
 def test_probe_direct_and_through_proxy(listener: int) -> None:
-    from firstboot.wizard.flow import probe_plane
+    from firstboot.console import probe_plane
 
     assert probe_plane(f"https://127.0.0.1:{listener}") is None
     with socket.socket() as s:
