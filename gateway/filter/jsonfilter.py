@@ -47,61 +47,52 @@ def _constant(text: str) -> Any:
     raise JsonRejected(f"JSON constant {text} is not allowed")
 
 
-def _walk_dict(value: dict[str, Any], node: Node, counts: list[int]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    keys, wild = node.keys, node.wild
-    kept = removed = 0
-    for k, x in value.items():
-        child = keys.get(k, wild)
-        if child is None:
-            removed += 1
-        elif child.subtree:
-            out[k] = x
-            kept += 1
-        elif type(x) is dict:
-            out[k] = _walk_dict(x, child, counts)
-        elif type(x) is list:
-            r = _walk_list(x, child, counts)
-            if r is None:
-                removed += 1
-            else:
+# The one keep/remove rule: every walk (nested dicts and lists, the streamed top-level array and
+# object) asks _filter_value about each value, so a fix to the rule lands everywhere at once.
+_REMOVED = object()
+
+
+def _filter_value(x: Any, node: Node | None, counts: list[int]) -> Any:
+    """One value under `node` (None: not allowed here): the filtered value, or _REMOVED.
+
+    counts[0] and counts[1] add up kept and removed values: a container counts its members, a
+    value kept whole (a subtree or a leaf) or removed counts one.
+    """
+    if node is None:
+        counts[1] += 1
+        return _REMOVED
+    if node.subtree:
+        counts[0] += 1
+        return x
+    kind = type(x)
+    if kind is not dict and kind is not list:  # a scalar: the common case, decided first
+        if node.leaf:
+            counts[0] += 1
+            return x
+        counts[1] += 1
+        return _REMOVED
+    rule, removed = _filter_value, _REMOVED  # locals: this loop runs once per value of the body
+    if kind is dict:
+        keys, wild = node.keys, node.wild
+        out: dict[str, Any] = {}
+        for k, v in x.items():
+            r = rule(v, keys.get(k, wild), counts)
+            if r is not removed:
                 out[k] = r
-        elif child.leaf:
-            out[k] = x
-            kept += 1
-        else:
-            removed += 1
-    counts[0] += kept
-    counts[1] += removed
-    return out
-
-
-def _walk_list(value: list[Any], node: Node, counts: list[int]) -> list[Any] | None:
+        return out
     items = node.items
     if items is None:
-        return None
+        counts[1] += 1
+        return _REMOVED
     if items.subtree:
-        counts[0] += len(value)
-        return value
-    out: list[Any] = []
-    kept = removed = 0
-    for x in value:
-        if type(x) is dict:
-            out.append(_walk_dict(x, items, counts))
-        elif type(x) is list:
-            r = _walk_list(x, items, counts)
-            if r is None:
-                removed += 1
-            else:
-                out.append(r)
-        elif items.leaf:
-            out.append(x)
-            kept += 1
-        else:
-            removed += 1
-    counts[0] += kept
-    counts[1] += removed
-    return out
+        counts[0] += len(x)
+        return x
+    kept: list[Any] = []
+    for v in x:
+        r = rule(v, items, counts)
+        if r is not removed:
+            kept.append(r)
+    return kept
 
 
 class _Stream:
@@ -158,31 +149,16 @@ class _Stream:
             out.append("[")
         batch: list[Any] = []
         first = True
-        kept = removed = 0
         i = self.ws(i + 1)
         if self.s[i : i + 1] == "]":
             i += 1
         else:
             while True:
                 x, i = self.decode(i)
-                if items is None:
-                    pass
-                elif items.subtree:
-                    batch.append(x)
-                    kept += 1
-                elif type(x) is dict:
-                    batch.append(_walk_dict(x, items, counts))
-                elif type(x) is list:
-                    r = _walk_list(x, items, counts)
-                    if r is None:
-                        removed += 1
-                    else:
+                if items is not None:  # None: the array is dropped whole, counted once by the caller
+                    r = _filter_value(x, items, counts)
+                    if r is not _REMOVED:
                         batch.append(r)
-                elif items.leaf:
-                    batch.append(x)
-                    kept += 1
-                else:
-                    removed += 1
                 if len(batch) >= _BATCH:
                     out.append(("" if first else ",") + self.encode(batch)[1:-1])
                     first = False
@@ -196,8 +172,6 @@ class _Stream:
             if batch:
                 out.append(("" if first else ",") + self.encode(batch)[1:-1])
             out.append("]")
-        counts[0] += kept
-        counts[1] += removed
         return i
 
     def object(self, i: int, node: Node, *, stream: bool) -> int:
@@ -241,32 +215,6 @@ class _Stream:
                 out.append("}")
                 return i + 1
             i = self.ws(i + 1)
-
-
-_REMOVED = object()
-
-
-def _filter_value(x: Any, node: Node | None, counts: list[int]) -> Any:
-    """One member value under `node`, as _walk_dict treats it; _REMOVED when it does not stay."""
-    if node is None:
-        counts[1] += 1
-        return _REMOVED
-    if node.subtree:
-        counts[0] += 1
-        return x
-    if type(x) is dict:
-        return _walk_dict(x, node, counts)
-    if type(x) is list:
-        r = _walk_list(x, node, counts)
-        if r is None:
-            counts[1] += 1
-            return _REMOVED
-        return r
-    if node.leaf:
-        counts[0] += 1
-        return x
-    counts[1] += 1
-    return _REMOVED
 
 
 def filter_json(body: bytes, allow: Allowlist) -> tuple[bytes, int, int]:
