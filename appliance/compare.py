@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,8 +191,3 @@ def compare_builds(
         if name.endswith(".raw"):
             details += [f"{name}: {line}" for line in explain_disk(fa, fb)]
     return Comparison(tuple(same), tuple(different), tuple(missing), tuple(details))
-
-
-def format_uuid(raw: bytes) -> str:
-    """A 16-byte on-disk UUID (big-endian, as ext4 stores it) as text."""
-    return str(uuid.UUID(bytes=raw))

@@ -111,7 +111,7 @@ def tui_answers(tmp: Path) -> None:
 
 def main() -> int:
     creds = {"gateway.join_token": fake_token(), "network.hostname": "gw-bench"}
-    report("firstboot plan --print (credentials)", timed(lambda t: cli(t, "plan", "--print", creds=creds)))
+    report("firstboot plan (credentials)", timed(lambda t: cli(t, "plan", creds=creds)))
     report(
         "firstboot run --dry-run (credentials, all steps)",
         timed(lambda t: cli(t, "run", "--dry-run", creds=creds)),

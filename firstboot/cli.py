@@ -142,7 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--credentials", metavar="DIR", help="credentials directory (default $CREDENTIALS_DIRECTORY)"
     )
-    p.add_argument("--print", action="store_true", help="print the plan (the default and only action)")
     p.set_defaults(func=cmd_plan)
 
     for register in _registrars():

@@ -397,7 +397,7 @@ class Mux:
 
     def _queue_data(self, sid: int, data: memoryview, fin: bool) -> None:
         # Header and payload go out as separate items so the payload is copied once, in the batch join.
-        self._out.append(p.HEADER.pack(0x10 | p.FrameType.DATA, p.FLAG_FIN if fin else 0, sid, len(data)))
+        self._out.append(p.HEADER.pack(p.DATA_TYPE_BYTE, p.FLAG_FIN if fin else 0, sid, len(data)))
         self._out.append(data)
         self._out_size += p.HEADER_SIZE + len(data)
         self._out_event.set()

@@ -132,7 +132,6 @@ class Relay:
         self.own = frozenset(own_addresses)
         self._pools: dict[str, tuple[Target, HostPool]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.handled = 0
 
     def reload(
         self, targets: TargetSet, policies: PolicySet | None, own_addresses: Iterable[IPAddress] | None = None
@@ -242,7 +241,6 @@ class Relay:
             stream.reset(code, message)
         finally:
             lease.release()  # on every path: success, denial, reset, cancellation
-            self.handled += 1
 
     async def _relay(self, stream: Stream, head: p.RequestHead, lease: Lease) -> None:
         target = self.targets.get(head.target)

@@ -1,4 +1,4 @@
-"""The CLI: plan --print (masked secrets, sources), run from seeds in --root mode, one-line errors."""
+"""The CLI: plan (masked secrets, sources), run from seeds in --root mode, one-line errors."""
 
 from __future__ import annotations
 
@@ -28,10 +28,7 @@ def test_plan_prints_masked_settings_with_sources(tmp_path: Path, capsys: pytest
     (creds / "proxy.url").write_text("http://bob:hunter2@proxy.example.com:3128")
     env = tmp_path / "ovf-env.xml"
     env.write_text(ovf_env({"gateway.join_token": token, "network.hostname": "gw-9"}))
-    assert (
-        main(["--root", str(tmp_path), "plan", "--ovf-env", str(env), "--credentials", str(creds), "--print"])
-        == 0
-    )
+    assert main(["--root", str(tmp_path), "plan", "--ovf-env", str(env), "--credentials", str(creds)]) == 0
     out = capsys.readouterr().out
     plan = json.loads(out)
     assert plan == {
@@ -59,11 +56,11 @@ def test_plan_reports_missing_and_problems(tmp_path: Path, capsys: pytest.Captur
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "network.mode").write_text("dhcp")
-    assert main(["plan", "--credentials", str(creds), "--print"]) == 0
+    assert main(["plan", "--credentials", str(creds)]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["missing"] == ["gateway.join_token"] and plan["complete"] is False
     (creds / "network.address").write_text("10.0.0.1")
-    assert main(["plan", "--credentials", str(creds), "--print"]) == 1
+    assert main(["plan", "--credentials", str(creds)]) == 1
     captured = capsys.readouterr()
     assert json.loads(captured.out)["problems"] == [
         "network.address: expected an IPv4/IPv6 address with prefix like 192.0.2.10/24, got '10.0.0.1'"
