@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from appliance.log import setup_logging
-from appliance.qemu import DISK_DEVICES, NIC_DEVICES, BootOptions, Firmware, Forward
+from appliance.qemu import DISK_DEVICES, NIC_DEVICES, BootOptions, Forward
+from appliance.spec import Firmware
 from gwcore.cli import run_command
 from gwcore.errors import UserError
 

@@ -12,11 +12,11 @@ import tarfile
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 from appliance.errors import ApplianceError
 from appliance.run import find_tool
+from appliance.spec import Firmware
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,6 @@ HOST_ALIAS = "10.0.2.100"
 DEBUG_EXIT_PORT = 0xF4
 EXIT_PASS = (0x10 << 1) | 1
 EXIT_FAIL = (0x20 << 1) | 1
-
-
-class Firmware(StrEnum):
-    bios = "bios"
-    efi = "efi"
 
 
 # Disk controllers and NICs by the names the spec uses, mapped to QEMU devices.
@@ -62,7 +57,7 @@ class BootOptions:
     """Everything one QEMU boot needs; built by the CLI and by the smoke and VM tests."""
 
     image: Path
-    firmware: Firmware = Firmware.bios
+    firmware: Firmware = Firmware.BIOS
     memory_mib: int = 2048
     cpus: int = 2
     disk: str = "virtio"
@@ -168,7 +163,7 @@ def qemu_command(opts: BootOptions, workdir: Path) -> list[str]:
     if opts.nic not in NIC_DEVICES:
         raise ApplianceError(f"unknown NIC {opts.nic!r}", hint=f"one of {', '.join(NIC_DEVICES)}")
     accel = accelerator(opts.accel, opts.image)
-    machine = "q35" if opts.firmware == Firmware.efi else "pc"
+    machine = "q35" if opts.firmware == Firmware.EFI else "pc"
     cmd = [
         find_tool("qemu-system-x86_64"),
         "-accel",
@@ -188,7 +183,7 @@ def qemu_command(opts: BootOptions, workdir: Path) -> list[str]:
         "-vga",
         "none",
     ]
-    if opts.firmware == Firmware.efi:
+    if opts.firmware == Firmware.EFI:
         if not OVMF_CODE.exists():
             raise ApplianceError(f"{OVMF_CODE} not found; it is needed for UEFI boots", hint="install ovmf")
         vars_copy = workdir / "OVMF_VARS.fd"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from appliance.build import build
 from appliance.log import setup_logging
-from appliance.qemu import BootOptions, Firmware, accelerator
+from appliance.qemu import BootOptions, accelerator
 from appliance.smoke import smoke
-from appliance.spec import load_spec
+from appliance.spec import Firmware, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,9 +65,9 @@ def main() -> None:
     rows.append(("OVA", mib(ova.stat().st_size)))
 
     accel = accelerator(None, raw)
-    for firmware, image in ((Firmware.bios, ova), (Firmware.efi, qcow2)):
-        nic = str(spec.hardware.nic) if firmware == Firmware.bios else "virtio"
-        disk = str(spec.hardware.disk_controller) if firmware == Firmware.bios else "virtio"
+    for firmware, image in ((Firmware.BIOS, ova), (Firmware.EFI, qcow2)):
+        nic = str(spec.hardware.nic) if firmware == Firmware.BIOS else "virtio"
+        disk = str(spec.hardware.disk_controller) if firmware == Firmware.BIOS else "virtio"
         result = smoke(BootOptions(image=image, firmware=firmware, disk=disk, nic=nic), version=spec.version)
         # The smoke check runs once boot jobs are done, usually before the console wizard or a
         # login prompt has drawn; its verdict time is the boot figure we can always measure.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, unquote_plus
 
 from gateway.filter.jsonfilter import JsonRejected, filter_json
-from gateway.filter.policy import KNOWN_METHODS, MAX_REQUEST_BODY_BYTES, BodyAllow, PolicySet, Rule
+from gateway.filter.policy import KNOWN_METHODS, MAX_REQUEST_BODY_BYTES, BodyAllow, Kind, PolicySet, Rule
 from gateway.filter.xmlfilter import XmlRejected, filter_xml, soap_operation
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ _MULTIPART_NAME = re.compile(rb"""name\s*=\s*["']?\s*([^"';\r\n]*)""", re.IGNORE
 # Never relayed, whatever a local policy says (issue 5): datastore files, NFC disk streams, console
 # screenshots, ESXi configuration files (/host), guest file transfer and the managed object
 # browser on vCenter/ESXi hosts...
-_VSPHERE_KINDS = frozenset({"vsphere", "vsphere-soap"})
+_VSPHERE_KINDS = frozenset({Kind.VSPHERE, Kind.VSPHERE_SOAP})
 _VSPHERE_DATA_ROOTS = frozenset({"folder", "host", "nfc", "screen", "guestfile", "mob"})
 # ...and the SOAP operations that hand out console tickets, export/NFC leases or guest file transfers.
 _SOAP_NEVER = frozenset(

@@ -48,6 +48,20 @@ class Kind(enum.StrEnum):
     HTTP = "http"
 
 
+# What a target's kind may be: a Kind, or any other OpenStack service (openstack-<service>), which
+# no shipped policy covers, so every call to it is denied until a local policy names it.
+_OPENSTACK_SERVICE = re.compile(r"openstack-[a-z][a-z0-9-]{1,30}")
+TARGET_KINDS_HELP = "vsphere, vsphere-soap, redfish, openstack-<service>, http"
+
+
+def is_target_kind(text: str) -> bool:
+    """Whether `text` may be a target's kind in targets.yaml (the one rule; targets.py asks it)."""
+    return text in _KIND_VALUES or _OPENSTACK_SERVICE.fullmatch(text) is not None
+
+
+_KIND_VALUES = frozenset(k.value for k in Kind)
+
+
 @dataclass(frozen=True)
 class XmlAllow:
     """What a rule keeps of an XML (SOAP) body: element paths, PropertyCollector properties, attributes."""

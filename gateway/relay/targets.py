@@ -11,11 +11,11 @@ from typing import Any
 from yarl import URL
 
 from gateway.errors import GatewayError
+from gateway.filter.policy import TARGET_KINDS_HELP, is_target_kind
 from gateway.relay.ssrf import IPNetwork, parse_allow
 from gwcore.safeload import read_yaml_file
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_KIND_RE = re.compile(r"^(vsphere|vsphere-soap|redfish|http|openstack-[a-z][a-z0-9-]{1,30})$")
 _FINGERPRINT_RE = re.compile(r"^sha256:([0-9A-Fa-f]{2}(:?[0-9A-Fa-f]{2}){31})$")
 _TARGET_KEYS = frozenset({"name", "url", "kind", "tls", "timeout", "allow_private"})
 
@@ -95,10 +95,8 @@ def _parse_target(item: Any, where: str) -> Target:
         raise GatewayError(f"{where}.name: expected a name of letters, digits, '.', '_' or '-'")
     url = _parse_url(item.get("url"), f"{where}.url")
     kind = item.get("kind", "http")
-    if not isinstance(kind, str) or not _KIND_RE.match(kind):
-        raise GatewayError(
-            f"{where}.kind: {kind!r} is not one of vsphere, vsphere-soap, redfish, openstack-<service>, http"
-        )
+    if not isinstance(kind, str) or not is_target_kind(kind):
+        raise GatewayError(f"{where}.kind: {kind!r} is not one of {TARGET_KINDS_HELP}")
     tls = _parse_tls(item.get("tls"), f"{where}.tls", url.scheme == "https")
     connect, total = _parse_timeouts(item.get("timeout"), f"{where}.timeout")
     allow_raw = item.get("allow_private") or []

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import ApplianceError
-from appliance.qemu import BootOptions, Firmware, Forward, qemu_command, smbios_credentials
+from appliance.qemu import BootOptions, Forward, qemu_command, smbios_credentials
 from appliance.render import BuildPaths, render_mkosi
 from appliance.run import find_tool, run
 from appliance.smoke import console_text
-from appliance.spec import load_spec
+from appliance.spec import Firmware, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,7 +64,7 @@ def test_qemu_vmware_devices_and_loopback_only_network(tmp_path: Path) -> None:
 
 
 def test_qemu_uefi_uses_a_private_copy_of_the_variables(tmp_path: Path) -> None:
-    cmd = _cmd(tmp_path, firmware=Firmware.efi)
+    cmd = _cmd(tmp_path, firmware=Firmware.EFI)
     pflash = [a for a in cmd if a.startswith("if=pflash")]
     assert len(pflash) == 2 and "readonly=on" in pflash[0]
     assert str(tmp_path / "OVMF_VARS.fd") in pflash[1]

@@ -131,3 +131,15 @@ def test_url_type() -> None:
     inv = parse_targets({"targets": [{"name": "t", "url": "http://h"}]}, "t")
     assert isinstance(inv.targets["t"].url, URL)
     assert parse_targets(None, "empty").targets == {}
+
+
+def test_target_kinds_are_the_filters_kinds() -> None:
+    """One rule (gateway.filter.policy.is_target_kind): every policy kind is a target kind, any other
+    OpenStack service too; a kind with a trailing newline is not (the old `^...$` let it through)."""
+    from gateway.filter.policy import Kind
+
+    for kind in [*Kind, "openstack-placement"]:
+        assert parse_targets({"targets": [{"name": "t", "url": "https://10.0.0.1", "kind": str(kind)}]}, "x")
+    for bad in ("vsphere\n", "openstack-", "esxi"):
+        with pytest.raises(GatewayError, match=r"^x: targets\[0\]\.kind: .* is not one of vsphere, "):
+            parse_targets({"targets": [{"name": "t", "url": "https://10.0.0.1", "kind": bad}]}, "x")

@@ -23,9 +23,9 @@ import pexpect
 import pytest
 
 from appliance.ovf import render_ovf_environment
-from appliance.qemu import HOST_ALIAS, BootOptions, Firmware, Forward, accelerator, qemu_command
+from appliance.qemu import HOST_ALIAS, BootOptions, Forward, accelerator, qemu_command
 from appliance.smoke import console_text
-from appliance.spec import Spec
+from appliance.spec import Firmware, Spec
 from tests.integration.plane_helpers import Plane, free_port
 
 from .conftest import BUILD
@@ -121,7 +121,7 @@ class Guest:
                  forwards: tuple[Forward, ...] = ()) -> None:  # fmt: skip
         self.workdir = workdir
         self.log = workdir / f"serial-{time.monotonic_ns()}.log"
-        opts = BootOptions(image=disk, firmware=Firmware.bios, snapshot=False, host_ports=ports,
+        opts = BootOptions(image=disk, firmware=Firmware.BIOS, snapshot=False, host_ports=ports,
                            serial_log=self.log if serial_file else None, accel=accel(),
                            credentials=credentials or {}, ovf_iso=ovf_iso, forwards=forwards)  # fmt: skip
         self.cmd = [*qemu_command(opts, workdir), "-qmp", f"unix:{workdir}/qmp.sock,server=on,wait=off"]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.qemu import BootOptions, Firmware
+from appliance.qemu import BootOptions
 from appliance.smoke import smoke
-from appliance.spec import Spec
+from appliance.spec import Firmware, Spec
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -20,7 +20,7 @@ def _check(result_passed: bool, problems: tuple[str, ...], console: str) -> None
 
 
 def test_qcow2_boots_under_uefi(artifacts: dict[str, Path], spec: Spec) -> None:
-    opts = BootOptions(image=artifacts["qcow2"], firmware=Firmware.efi, disk="virtio", nic="virtio")
+    opts = BootOptions(image=artifacts["qcow2"], firmware=Firmware.EFI, disk="virtio", nic="virtio")
     result = smoke(opts, version=spec.version)
     print(f"qcow2/UEFI under {result.accel}: {result.seconds:.0f}s, console ready at {result.login_seconds}")
     _check(result.passed, result.problems, result.console)
@@ -32,7 +32,7 @@ def test_ova_disk_boots_under_bios_on_vmware_devices(artifacts: dict[str, Path],
     # The disk exactly as shipped in the OVA, on the controller and NIC the OVF declares.
     opts = BootOptions(
         image=artifacts["ova"],
-        firmware=Firmware.bios,
+        firmware=Firmware.BIOS,
         disk=str(spec.hardware.disk_controller),
         nic=str(spec.hardware.nic),
     )
