@@ -9,19 +9,29 @@ the appliance would refuse.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from appliance.errors import ApplianceError
 from gwcore.deploy import KEYS, InvalidSetting, validate_value
 from gwcore.safeload import ParseError, loads_yaml
+from gwcore.settings import (
+    REQUIRED,
+    InvalidAt,
+    Setting,
+    boolean,
+    enum,
+    integer,
+    list_of,
+    section,
+    show,
+    string,
+)
 
 __all__ = [
     "PROPERTY_KEYS",
@@ -165,140 +175,14 @@ class Spec:
         raise KeyError(key)
 
 
-class _Invalid(Exception):
-    """A problem at a dotted key path; load_spec() prefixes the file name."""
-
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path = path
-        self.problem = problem
-
-
-# ---------------------------------------------------------------------------------------------
-# Value parsers: (value, dotted path) -> parsed value, raising _Invalid with the problem.
-
-Parser = Callable[[object, str], Any]
-StrParser = Callable[[object, str], str]
-_REQUIRED: Any = object()
-
-
-def _show(value: object) -> str:
-    """A value as the user wrote it in YAML, short."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _int(lo: int, hi: int | None = None) -> Parser:
-    def parse(value: object, path: str) -> int:
-        # bool is an int in Python but `true` is never a sensible core count.
-        in_range = isinstance(value, int) and value >= lo and (hi is None or value <= hi)
-        if in_range and not isinstance(value, bool):
-            return value  # type: ignore[return-value]
-        want = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
-        raise _Invalid(path, f"expected {want}, got {_show(value)}")
-
-    return parse
-
-
-def _bool(value: object, path: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise _Invalid(path, f"expected true or false, got {_show(value)}")
-
-
-def _str(pattern: str | None = None, what: str = "a string", max_len: int = 1024) -> StrParser:
-    regex = re.compile(pattern) if pattern else None
-
-    def parse(value: object, path: str) -> str:
-        if isinstance(value, str) and len(value) <= max_len and (regex is None or regex.fullmatch(value)):
-            return value
-        if not isinstance(value, str) and what != "a string":
-            # e.g. `version: 1.0` is read by YAML as a float: say how to fix it.
-            raise _Invalid(path, f"expected {what} (quote it), got {_show(value)}")
-        raise _Invalid(path, f"expected {what}, got {_show(value)}")
-
-    return parse
-
-
 def _url(value: object, path: str) -> str:
-    text = _str()(value, path)
+    text = string()(value, path)
     if text == "":
         return text
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise _Invalid(path, f"expected an http(s) URL or an empty string, got {_show(value)}")
+        raise InvalidAt(path, f"expected an http(s) URL or an empty string, got {show(value)}")
     return text
-
-
-E = TypeVar("E", bound=StrEnum)
-
-
-def _enum(cls: type[E]) -> Parser:
-    def parse(value: object, path: str) -> E:
-        if isinstance(value, str):
-            try:
-                return cls(value)
-            except ValueError:
-                pass
-        choices = ", ".join(member.value for member in cls)
-        raise _Invalid(path, f"expected one of {choices}, got {_show(value)}")
-
-    return parse
-
-
-def _list_of(item: Parser) -> Parser:
-    def parse(value: object, path: str) -> tuple[Any, ...]:
-        if not isinstance(value, list):
-            raise _Invalid(path, f"expected a list, got {_show(value)}")
-        return tuple(item(entry, f"{path}[{index}]") for index, entry in enumerate(value))
-
-    return parse
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting: its key, parser, raw YAML default (`_REQUIRED` if none) and help text."""
-
-    key: str
-    parse: Parser
-    default: Any
-    help: str
-
-
-def _section(cls: Callable[..., Any], table: Sequence[Setting]) -> Parser:
-    """A parser for a mapping whose keys are exactly the table's (unknown keys are errors)."""
-
-    def parse(value: object, path: str) -> Any:
-        if not isinstance(value, Mapping):
-            raise _Invalid(path or "(top level)", f"expected a mapping, got {_show(value)}")
-        known = {setting.key for setting in table}
-        for key in value:
-            if key not in known:
-                name = str(key) if str(key).isprintable() and str(key).strip() else repr(key)
-                where = f"{path}.{name}" if path else name
-                near = difflib.get_close_matches(str(key), sorted(known), n=1)
-                hint = f", did you mean '{near[0]}'?" if near else f" (known: {', '.join(sorted(known))})"
-                raise _Invalid(where, f"unknown key{hint}")
-        values: dict[str, Any] = {}
-        for setting in table:
-            where = f"{path}.{setting.key}" if path else setting.key
-            if setting.key in value:
-                values[setting.key] = setting.parse(value[setting.key], where)
-            elif setting.default is _REQUIRED:
-                raise _Invalid(where, "missing (required)")
-            else:
-                values[setting.key] = setting.parse(setting.default, where)
-        return cls(**values)
-
-    return parse
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,11 +213,11 @@ def _split_qualifiers(text: str) -> list[tuple[str, str]]:
 
 
 def _qualifiers(value: object, path: str) -> str:
-    text = _str()(value, path)
+    text = string()(value, path)
     try:
         _split_qualifiers(text)
     except ValueError as exc:
-        raise _Invalid(
+        raise InvalidAt(
             path, f'{exc}: expected MinLen(n), MaxLen(n), MinValue(n), MaxValue(n) or ValueMap{{"a","b"}}'
         ) from None
     return text
@@ -343,7 +227,7 @@ def _default(value: object, path: str) -> str | bool | int:
     # Checked against the property's type in _check_property, once the type is known.
     if isinstance(value, str | bool | int):
         return value
-    raise _Invalid(path, f"expected a string, boolean or integer, got {_show(value)}")
+    raise InvalidAt(path, f"expected a string, boolean or integer, got {show(value)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,45 +238,47 @@ _VERSION_RE = r"[0-9]+(?:\.[0-9]+)*(?:[-+~][0-9A-Za-z.+~]+)?"
 _PACKAGE_RE = r"[a-z0-9][a-z0-9+.-]+"
 
 HARDWARE_SETTINGS: tuple[Setting, ...] = (
-    Setting("vcpus", _int(1, 128), 2, "virtual CPUs"),
-    Setting("memory_mib", _int(512), 2048, "memory in MiB"),
-    Setting("disk_gib", _int(2, 2048), 8, "virtual disk size in GiB"),
-    Setting("firmware", _enum(Firmware), "bios", "boot firmware: bios | efi"),
-    Setting("nic", _enum(Nic), "vmxnet3", "NIC model: " + " | ".join(Nic)),
+    Setting("vcpus", integer(1, 128), 2, "virtual CPUs"),
+    Setting("memory_mib", integer(512), 2048, "memory in MiB"),
+    Setting("disk_gib", integer(2, 2048), 8, "virtual disk size in GiB"),
+    Setting("firmware", enum(Firmware), "bios", "boot firmware: bios | efi"),
+    Setting("nic", enum(Nic), "vmxnet3", "NIC model: " + " | ".join(Nic)),
     Setting(
-        "disk_controller", _enum(DiskController), "pvscsi", "disk controller: " + " | ".join(DiskController)
+        "disk_controller", enum(DiskController), "pvscsi", "disk controller: " + " | ".join(DiskController)
     ),
-    Setting("network", _str(r"[^<>&\"]{1,80}", "a network name"), "VM Network", "OVF network of the NIC"),
+    Setting("network", string(r"[^<>&\"]{1,80}", "a network name"), "VM Network", "OVF network of the NIC"),
     # vmx-14 = ESXi 6.7: old enough to import almost everywhere, new enough for every controller here.
-    Setting("vmx_version", _int(10, 21), 14, "VMware virtual hardware version (vmx-NN)"),
+    Setting("vmx_version", integer(10, 21), 14, "VMware virtual hardware version (vmx-NN)"),
 )
 
 PRODUCT_SETTINGS: tuple[Setting, ...] = (
-    Setting("product", _str(r".{1,200}", "a non-empty string"), "Gateway Appliance", "OVF product name"),
-    Setting("vendor", _str(), "", "OVF vendor"),
+    Setting("product", string(r".{1,200}", "a non-empty string"), "Gateway Appliance", "OVF product name"),
+    Setting("vendor", string(), "", "OVF vendor"),
     Setting("vendor_url", _url, "", "vendor URL"),
     Setting("product_url", _url, "", "product URL"),
-    Setting("annotation", _str(max_len=4096), "", "OVF annotation shown in the hypervisor's UI"),
+    Setting("annotation", string(max_len=4096), "", "OVF annotation shown in the hypervisor's UI"),
 )
 
 PROPERTY_SETTINGS: tuple[Setting, ...] = (
-    Setting("key", _str(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+", "a dotted key"), _REQUIRED, "property key"),
-    Setting("type", _enum(PropertyType), "string", "string | boolean | int | password"),
-    Setting("label", _str(r"\S.{0,199}", "a non-empty label"), _REQUIRED, "label shown at deploy time"),
-    Setting("description", _str(max_len=2048), "", "help shown at deploy time"),
+    Setting(
+        "key", string(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+", "a dotted key"), REQUIRED, "property key"
+    ),
+    Setting("type", enum(PropertyType), "string", "string | boolean | int | password"),
+    Setting("label", string(r"\S.{0,199}", "a non-empty label"), REQUIRED, "label shown at deploy time"),
+    Setting("description", string(max_len=2048), "", "help shown at deploy time"),
     Setting("default", _default, "", "default value"),
-    Setting("user_configurable", _bool, True, "editable at deploy time"),
+    Setting("user_configurable", boolean, True, "editable at deploy time"),
     Setting("qualifiers", _qualifiers, "", "OVF qualifiers, e.g. MinLen(1) or ValueMap{...}"),
 )
 
 SPEC_SETTINGS: tuple[Setting, ...] = (
-    Setting("name", _str(_NAME_RE, "a name of [a-z0-9-]"), _REQUIRED, "artifact name"),
-    Setting("version", _str(_VERSION_RE, "a version like 0.1.0"), _REQUIRED, "appliance version"),
-    Setting("debian_release", _enum(DebianRelease), "trixie", "Debian release of the image"),
-    Setting("hardware", _section(Hardware, HARDWARE_SETTINGS), {}, "virtual hardware"),
-    Setting("product", _section(Product, PRODUCT_SETTINGS), {}, "OVF product section"),
-    Setting("properties", _list_of(_section(Property, PROPERTY_SETTINGS)), _REQUIRED, "OVF properties"),
-    Setting("packages", _list_of(_str(_PACKAGE_RE, "a Debian package name")), [], "extra packages"),
+    Setting("name", string(_NAME_RE, "a name of [a-z0-9-]"), REQUIRED, "artifact name"),
+    Setting("version", string(_VERSION_RE, "a version like 0.1.0"), REQUIRED, "appliance version"),
+    Setting("debian_release", enum(DebianRelease), "trixie", "Debian release of the image"),
+    Setting("hardware", section(Hardware, HARDWARE_SETTINGS), {}, "virtual hardware"),
+    Setting("product", section(Product, PRODUCT_SETTINGS), {}, "OVF product section"),
+    Setting("properties", list_of(section(Property, PROPERTY_SETTINGS)), REQUIRED, "OVF properties"),
+    Setting("packages", list_of(string(_PACKAGE_RE, "a Debian package name")), [], "extra packages"),
 )
 
 
@@ -421,26 +307,26 @@ def _check_property(prop: Property, path: str) -> None:
     }[prop.type]
     default = prop.default
     if not isinstance(default, want) or (prop.type is PropertyType.INT and isinstance(default, bool)):
-        raise _Invalid(f"{path}.default", f"expected a {prop.type} value, got {_show(default)}")
+        raise InvalidAt(f"{path}.default", f"expected a {prop.type} value, got {show(default)}")
     if prop.password and default != "":
-        raise _Invalid(f"{path}.default", "a password property must not have a default")
+        raise InvalidAt(f"{path}.default", "a password property must not have a default")
     if prop.key in _SECRET_KEYS and not prop.password:
-        raise _Invalid(f"{path}.type", f"{prop.key} is a secret: expected password, got {prop.type}")
+        raise InvalidAt(f"{path}.type", f"{prop.key} is a secret: expected password, got {prop.type}")
     for name, arg in _split_qualifiers(prop.qualifiers):
         if name in ("MinLen", "MaxLen") and prop.type not in (PropertyType.STRING, PropertyType.PASSWORD):
-            raise _Invalid(f"{path}.qualifiers", f"{name} applies to string properties, not {prop.type}")
+            raise InvalidAt(f"{path}.qualifiers", f"{name} applies to string properties, not {prop.type}")
         if name in ("MinValue", "MaxValue") and prop.type is not PropertyType.INT:
-            raise _Invalid(f"{path}.qualifiers", f"{name} applies to int properties, not {prop.type}")
+            raise InvalidAt(f"{path}.qualifiers", f"{name} applies to int properties, not {prop.type}")
         if name == "MaxLen" and isinstance(default, str) and len(default) > int(arg):
-            raise _Invalid(f"{path}.default", f"longer than MaxLen({arg})")
+            raise InvalidAt(f"{path}.default", f"longer than MaxLen({arg})")
     if prop.key == "network.mode" and sorted(prop.value_map) != sorted(_NETWORK_MODES):
-        raise _Invalid(f"{path}.qualifiers", 'expected ValueMap{"dhcp","static"}')
+        raise InvalidAt(f"{path}.qualifiers", 'expected ValueMap{"dhcp","static"}')
     if prop.value_map and prop.default_text not in prop.value_map:
-        raise _Invalid(f"{path}.default", f"{prop.default_text!r} is not in the ValueMap")
+        raise InvalidAt(f"{path}.default", f"{prop.default_text!r} is not in the ValueMap")
     if isinstance(default, str) and default and not prop.value_map:
         problem = _check_value(prop.key, default)
         if problem:
-            raise _Invalid(f"{path}.default", problem)
+            raise InvalidAt(f"{path}.default", problem)
 
 
 def _check_spec(spec: Spec) -> None:
@@ -448,17 +334,17 @@ def _check_spec(spec: Spec) -> None:
     for index, prop in enumerate(spec.properties):
         path = f"properties[{index}]"
         if prop.key in seen:
-            raise _Invalid(f"{path}.key", f"duplicate key {prop.key!r} (also properties[{seen[prop.key]}])")
+            raise InvalidAt(f"{path}.key", f"duplicate key {prop.key!r} (also properties[{seen[prop.key]}])")
         seen[prop.key] = index
         if prop.key not in PROPERTY_KEYS:
-            raise _Invalid(f"{path}.key", f"unknown property {prop.key!r} (first boot does not read it)")
+            raise InvalidAt(f"{path}.key", f"unknown property {prop.key!r} (first boot does not read it)")
         _check_property(prop, path)
     missing = [key for key in PROPERTY_KEYS if key not in seen]
     if missing:
-        raise _Invalid("properties", f"missing {', '.join(missing)}")
+        raise InvalidAt("properties", f"missing {', '.join(missing)}")
     dupes = sorted({pkg for pkg in spec.packages if spec.packages.count(pkg) > 1})
     if dupes:
-        raise _Invalid("packages", f"duplicate package {', '.join(dupes)}")
+        raise InvalidAt("packages", f"duplicate package {', '.join(dupes)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,9 +353,9 @@ def _check_spec(spec: Spec) -> None:
 def parse_spec(data: object, source: Path) -> Spec:
     """Validate already-loaded YAML data into a Spec; errors name `source`, the key and the problem."""
     try:
-        spec: Spec = _section(functools.partial(Spec, source=source), SPEC_SETTINGS)(data, "")
+        spec: Spec = section(functools.partial(Spec, source=source), SPEC_SETTINGS)(data, "")
         _check_spec(spec)
-    except _Invalid as exc:
+    except InvalidAt as exc:
         raise ApplianceError(f"{source}: {exc.path}: {exc.problem}") from None
     return spec
 
@@ -540,11 +426,11 @@ def format_settings_help() -> str:
     )
     for prefix, table in groups:
         for setting in table:
-            if setting.default is _REQUIRED:
+            if setting.default is REQUIRED:
                 default = "required"
             elif isinstance(setting.default, Mapping):
                 default = "see below"
             else:
-                default = f"default {_show(setting.default)}"
+                default = f"default {show(setting.default)}"
             lines.append(f"{prefix}{setting.key}: {setting.help} ({default})")
     return "\n".join(lines)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from gateway.errors import GatewayError
 from gateway.filter.policy import default_policy_dirs
 from gwcore import paths
 from gwcore.safeload import read_yaml_file
+from gwcore.settings import CLASS_DEFAULT, REQUIRED, InvalidAt, Parser, Setting, section
 from gwcore.status_file import DEFAULT_INTERVAL as DEFAULT_STATUS_INTERVAL
 from gwcore.status_file import DEFAULT_PATH as DEFAULT_STATUS_PATH
 
@@ -39,81 +39,78 @@ class GatewayConfig:
     buffer_budget_mib: int | None = None
 
 
-def _url(value: Any, key: str, schemes: tuple[str, ...]) -> URL:
-    if not isinstance(value, str) or not value:
-        raise GatewayError(f"{key}: expected a URL")
-    try:
-        url = URL(value)
-    except ValueError as exc:
-        raise GatewayError(f"{key}: invalid URL: {exc}") from None
-    if url.scheme not in schemes or not url.host:
-        raise GatewayError(f"{key}: expected a {' or '.join(s + '://' for s in schemes)} URL with a host")
-    return url
+def _url(schemes: tuple[str, ...], optional: bool = False) -> Parser:
+    def parse(value: object, key: str) -> URL | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value:
+            raise InvalidAt(key, "expected a URL")
+        try:
+            url = URL(value)
+        except ValueError as exc:
+            raise InvalidAt(key, f"invalid URL: {exc}") from None
+        if url.scheme not in schemes or not url.host:
+            raise InvalidAt(key, f"expected a {' or '.join(s + '://' for s in schemes)} URL with a host")
+        return url
+
+    return parse
 
 
-def _path(value: Any, key: str) -> Path:
+def _path(value: object, key: str) -> Path:
     if not isinstance(value, str) or not value.startswith("/"):
-        raise GatewayError(f"{key}: expected an absolute path")
+        raise InvalidAt(key, "expected an absolute path")
     return Path(value)
 
 
-def _paths(value: Any, key: str) -> tuple[Path, ...]:
+def _paths(value: object, key: str) -> tuple[Path, ...]:
     if not isinstance(value, list) or not value:
-        raise GatewayError(f"{key}: expected a non-empty list of absolute paths")
+        raise InvalidAt(key, "expected a non-empty list of absolute paths")
     return tuple(_path(v, f"{key}[{i}]") for i, v in enumerate(value))
 
 
-def _number(lo: float, hi: float) -> Callable[[Any, str], float]:
-    def parse(value: Any, key: str) -> float:
+def _number(lo: float, hi: float) -> Parser:
+    def parse(value: object, key: str) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-            raise GatewayError(f"{key}: expected a number between {lo:g} and {hi:g}")
+            raise InvalidAt(key, f"expected a number between {lo:g} and {hi:g}")
         return float(value)
 
     return parse
 
 
-def _count(value: Any, key: str) -> int:
+def _count(value: object, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise GatewayError(f"{key}: expected an integer between 1 and 65535")
+        raise InvalidAt(key, "expected an integer between 1 and 65535")
     return int(value)
 
 
-# key -> parser; the dataclass supplies the defaults. Declared once, used by the loader and the docs.
-SETTINGS: dict[str, Callable[[Any, str], Any]] = {
-    "plane_url": lambda v, k: _url(v, k, ("https",)),
-    "state_dir": _path,
-    "proxy_url": lambda v, k: None if v is None else _url(v, k, ("http",)),
-    "targets": _path,
-    "policy_dirs": _paths,
-    "heartbeat_interval": _number(0.2, 300),
-    "backoff_base": _number(0.01, 60),
-    "backoff_cap": _number(0.1, 3600),
-    "max_streams": _count,
-    "drain_timeout": _number(0, 600),
-    "status_file": _path,
-    "status_interval": _number(0.1, 300),
-    "buffer_budget_mib": _count,
-}
+# Every setting once (gwcore.settings): the loader, its errors and the docs follow this table; the
+# defaults are GatewayConfig's own.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("plane_url", _url(("https",)), REQUIRED, "the plane, https://host[:port]"),
+    Setting("state_dir", _path, CLASS_DEFAULT, "identity directory"),
+    Setting("proxy_url", _url(("http",), optional=True), CLASS_DEFAULT, "outbound CONNECT proxy"),
+    Setting("targets", _path, CLASS_DEFAULT, "targets.yaml"),
+    Setting("policy_dirs", _paths, CLASS_DEFAULT, "metadata policy directories, in order"),
+    Setting("heartbeat_interval", _number(0.2, 300), CLASS_DEFAULT, "seconds between pings"),
+    Setting("backoff_base", _number(0.01, 60), CLASS_DEFAULT, "first reconnect delay, seconds"),
+    Setting("backoff_cap", _number(0.1, 3600), CLASS_DEFAULT, "longest reconnect delay, seconds"),
+    Setting("max_streams", _count, CLASS_DEFAULT, "concurrent streams"),
+    Setting("drain_timeout", _number(0, 600), CLASS_DEFAULT, "seconds to finish calls on GOAWAY"),
+    Setting("status_file", _path, CLASS_DEFAULT, "the status report"),
+    Setting("status_interval", _number(0.1, 300), CLASS_DEFAULT, "seconds between status writes"),
+    Setting("buffer_budget_mib", _count, CLASS_DEFAULT, "MiB for buffered bodies"),
+)
+_PARSE = section(GatewayConfig, SETTINGS, noun="setting")
 
 
 def parse_config(data: Any, source: str) -> GatewayConfig:
     """Validate a parsed gateway.yaml; errors read `source: key: problem`."""
-    if not isinstance(data, dict):
-        raise GatewayError(f"{source}: expected a mapping of settings")
-    values: dict[str, Any] = {}
-    for key, raw in data.items():
-        parser = SETTINGS.get(str(key))
-        if parser is None:
-            raise GatewayError(f"{source}: {key}: unknown setting (known: {', '.join(SETTINGS)})")
-        try:
-            values[str(key)] = parser(raw, str(key))
-        except GatewayError as exc:
-            raise GatewayError(f"{source}: {exc.message}") from None
-    if "plane_url" not in values:
-        raise GatewayError(f"{source}: plane_url: required setting is missing")
-    config = GatewayConfig(**values)
-    if config.backoff_cap < config.backoff_base:
-        raise GatewayError(f"{source}: backoff_cap: must not be below backoff_base")
+    try:
+        config: GatewayConfig = _PARSE(data, "")
+        if config.backoff_cap < config.backoff_base:
+            raise InvalidAt("backoff_cap", "must not be below backoff_base")
+    except InvalidAt as exc:
+        raise GatewayError(f"{source}: {exc.path}: {exc.problem}") from None
     return config
 
 

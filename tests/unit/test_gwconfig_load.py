@@ -43,7 +43,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        ("state_dir: /x", "plane_url: required setting is missing"),
+        ("state_dir: /x", r"plane_url: missing \(required\)"),
         ("plane_url: http://p", "plane_url: expected a https:// URL"),
         ("plane_url: https://p\nproxy_url: socks5://x", "proxy_url: expected a http:// URL"),
         ("plane_url: https://p\nstate_dir: relative", "state_dir: expected an absolute path"),
@@ -53,7 +53,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
         ("plane_url: https://p\nmax_streams: true", "max_streams: expected an integer"),
         ("plane_url: https://p\nbackoff_base: 5\nbackoff_cap: 1", "backoff_cap: must not be below"),
         ("plane_url: https://p\ncolour: red", "colour: unknown setting"),
-        ("- a list", "expected a mapping of settings"),
+        ("- a list", r"\(top level\): expected a mapping, got a list"),
         ("plane_url: [unclosed", r":1: "),
     ],
 )
