@@ -15,24 +15,13 @@ import re
 from collections.abc import Iterable
 
 from gateway.errors import GatewayError
+from gwcore.httpwire import HOP_BY_HOP
 
-# Never sent to a target as the plane gave them (RFC 9110 7.6.1 and RFC 9112 6): the connection's
-# own fields, the framing fields (the gateway writes its own), Host (rebuilt from the target's URL)
-# and Expect (the gateway sends whole bodies; it never waits for 100 Continue).
-NOT_FORWARDED = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "expect",
-    }
-)
+# Never sent to a target as the plane gave them (RFC 9110 7.6.1 and RFC 9112 6): the hop-by-hop
+# fields every hop strips (gwcore.httpwire, Host among them: rebuilt from the target's URL), the
+# framing fields (the gateway writes its own) and Expect (the gateway sends whole bodies; it never
+# waits for 100 Continue).
+NOT_FORWARDED = HOP_BY_HOP | {"content-length", "expect"}
 # 18 digits: below 2^63, far above any body the gateway will relay.
 _LENGTH = re.compile(r"[0-9]{1,18}")
 

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 FILTER_HEADER = "X-Gateway-Filter"
 _RETIRE_GRACE = 5.0
+# Response headers the gateway writes itself (or that never cross a hop): built once, not per response.
+_NOT_RETURNED = HOP_BY_HOP | {"content-length"}
 _RANGE_FIELDS = frozenset({"range", "if-range"})
 
 
@@ -320,7 +322,7 @@ class Relay:
         del body
         lease.shrink(reserved_raw)
         lease.grow(len(allowed.body))
-        out = [(k, v) for k, v in allowed.headers.items() if k.lower() not in ("content-length", *HOP_BY_HOP)]
+        out = [(k, v) for k, v in allowed.headers.items() if k.lower() not in _NOT_RETURNED]
         out.append(("Content-Length", str(len(allowed.body))))
         out.append((FILTER_HEADER, f"{allowed.rule}; removed={allowed.removed}"))
         stream.send_head(p.ResponseHead(allowed.status, tuple(out)), fin=not allowed.body)
