@@ -15,15 +15,13 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import urlsplit, urlunsplit
 
 from gwcore.enrol import (
     TOKEN_PREFIX,
     InvalidToken,
     JoinToken,
-    check_url_host,
     parse_token,
-    url_host,
+    service_url,
     validate_plane_url,
 )
 from gwcore.errors import Invalid, UserError
@@ -162,24 +160,10 @@ def validate_proxy_url(text: str) -> str:
     """An http:// CONNECT proxy URL with a port, optionally with user:password@."""
     shown = mask_url(text)
     problem = f"expected an http:// proxy URL with a port like http://proxy.example.com:3128, got {shown!r}"
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        raise Invalid(problem) from None
-    if (
-        parts.scheme != "http"
-        or not parts.hostname
-        or port is None
-        or parts.path.strip("/")
-        or parts.query
-        or parts.fragment
-        or not check_url_host(url_host(parts.netloc))
-    ):
-        raise Invalid(problem)
-    if " " in parts.netloc:
+    netloc, url = service_url(text, "http", problem, port=True, userinfo=True)
+    if " " in netloc:
         raise Invalid(f"{shown!r}: write a space in user or password as %20")
-    return urlunsplit(("http", parts.netloc, "", "", ""))
+    return url
 
 
 def validate_ssh_key(text: str) -> str:

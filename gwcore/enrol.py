@@ -137,26 +137,35 @@ def url_host(netloc: str) -> str:
     return host.partition(":")[0]
 
 
-def validate_plane_url(text: str) -> str:
-    """An https URL with a host and optional port, no path (trailing slash dropped); Invalid if not."""
-    problem = f"expected an https:// URL like https://plane.example.com:8443, got {text!r}"
+def service_url(text: str, scheme: str, problem: str, *, port: bool, userinfo: bool) -> tuple[str, str]:
+    """The one rule for a URL the appliance dials (the plane, a proxy): `scheme://host[:port]` and
+    nothing after it but a slash; returns (netloc, the URL normalised), or raises Invalid(problem).
+
+    `port`: a port is required; `userinfo`: user:password@ is allowed.
+    """
     try:
         parts = urlsplit(text)
-        port = parts.port
+        has_port = parts.port is not None
     except ValueError:
         raise Invalid(problem) from None
     if (
-        parts.scheme != "https"
+        parts.scheme != scheme
         or not parts.hostname
+        or (port and not has_port)
         or parts.path.strip("/")
         or parts.query
         or parts.fragment
-        or "@" in parts.netloc
+        or (not userinfo and "@" in parts.netloc)
         or not check_url_host(url_host(parts.netloc))
     ):
         raise Invalid(problem)
-    del port
-    return urlunsplit(("https", parts.netloc, "", "", ""))
+    return parts.netloc, urlunsplit((scheme, parts.netloc, "", "", ""))
+
+
+def validate_plane_url(text: str) -> str:
+    """An https URL with a host and optional port, no path (trailing slash dropped); Invalid if not."""
+    problem = f"expected an https:// URL like https://plane.example.com:8443, got {text!r}"
+    return service_url(text, "https", problem, port=False, userinfo=False)[1]
 
 
 def valid_reported_hostname(name: str) -> bool:
