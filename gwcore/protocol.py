@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from collections.abc import Sequence
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
 from gwcore.errors import UserError
+from gwcore.safeload import ParseError, loads_json
 
 VERSION = 1
 # byte 0: version (high nibble) | type (low nibble); byte 1: flags; u32 stream id; u32 payload length.
@@ -16,6 +18,12 @@ HEADER = struct.Struct("!BBII")
 HEADER_SIZE = HEADER.size
 
 FLAG_FIN = 0x01  # OPEN/DATA: the sender's half of the stream ends with this frame
+
+# HELLO capability: this side understands CONTROL frames (§13). CONTROL is sent only to a peer that
+# announced it, so a plane or gateway of the first version never sees one.
+CAP_CONTROL = "control.1"
+# A CONTROL message's "type": lower-case words joined by "-".
+_CONTROL_TYPE = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 
 # Hard ceilings a peer may never exceed whatever it announces in HELLO.
 ABSOLUTE_MAX_FRAME = 16 * 1024 * 1024
@@ -42,6 +50,7 @@ class FrameType(IntEnum):
     PING = 7
     PONG = 8
     GOAWAY = 9
+    CONTROL = 10
 
 
 class ErrorCode(StrEnum):
@@ -70,7 +79,9 @@ CODE_NUMBERS: dict[ErrorCode, int] = {ErrorCode(code): number for number, code i
 _CODES_BY_NUMBER: dict[int, ErrorCode] = {number: code for code, number in CODE_NUMBERS.items()}
 
 # Frames that belong to the connection (stream id 0) and frames that belong to a stream (id > 0).
-_CONNECTION_FRAMES = frozenset({FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.GOAWAY})
+_CONNECTION_FRAMES = frozenset(
+    {FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.GOAWAY, FrameType.CONTROL}
+)
 _STREAM_FRAMES = frozenset({FrameType.OPEN, FrameType.DATA, FrameType.END, FrameType.RESET})
 _TYPES: dict[int, FrameType] = {t.value: t for t in FrameType}
 # Byte 0 of a DATA frame, computed once: the mux writes DATA headers on its hot path.
@@ -267,6 +278,18 @@ def encode_goaway(last_stream_id: int, code: ErrorCode = ErrorCode.NO_ERROR, mes
     return encode_frame(FrameType.GOAWAY, 0, _GOAWAY.pack(last_stream_id, CODE_NUMBERS[code]) + text)
 
 
+def encode_control(message: dict[str, object]) -> bytes:
+    """A CONTROL frame: one JSON object with a "type" (§13). ProtocolError if it is not one."""
+    kind = message.get("type")
+    if not isinstance(kind, str) or _CONTROL_TYPE.fullmatch(kind) is None:
+        raise ProtocolError(f"CONTROL message type {kind!r} is not a lower-case name")
+    try:
+        payload = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"CONTROL message {kind} is not JSON: {exc}") from None
+    return encode_frame(FrameType.CONTROL, 0, payload.encode("utf-8"))
+
+
 # --- decoding ------------------------------------------------------------------------------------
 
 
@@ -321,7 +344,7 @@ class Decoder:
         return frames
 
     def _limit_for(self, ftype: int) -> int:
-        if ftype == FrameType.OPEN:
+        if ftype == FrameType.OPEN or ftype == FrameType.CONTROL:
             return self.max_header_block
         return self.max_frame_size
 
@@ -534,3 +557,17 @@ def decode_goaway(payload: bytes) -> tuple[int, ErrorCode, str]:
     last, number = _GOAWAY.unpack_from(payload)
     message = payload[_GOAWAY.size :].decode("utf-8", "replace")
     return last, _CODES_BY_NUMBER.get(number, ErrorCode.INTERNAL), message
+
+
+def decode_control(payload: bytes) -> dict[str, object]:
+    """A CONTROL payload: a JSON object (duplicate keys refused) with a valid "type"."""
+    try:
+        message = loads_json(payload)
+    except ParseError as exc:
+        raise ProtocolError(f"CONTROL payload is not JSON: {exc.reason}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("CONTROL payload is not a JSON object")
+    kind = message.get("type")
+    if not isinstance(kind, str) or _CONTROL_TYPE.fullmatch(kind) is None:
+        raise ProtocolError(f"CONTROL message type {str(kind)[:40]!r} is not a lower-case name")
+    return message

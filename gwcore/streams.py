@@ -251,6 +251,7 @@ class Mux:
         on_close: Callable[[p.ErrorCode, str], None] | None = None,
         name: str = "tunnel",
         capabilities: tuple[str, ...] = (),
+        on_control: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         self._send = send
         self.local = local
@@ -260,6 +261,7 @@ class Mux:
         self._on_open = on_open
         self._on_goaway = on_goaway
         self._on_close = on_close
+        self._on_control = on_control
         self._hello = p.Hello(limits=local, capabilities=capabilities)
         self.peer_hello: p.Hello | None = None
         self.ready = asyncio.Event()
@@ -380,6 +382,37 @@ class Mux:
 
     # --- output ---------------------------------------------------------------------------------
 
+    # --- control messages (protocol §13) ---------------------------------------------------------
+
+    @property
+    def control_ok(self) -> bool:
+        """Both sides announced CONTROL in HELLO, so messages may flow (False before the peer's HELLO)."""
+        peer = self.peer_hello
+        mine = self._hello.capabilities
+        return peer is not None and p.CAP_CONTROL in peer.capabilities and p.CAP_CONTROL in mine
+
+    def send_control(self, message: dict[str, object]) -> None:
+        """Queue one CONTROL message; ProtocolError if the peer cannot take it (no capability, too big)."""
+        if self.closed:
+            raise p.ProtocolError("tunnel connection closed", p.ErrorCode.GOING_AWAY)
+        if not self.control_ok:
+            raise p.ProtocolError("the peer does not take CONTROL messages")
+        frame = p.encode_control(message)
+        self._check_head_size(frame)
+        self._queue(frame)
+
+    def _on_control_frame(self, payload: bytes) -> None:
+        if p.CAP_CONTROL not in self._hello.capabilities:
+            raise p.ProtocolError("CONTROL frame, but this side did not announce it")
+        try:
+            message = p.decode_control(payload)
+        except p.ProtocolError as exc:
+            # One malformed message costs itself, not every stream on the tunnel.
+            log.warning("%s: malformed CONTROL message dropped: %s", self.name, exc.message)
+            return
+        if self._on_control is not None:
+            self._on_control(message)
+
     def _check_head_size(self, frame: bytes) -> None:
         # An oversized head would be a protocol error at the peer and kill every stream: refuse it here.
         size = len(frame) - p.HEADER_SIZE
@@ -487,6 +520,8 @@ class Mux:
             self._on_hello(f.payload)
         elif t is p.FrameType.GOAWAY:
             self._on_goaway_frame(f.payload)
+        elif t is p.FrameType.CONTROL:
+            self._on_control_frame(f.payload)
 
     def _on_hello(self, payload: bytes) -> None:
         if self.peer_hello is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import ssl
@@ -16,10 +17,14 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from gwcore import protocol as p
+from gwcore.control import ControlChannel, Message
 from gwcore.httpwire import TUNNEL_ERROR_HEADER, strip_hop_headers
 from gwcore.streams import WS_MAX_MESSAGE, Mux, StreamReset, end_connection, until_either
 
 log = logging.getLogger(__name__)
+
+# A handler of one kind of gateway control message: (gateway id, message) -> reply or None.
+PlaneControlHandler = Callable[[str, Message], Awaitable[Message | None]]
 
 RELAY_ROUTE = "/v1/gateways/{gateway_id}/targets/{target}/{path:.*}"
 TUNNEL_ROUTE = "/v1/tunnel"
@@ -70,6 +75,7 @@ class GatewaySession:
     connected: bool = True
     relayed: int = 0
     ws: web.WebSocketResponse | None = field(default=None, repr=False)
+    control: ControlChannel | None = field(default=None, repr=False)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-friendly state for the admin API."""
@@ -101,6 +107,17 @@ class Hub:
         self.drain_timeout = drain_timeout
         self._sessions: dict[str, GatewaySession] = {}
         self._closing = False
+        self._control_handlers: dict[str, PlaneControlHandler] = {}
+
+    def register_control(self, kind: str, handler: PlaneControlHandler) -> None:
+        """Serve gateways' control messages of `kind` (protocol §13); the handler gets the gateway id."""
+        self._control_handlers[kind] = handler
+
+    def control(self, gateway_id: str) -> ControlChannel | None:
+        """The control channel of a gateway's live tunnel, if it has one that takes control messages."""
+        session = self._sessions.get(gateway_id)
+        channel = session.control if session is not None and session.connected else None
+        return channel if channel is not None and channel.ready else None
 
     def sessions(self) -> list[dict[str, Any]]:
         """Per-gateway state: id, connected, connected_since, remote, streams_open, relayed, last_error."""
@@ -131,6 +148,10 @@ class Hub:
             log.info("gateway %s: new tunnel replaces the old one", gateway_id)
             previous.mux.goaway(p.ErrorCode.GOING_AWAY, "replaced by a newer tunnel")
         session = GatewaySession(gateway_id, request.remote, datetime.now(UTC), ws=ws)
+        control = ControlChannel(f"hub[{gateway_id[:8]}]")
+        for kind, handler in self._control_handlers.items():
+            control.register(kind, functools.partial(handler, gateway_id))
+        session.control = control
         closed = asyncio.Event()
         mux = Mux(
             ws.send_bytes,
@@ -138,7 +159,10 @@ class Hub:
             opens_streams=True,
             on_close=lambda code, msg: closed.set(),
             name=f"hub[{gateway_id[:8]}]",
+            capabilities=(p.CAP_CONTROL,),
+            on_control=control.on_message,
         )
+        control.attach(mux)
         session.mux = mux
         self._sessions[gateway_id] = session
         log.info("gateway %s: tunnel up from %s", gateway_id, request.remote)
@@ -147,6 +171,7 @@ class Hub:
         try:
             await until_either(receiver, closed)
         finally:
+            await control.close()
             reason = mux.close_reason
             mux.close(p.ErrorCode.GOING_AWAY, "tunnel closed")
             await end_connection(mux, ws.close, receiver, reason)

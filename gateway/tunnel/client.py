@@ -19,6 +19,7 @@ from gateway.tunnel.backoff import Backoff
 from gateway.tunnel.proxy import proxy_settings
 from gateway.tunnel.retry_policy import PROXY_AUTH_DELAY, classify
 from gwcore import protocol as p
+from gwcore.control import ControlChannel
 from gwcore.status_file import TunnelReport
 from gwcore.streams import WS_MAX_MESSAGE, Mux, OpenHandler, Stream, end_connection, until_either
 
@@ -87,6 +88,7 @@ class TunnelClient:
         connect_timeout: float = 15.0,
         proxy_auth_delay: float = PROXY_AUTH_DELAY,
         on_state: Callable[[State, str], object] | None = None,
+        control: ControlChannel | None = None,
     ) -> None:
         self.plane_url = plane_url
         self.url = plane_url.with_path(TUNNEL_PATH)
@@ -99,6 +101,8 @@ class TunnelClient:
         self.connect_timeout = connect_timeout
         self.proxy_auth_delay = proxy_auth_delay
         self._on_state = on_state
+        # Control messages (protocol §13) with the plane; announced in HELLO only when given.
+        self.control = control
         self.state = State.IDLE
         self.since = time.time()  # when the tunnel last went up, went down or ended
         self.last_error: str | None = None
@@ -201,6 +205,8 @@ class TunnelClient:
             on_goaway=lambda code, msg: self._on_goaway(mux, code, msg),
             on_close=lambda code, msg: closed.set(),
             name="tunnel",
+            capabilities=(p.CAP_CONTROL,) if self.control is not None else (),
+            on_control=self.control.on_message if self.control is not None else None,
         )
         self.mux = mux
         mux.start()
@@ -213,6 +219,8 @@ class TunnelClient:
                 raise ConnectionError(f"tunnel closed during HELLO: {mux.close_reason}")
             self.connects += 1
             self.connected_at = time.time()
+            if self.control is not None:
+                self.control.attach(mux)
             self.backoff.reset()
             self.failures = 0
             self._silent_closes = 0
@@ -229,6 +237,8 @@ class TunnelClient:
                 self.last_error = f"plane closed the WebSocket (code {ws.close_code})"
             log.info("tunnel: disconnected: %s", self.last_error or "stopped")
         finally:
+            if self.control is not None:
+                self.control.detach(mux)
             self.connected.clear()
             self.connected_at = None
             reason = mux.close_reason
