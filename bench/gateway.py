@@ -1,0 +1,175 @@
+"""The gateway's own CPU per relayed request, with the JSON filter on (issue 14's measuring policy).
+
+bench/relay.py prints the CPU of gateway + plane together; this one splits it: the real plane
+(`bench/relay.py --role plane`) and `gateway run` against nginx on loopback, wrk as the load, the
+1 KiB JSON of the shared harness (../shared/bench/setup.sh) filtered field by field by the same
+policy (../shared/bench/ours_setup.sh). It prints req/s and CPU µs per request of each process
+at c=1/16/64 (medians of the rounds), and with --profile a py-spy profile of the gateway at c=64
+(py-spy is not a project dependency: `pip install py-spy` into the venv to use it).
+
+    .venv/bin/python bench/gateway.py [--rounds 3] [--seconds 3] [--profile DIR]
+
+Bounded: rounds x 3 wrk runs of --seconds each, plus one profiled run; loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.relay import (  # noqa: E402
+    CONCURRENCY,
+    Procs,
+    cpu_seconds,
+    free_port,
+    run_small,
+    start_nginx,
+    wait_port,
+    wait_relay,
+    workdir,
+)
+
+# The shared harness's small document: 17 items, each filtered field by field.
+_ITEMS = [{"id": i, "name": "item-%03d" % i, "ok": i % 2 == 0, "score": i * 1.5} for i in range(17)]
+SMALL_DOC = json.dumps({"status": "ok", "items": _ITEMS}, separators=(",", ":")).encode()
+POLICY = """kind: http
+rules:
+  - name: bench-small
+    path: /small.json
+    json:
+      - status
+      - items[].id
+      - items[].name
+      - items[].ok
+      - items[].score
+  - name: bench-big
+    path: /big.bin
+    passthrough: true
+"""
+
+
+def start(work: Path, procs: Procs) -> tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """nginx, the plane and the gateway: the small document's URL and the two relay processes."""
+    from tests.integration.tunnel_support import make_pki
+
+    nginx = start_nginx(work, procs)
+    (work / "www" / "small.json").write_bytes(SMALL_DOC + b" " * (1024 - len(SMALL_DOC)))
+    pki = make_pki(work / "pki")
+    tls_port, http_port = free_port(), free_port()
+    plane = procs.start(
+        [
+            sys.executable, str(REPO / "bench" / "relay.py"), "--role", "plane", "--dir", str(pki.plane_dir),
+            "--tls-port", str(tls_port), "--http-port", str(http_port),
+        ],
+        cwd=REPO,
+    )  # fmt: skip
+    wait_port(http_port, plane)
+    policies = work / "policies"
+    policies.mkdir()
+    (policies / "bench.yaml").write_text(POLICY)
+    targets = work / "targets.yaml"
+    targets.write_text(
+        f"targets:\n  - name: nginx\n    url: http://127.0.0.1:{nginx}\n    kind: http\n"
+        "    allow_private: [127.0.0.1]\n"
+    )
+    config = work / "gateway.yaml"
+    config.write_text(
+        f"plane_url: https://127.0.0.1:{tls_port}\nstate_dir: {pki.state_dir}\ntargets: {targets}\n"
+        f"policy_dirs: [{policies}]\n"
+    )
+    # Its log (an audit line per filtered response) goes to a file, as it would go to journald.
+    log = (work / "gateway.log").open("wb")
+    gateway = procs.start(
+        [sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=REPO, stderr=log
+    )
+    log.close()
+    path = f"/v1/gateways/{pki.gateway_id}/targets/nginx/small.json"
+    wait_relay(path, http_port, gateway)
+    return f"http://127.0.0.1:{http_port}{path}", plane, gateway
+
+
+def profile(url: str, pid: int, seconds: int, out: Path) -> None:
+    """A py-spy profile of `pid` while wrk runs at c=64: a flame graph and the top entries."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / "gateway-c64.txt"
+    rec = subprocess.Popen(
+        [spy, "record", "-p", str(pid), "-d", str(seconds + 1), "-r", "250", "-f", "raw", "-o", str(raw)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    run_small(url, 64, seconds)
+    rec.wait(timeout=seconds + 60)
+    print(f"profile: {raw} (collapsed stacks)")
+    print(top_entries(raw))
+
+
+def top_entries(raw: Path, n: int = 40) -> str:
+    """Inclusive share of samples per function (file:function), from py-spy's collapsed stacks."""
+    total = 0
+    incl: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if "run_forever" not in stack:
+            continue  # idle executor threads (the resolver's) are not the relay's work
+        count = int(count_text)
+        total += count
+        frames = [f.split(" (", 1)[0] + " " + f.rsplit("/", 1)[-1].split(":", 1)[0] for f in stack.split(";")]
+        for frame in set(frames):
+            incl[frame] = incl.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    lines = [f"{'incl':>6} {'self':>6}  function (file)   [{total} samples]"]
+    for frame, count in sorted(incl.items(), key=lambda kv: -kv[1])[:n]:
+        lines.append(f"{100 * count / total:5.1f}% {100 * own.get(frame, 0) / total:5.1f}%  {frame}")
+    lines.append("top self:")
+    for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:n]:
+        lines.append(f"{100 * count / total:5.1f}%  {frame}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--profile", type=Path, help="also write a py-spy profile of the gateway at c=64 here")
+    args = parser.parse_args()
+    with workdir() as work:
+        procs = Procs()
+        try:
+            url, plane, gateway = start(work, procs)
+            run_small(url, 16, 1)  # warm-up: pools, caches
+            rps: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
+            gw_us: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
+            plane_us: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
+            for _ in range(args.rounds):
+                for c in CONCURRENCY:
+                    g0, p0 = cpu_seconds([gateway.pid]), cpu_seconds([plane.pid])
+                    rate, _lat, count = run_small(url, c, args.seconds)
+                    g1, p1 = cpu_seconds([gateway.pid]), cpu_seconds([plane.pid])
+                    rps[c].append(rate)
+                    gw_us[c].append((g1 - g0) / count * 1e6)
+                    plane_us[c].append((p1 - p0) / count * 1e6)
+            if args.profile is not None:
+                profile(url, gateway.pid, args.seconds * 2, args.profile)
+        finally:
+            procs.stop_all()
+    print(f"load average: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    print(f"{'figure':<14}{'req/s':>10}{'gateway us/req':>16}{'plane us/req':>14}")
+    for c in CONCURRENCY:
+        print(
+            f"c={c:<12}{statistics.median(rps[c]):>10.0f}{statistics.median(gw_us[c]):>16.0f}"
+            f"{statistics.median(plane_us[c]):>14.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
