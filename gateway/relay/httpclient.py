@@ -6,11 +6,10 @@ relay needs and owns the framing of every request: one pool of idle connections 
 connected to addresses the SSRF guard has checked (TLS verified by the target's trust rules),
 exactly the declared number of body bytes, no redirects, no cookies, no decompression.
 
-Each connection's exchange is tracked by h11 (python-hyper's HTTP/1.1 state machine, Debian's
-python3-h11), which frames what we send and parses what the target answers. h11 accepts a few
-things on purpose that a second parser could read differently; `check_head` refuses those
-before h11 sees the head (see docs/protocol.md 5.2.1). A connection that saw any error is
-closed, never pooled.
+Request and response heads go through `gateway.relay.http1` (h11's grammar plus the strict
+checks of docs/protocol.md 5.2.1, tested against h11 as the reference); a chunked response body
+is parsed by h11 (python-hyper's HTTP/1.1 state machine, Debian's python3-h11). A connection
+that saw any error is closed, never pooled.
 """
 
 from __future__ import annotations
@@ -27,7 +26,26 @@ from dataclasses import dataclass
 import h11
 
 from gateway.relay.framing import RequestFramingError
+from gateway.relay.http1 import (
+    HTTPError,
+    RequestHeadError,
+    ResponseHead,
+    check_head,
+    parse_response_head,
+    request_head,
+)
 from gateway.relay.ssrf import GuardedResolver
+
+__all__ = [
+    "ConnectError",
+    "HTTPError",
+    "HostPool",
+    "Response",
+    "StreamedBody",
+    "TLSVerifyError",
+    "TargetTLS",
+    "check_head",
+]
 
 MAX_HEAD = 256 * 1024
 READ_CHUNK = 256 * 1024
@@ -37,14 +55,10 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _OWN_FIELDS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "expect", "te", "upgrade"}
 )
-# h11 ends a head at a blank line with or without CR; so do we, to check that head first.
+# h11 ends a head at a blank line with or without CR; so do we, to refuse a bare LF there.
 _HEAD_END = re.compile(rb"\n\r?\n")
-_LENGTH_FIELD = re.compile(rb"\ncontent-length:([^\n]*)")
-_DIGITS = re.compile(rb"[ \t]*[0-9]{1,18}[ \t]*\r")
-
-
-class HTTPError(Exception):
-    """The target broke the exchange (bad or ambiguous HTTP, closed mid-response)."""
+_ACCEPT = (b"Accept", b"*/*")
+_JOIN_MAX = 64 * 1024
 
 
 class ConnectError(OSError):
@@ -69,37 +83,19 @@ class TargetTLS:
 class StreamedBody:
     """A request body the relay streams: exactly `length` bytes, or chunked when length is None.
 
-    The iterator raises RequestFramingError when the plane's body does not match; h11 also
-    counts and refuses to frame a byte past `length`."""
+    The iterator raises RequestFramingError when the plane's body does not match; the client
+    also counts and refuses to send a byte past `length`."""
 
     chunks: AsyncIterator[bytes]
     length: int | None
 
 
-def check_head(head: bytes) -> None:
-    """Refuse a response head (status line to blank line) that h11 would accept but that is not
-    strict HTTP/1.1: bare LF or lone CR, obs-fold, a Content-Length that is repeated, a list, or
-    not plain digits. (h11 itself refuses the rest: bad tokens, CR/LF/NUL in values, conflicting
-    lengths, unknown or repeated transfer codings, bad chunk lines.)"""
-    crlf = head.count(b"\r\n")
-    if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
-        raise HTTPError("bare LF or CR in the response head")
-    if b"\n " in head or b"\n\t" in head:
-        raise HTTPError("obsolete line folding in the response head")
-    lengths = _LENGTH_FIELD.findall(head.lower())
-    if len(lengths) > 1:
-        raise HTTPError("more than one Content-Length in the response")
-    if lengths and _DIGITS.fullmatch(lengths[0]) is None:
-        raise HTTPError(f"invalid Content-Length {lengths[0][:30]!r} in the response")
-
-
 class _Conn(asyncio.Protocol):
-    """One target connection: our own buffer (so nothing hides in a library's); each exchange on
-    it is tracked by a fresh h11.Connection."""
+    """One target connection: our own buffer (so nothing hides in a library's)."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.sent = False  # the current request went out whole (head and body)
         self.buffer = bytearray()
         self.eof = False
         self.idle_since = 0.0
@@ -158,6 +154,9 @@ class _Conn(asyncio.Protocol):
         if self.eof:
             return
         self._waiter = asyncio.get_running_loop().create_future()
+        if timeout is None:  # the caller's deadline bounds it: no timer of our own
+            await self._waiter
+            return
         async with asyncio.timeout(timeout):
             await self._waiter
 
@@ -175,12 +174,10 @@ class _Conn(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
-    def send(self, event: h11.Event) -> None:
-        """Frame `event` with h11 and write it (h11 refuses a body that breaks the framing)."""
+    def write(self, data: bytes) -> None:
+        """Write bytes the client has framed."""
         assert self.transport is not None
-        data = self.h11.send(event)
-        if data:
-            self.transport.write(data)
+        self.transport.write(data)
 
     async def drain(self) -> None:
         """Wait while the socket's write buffer is full."""
@@ -202,40 +199,39 @@ class _Conn(asyncio.Protocol):
 class Response:
     """A response head plus its body, read with read() until b""; close() when done.
 
-    h11 parsed the head. A chunked body stays with h11 (chunk lines are where the parsing is);
-    a body of a declared length is just that many bytes, read straight from our buffer (h11
-    would copy every byte three more times: a 64 MiB download cost 4x the CPU); a body without
-    either runs to EOF and ends the connection."""
+    A chunked body goes to h11 (chunk lines and trailers are where the parsing is); a body of a
+    declared length is just that many bytes, read straight from our buffer (h11 would copy every
+    byte three more times: a 64 MiB download cost 4x the CPU); a body without either runs to EOF
+    and ends the connection."""
 
-    __slots__ = ("_conn", "_keep_alive", "_left", "_mode", "_pool", "content_length", "headers", "status")
+    __slots__ = (
+        "_conn", "_h11", "_keep_alive", "_left", "_method", "_mode", "_pool", "_raw_head",
+        "content_length", "headers", "status",
+    )  # fmt: skip
 
-    def __init__(self, pool: HostPool, conn: _Conn, event: h11.Response, method: str) -> None:
+    def __init__(self, pool: HostPool, conn: _Conn, head: ResponseHead, method: str) -> None:
         self._pool = pool
         self._conn: _Conn | None = conn
-        self.status = event.status_code
+        self._h11: h11.Connection | None = None
+        self._method = method
+        self._raw_head = head.raw
+        self.status = head.status
         # Header values are opaque bytes on the wire; keep them byte-exact (surrogate-escape, like the plane).
-        self.headers = [
-            (k.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for k, v in event.headers.raw_items()
-        ]
+        self.headers = [(k.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for k, v in head.fields]
         self.content_length: int | None = None
-        length: int | None = None
-        chunked = False
-        tokens = b""
-        for k, v in event.headers:
-            if k == b"content-length":
-                length = int(v)
-            elif k == b"transfer-encoding":
-                chunked = True
-            elif k == b"connection":
-                tokens += b"," + v.lower()
+        length = head.content_length
+        close = False
+        if b"connection" in head.names:
+            tokens = b",".join(
+                v for n, (_k, v) in zip(head.names, head.fields, strict=True) if n == b"connection"
+            )
+            close = b"close" in {t.strip() for t in tokens.lower().split(b",")}
         # h11's keep-alive rule: HTTP/1.1 and no "close" among the Connection tokens.
-        self._keep_alive = event.http_version == b"1.1" and b"close" not in {
-            t.strip() for t in tokens.split(b",")
-        }
+        self._keep_alive = head.http_version == b"1.1" and not close
         self._left = 0
         if method == "HEAD" or self.status in (204, 304):
             self._mode = "none"
-        elif chunked:
+        elif head.chunked:
             self._mode = "chunked"
         elif length is not None:
             self._mode = "fixed"
@@ -274,9 +270,22 @@ class Response:
             self._fail()
             raise
 
+    def _chunk_parser(self) -> h11.Connection:
+        """h11, at the start of this response's chunked body (it re-reads the head we checked)."""
+        h = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        h.send(h11.Request(method=self._method.encode("ascii"), target=b"/", headers=[(b"Host", b"t")]))
+        h.send(h11.EndOfMessage())
+        h.receive_data(self._raw_head)
+        event = h.next_event()
+        if type(event) is not h11.Response:
+            raise HTTPError(f"unparsable response head ({type(event).__name__})")
+        return h
+
     async def _read_chunked(self, conn: _Conn) -> bytes:
-        h = conn.h11
         try:
+            h = self._h11
+            if h is None:
+                h = self._h11 = self._chunk_parser()
             while True:
                 event = h.next_event()
                 if event is h11.NEED_DATA:
@@ -396,7 +405,7 @@ class HostPool:
         if (
             not keep_alive
             or self._closed
-            or conn.h11.our_state is not h11.DONE
+            or not conn.sent
             or not conn.usable
             or len(self._idle) >= self.max_idle
         ):
@@ -418,15 +427,18 @@ class HostPool:
         body of no declared length) and skips such fields in `headers`."""
         fields: list[tuple[bytes, bytes]] = [(b"Host", self.host_header)]
         has_accept = False
-        for k, v in headers:
-            lk = k.lower()
-            if lk in _OWN_FIELDS:
-                continue
-            if lk == "accept":
-                has_accept = True
-            fields.append((k.encode("ascii"), v.encode("utf-8", "surrogateescape")))
+        try:
+            for k, v in headers:
+                lk = k.lower()
+                if lk in _OWN_FIELDS:
+                    continue
+                if lk == "accept":
+                    has_accept = True
+                fields.append((k.encode("ascii"), v.encode("utf-8", "surrogateescape")))
+        except UnicodeEncodeError as exc:
+            raise RequestFramingError(f"request head cannot be sent: {exc}") from None
         if not has_accept:
-            fields.append((b"Accept", b"*/*"))
+            fields.append(_ACCEPT)
         streamed = body if isinstance(body, StreamedBody) else None
         if isinstance(body, bytes):
             fields.append((b"Content-Length", b"%d" % len(body)))
@@ -440,43 +452,40 @@ class HostPool:
         elif method in _BODY_METHODS:
             fields.append((b"Content-Length", b"0"))
         try:
-            event = h11.Request(method=method.encode("ascii"), target=target.encode("ascii"), headers=fields)
-        except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
+            head = request_head(method, target, fields)
+        except RequestHeadError as exc:
             raise RequestFramingError(f"request head cannot be sent: {exc}") from None
         conn = self._get_idle()
         if conn is not None and streamed is None:
             try:
-                return await self._exchange(conn, method, event, body)
+                return await self._exchange(conn, method, head, body)
             except _Stale:
                 pass  # the target closed an idle connection: a replayable request may go again
         elif conn is not None:
             self._idle.append(conn)  # a streamed body cannot be replayed: use a fresh connection
         conn = await self._connect()
         try:
-            return await self._exchange(conn, method, event, body)
+            return await self._exchange(conn, method, head, body)
         except _Stale as exc:
             raise HTTPError(str(exc)) from None
 
     async def _exchange(
-        self, conn: _Conn, method: str, event: h11.Request, body: bytes | StreamedBody | None
+        self, conn: _Conn, method: str, head: bytes, body: bytes | StreamedBody | None
     ) -> Response:
-        conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        conn.sent = False
         try:
-            conn.send(event)
             if isinstance(body, bytes):
-                if body:
-                    conn.send(h11.Data(data=body))
-            elif body is not None:
-                await _send_body(conn, body)
-            conn.send(h11.EndOfMessage())
+                # One write for a small request: one segment, one syscall.
+                conn.write(head + body if len(body) <= _JOIN_MAX else head)
+                if len(body) > _JOIN_MAX:
+                    conn.write(body)
+            else:
+                conn.write(head)
+                if body is not None:
+                    await _send_body(conn, body)
+            conn.sent = True
             # The caller bounds the wait for the head (the target's total timeout); no second timer.
             return Response(self, conn, await _read_head(conn), method)
-        except h11.LocalProtocolError as exc:
-            conn.fail()
-            raise RequestFramingError(f"request body does not match its framing: {exc}") from None
-        except h11.RemoteProtocolError as exc:
-            conn.fail()
-            raise HTTPError(f"target broke the response: {exc}") from None
         except ConnectionError as exc:
             conn.fail()
             raise _Stale(f"connection lost: {exc}") from None
@@ -502,16 +511,23 @@ async def _send_body(conn: _Conn, body: StreamedBody) -> None:
         if not chunk:
             continue
         sent += len(chunk)
-        if length is not None and sent > length:
+        if length is None:  # our own chunked framing, as h11 wrote it
+            conn.write(b"%x\r\n" % len(chunk))
+            conn.write(chunk)
+            conn.write(b"\r\n")
+        elif sent > length:
             raise RequestFramingError(f"request body longer than its Content-Length {length}")
-        conn.send(h11.Data(data=chunk))
+        else:
+            conn.write(chunk)
         await conn.drain()
-    if length is not None and sent != length:
+    if length is None:
+        conn.write(b"0\r\n\r\n")
+    elif sent != length:
         raise RequestFramingError(f"request body of {sent} bytes, Content-Length {length}")
 
 
-async def _read_head(conn: _Conn) -> h11.Response:
-    """The final response head (interim 1xx skipped), each head checked by check_head first.
+async def _read_head(conn: _Conn) -> ResponseHead:
+    """The final response head (interim 1xx skipped), each head parsed strictly (http1).
 
     Only the head leaves the buffer: the body's bytes stay there for Response.read."""
     got_any = False
@@ -530,26 +546,12 @@ async def _read_head(conn: _Conn) -> h11.Response:
             await conn.fill(None)
             got_any = got_any or bool(conn.buffer)
             continue
-        head = conn.take(end.end())
+        head = parse_response_head(conn.take(end.end()))
         searched = 0
         got_any = True
-        check_head(head)
-        conn.h11.receive_data(head)
-        try:
-            # A 101 is refused here too: the gateway never proposes an upgrade.
-            event = conn.h11.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise HTTPError(f"target broke the response: {exc}") from None
-        if type(event) is h11.InformationalResponse:
-            continue  # 100 Continue and friends: the real response follows
-        if type(event) is not h11.Response:
-            raise HTTPError(f"unparsable response head ({type(event).__name__})")
-        if event.http_version not in (b"1.1", b"1.0"):
-            raise HTTPError(f"HTTP version {event.http_version[:10]!r} in the response")
-        names = [k for k, _v in event.headers]
-        if b"content-length" in names and b"transfer-encoding" in names:
-            raise HTTPError("both Content-Length and Transfer-Encoding in the response")
-        return event
+        if head.status >= 200:
+            return head
+        # 100 Continue and friends: the real response follows (a 101 was refused by the parser).
 
 
 class _Stale(HTTPError):
