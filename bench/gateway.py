@@ -39,7 +39,7 @@ from bench.relay import (  # noqa: E402
 )
 
 # The shared harness's small document: 17 items, each filtered field by field.
-_ITEMS = [{"id": i, "name": "item-%03d" % i, "ok": i % 2 == 0, "score": i * 1.5} for i in range(17)]
+_ITEMS = [{"id": i, "name": f"item-{i:03d}", "ok": i % 2 == 0, "score": i * 1.5} for i in range(17)]
 SMALL_DOC = json.dumps({"status": "ok", "items": _ITEMS}, separators=(",", ":")).encode()
 POLICY = """kind: http
 rules:
@@ -140,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=3)
-    parser.add_argument("--profile", type=Path, help="also write a py-spy profile of the gateway at c=64 here")
+    parser.add_argument("--profile", type=Path, help="write a py-spy profile of the gateway at c=64 here")
     args = parser.parse_args()
     with workdir() as work:
         procs = Procs()
