@@ -25,6 +25,9 @@ _FIELD_VALUE_RE = re.compile(_FIELD_VALUE)
 _TARGET_RE = re.compile(rb"[\x21-\x7e]+")
 _STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?")
 _HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _FIELD_VALUE + rb")[ \t]*")
+# The same, for a block of CRLF-ended lines in one C call: a match starts only at a line's start
+# and ends at its CRLF, so one match per line means that every line is a valid field.
+_HEADER_FIELDS = re.compile(rb"(?<=\n)(" + _TOKEN + rb"):[ \t]*(" + _FIELD_VALUE + rb")[ \t]*\r\n")
 _LENGTH_FIELD = re.compile(rb"\ncontent-length:([^\n]*)")
 _DIGITS = re.compile(rb"[ \t]*[0-9]{1,18}[ \t]*\r")
 _LENGTH_VALUE = re.compile(rb"[0-9]{1,18}")
@@ -76,39 +79,38 @@ def parse_response_head(head: bytes) -> ResponseHead:
     check_head(head)
     if not head.endswith(b"\r\n\r\n") or head.startswith(b"\r\n"):
         raise HTTPError("target broke the response: no status line")
-    lines = head[:-4].split(b"\r\n")
-    status_line = _STATUS_LINE.fullmatch(lines[0])
+    eol = head.index(b"\r\n")
+    status_line = _STATUS_LINE.fullmatch(head, 0, eol)
     if status_line is None:
-        raise HTTPError(f"target broke the response: illegal status line: {lines[0][:60]!r}")
+        raise HTTPError(f"target broke the response: illegal status line: {head[: min(eol, 60)]!r}")
     version, code, reason = status_line.groups()
     status = int(code)
     if status < 100:
         raise HTTPError(f"target broke the response: status code {status}")
     if status == 101:
         raise HTTPError("target broke the response: 101 Switching Protocols, but no upgrade was proposed")
-    fields: list[tuple[bytes, bytes]] = []
-    names: list[bytes] = []
+    # check_head left only CRLF line ends (and no CR or LF elsewhere).
+    fields: list[tuple[bytes, bytes]] = _HEADER_FIELDS.findall(head, eol + 2, len(head) - 2)
+    if len(fields) != head.count(b"\r\n") - 2:
+        for line in head[eol + 2 : -4].split(b"\r\n"):
+            if _HEADER_LINE.fullmatch(line) is None:
+                raise HTTPError(f"target broke the response: illegal header line: {line[:60]!r}")
+        raise HTTPError("target broke the response: illegal header line")  # not reached
+    names = [name.lower() for name, _value in fields]
     length: int | None = None
     chunked = False
-    match_line = _HEADER_LINE.fullmatch
-    for line in lines[1:]:
-        m = match_line(line)
-        if m is None:
-            raise HTTPError(f"target broke the response: illegal header line: {line[:60]!r}")
-        name, value = m.groups()
-        lname = name.lower()
-        if lname == b"content-length":
-            # check_head allowed one, of plain digits: the grammar has stripped its whitespace.
-            length = int(value)
-        elif lname == b"transfer-encoding":
-            if chunked:
-                raise HTTPError("target broke the response: multiple Transfer-Encoding headers")
-            value = value.lower()
-            if value != b"chunked":
-                raise HTTPError("target broke the response: Only Transfer-Encoding: chunked is supported")
-            chunked = True
-        fields.append((name, value))
-        names.append(lname)
+    if b"content-length" in names:
+        # check_head allowed one, of plain digits: the grammar has stripped its whitespace.
+        length = int(fields[names.index(b"content-length")][1])
+    if b"transfer-encoding" in names:
+        at = [n for n, name in enumerate(names) if name == b"transfer-encoding"]
+        if len(at) > 1:
+            raise HTTPError("target broke the response: multiple Transfer-Encoding headers")
+        value = fields[at[0]][1].lower()
+        if value != b"chunked":
+            raise HTTPError("target broke the response: Only Transfer-Encoding: chunked is supported")
+        fields[at[0]] = (fields[at[0]][0], value)  # as h11 gives it
+        chunked = True
     if version not in (b"1.1", b"1.0"):
         raise HTTPError(f"HTTP version {version[:10]!r} in the response")
     if length is not None and chunked:
