@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, unquote_plus
 
@@ -143,6 +143,17 @@ def _match(policies: PolicySet, kind: str, req: FilterRequest) -> Rule | Denied:
         return Denied(refusal)
     if kind in _VSPHERE_KINDS and segments and segments[0].lower() in _VSPHERE_DATA_ROOTS:
         return Denied(f"/{segments[0]} on vSphere hosts carries data or consoles and is never relayed")
+    found = select_rule_cached(policies, kind, method, segments)
+    if isinstance(found, Rule):
+        return _check_rule_extras(found, req, query)
+    if found is not None:
+        return found
+    shown = req.path if len(req.path) <= 200 else req.path[:200] + "..."
+    return Denied(f"no rule allows {method} {shown} for kind {kind[:40]!r}")
+
+
+def select_rule(policies: PolicySet, kind: str, method: str, segments: Sequence[str]) -> Rule | Denied | None:
+    """The first deny rule matching (as a Denied), else the first allow rule matching, else None."""
     rules = policies.rules_for(kind)
     for rule in rules:
         applies = rule.deny and ("*" in rule.methods or method in rule.methods)
@@ -150,9 +161,53 @@ def _match(policies: PolicySet, kind: str, req: FilterRequest) -> Rule | Denied:
             return Denied(rule.reason or "denied by policy", rule.name)
     for rule in rules:
         if not rule.deny and method in rule.methods and rule.path.matches(segments):
-            return _check_rule_extras(rule, req, query)
-    shown = req.path if len(req.path) <= 200 else req.path[:200] + "..."
-    return Denied(f"no rule allows {method} {shown} for kind {kind[:40]!r}")
+            return rule
+    return None
+
+
+# A segment no rule names at its position matches exactly the patterns this marker matches (the
+# wildcards), so requests that differ only there share one cache entry: /servers/<any id>. It
+# is never a request's segment (_split_path refuses unprintable ones).
+_OTHER = "\x00"
+_CACHE_MAX = 4096
+_MISS = object()
+
+
+def select_rule_cached(
+    policies: PolicySet, kind: str, method: str, segments: Sequence[str]
+) -> Rule | Denied | None:
+    """select_rule, remembered per (kind, method, path shape) on the policy set."""
+    memo = policies.memo
+    literals: tuple[frozenset[str], ...] | None = memo.get(kind, _MISS)
+    if literals is _MISS:
+        literals = memo[kind] = _literals(policies.rules_for(kind))
+    if literals is None:
+        return select_rule(policies, kind, method, segments)
+    n = len(literals)
+    shape = tuple(seg if i < n and seg.lower() in literals[i] else _OTHER for i, seg in enumerate(segments))
+    key = (kind, method, shape)
+    found: Rule | Denied | None = memo.get(key, _MISS)
+    if found is _MISS:
+        if len(memo) >= _CACHE_MAX:
+            memo.clear()
+            memo[kind] = literals
+        found = memo[key] = select_rule(policies, kind, method, shape)
+    return found
+
+
+def _literals(rules: Sequence[Rule]) -> tuple[frozenset[str], ...] | None:
+    """The lower-cased literal segments any rule names, per position; None: do not cache."""
+    at: list[set[str]] = []
+    for rule in rules:
+        for i, seg in enumerate(rule.path.segments):
+            if seg in ("*", "**") or seg.startswith("{"):
+                continue
+            if _OTHER in seg:
+                return None  # the marker could equal it: no shapes for this kind
+            while len(at) <= i:
+                at.append(set())
+            at[i].add(seg.lower())
+    return tuple(frozenset(s) for s in at)
 
 
 def _is_override(name: str) -> bool:

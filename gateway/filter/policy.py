@@ -132,6 +132,9 @@ class PolicySet:
     rules: Mapping[Kind, tuple[Rule, ...]]
     files: tuple[Path, ...]
     warnings: tuple[str, ...] = ()
+    # The filter's rule lookups, remembered per path shape (metadata_filter.select_rule_cached);
+    # it lives and dies with this set, so a reload never sees an old answer.
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def rules_for(self, kind: str) -> tuple[Rule, ...]:
         """The rules for a target kind (empty for an unknown kind, so everything is denied)."""
