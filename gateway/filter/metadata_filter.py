@@ -30,6 +30,9 @@ _METHOD_OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-met
 _OVERRIDE_FIELDS = frozenset({"-method", *_METHOD_OVERRIDES})
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 _FIELD_SPLIT = re.compile(r"[&;]")
+# Outside printable ASCII, or a backslash or semicolon: characters servers interpret differently.
+_PATH_UNSAFE = re.compile(r"[^!-~]|[\\;]")
+_SEGMENT_UNSAFE = re.compile(r"[/\\%;]")
 _MULTIPART_NAME = re.compile(rb"""name\s*=\s*["']?\s*([^"';\r\n]*)""", re.IGNORECASE)
 # Never relayed, whatever a local policy says (issue 5): datastore files, NFC disk streams, console
 # screenshots, ESXi configuration files (/host), guest file transfer and the managed object
@@ -104,7 +107,7 @@ def _split_path(path: str) -> tuple[list[str], str] | str:
     raw, _, query = path.partition("?")
     if not raw.startswith("/"):
         return "request path must start with '/'"
-    if any(c < "!" or c > "~" or c in "\\;" for c in raw):
+    if _PATH_UNSAFE.search(raw):
         return "request path has characters a server may interpret differently"
     parts = raw[1:].split("/")
     if parts[-1] == "":
@@ -116,7 +119,7 @@ def _split_path(path: str) -> tuple[list[str], str] | str:
         except UnicodeDecodeError:
             return "request path is not valid percent-encoded UTF-8"
         # Encoded separators, dot segments and double encoding are classic allowlist bypasses.
-        if not seg or seg in (".", "..") or any(c in seg for c in "/\\%;") or not seg.isprintable():
+        if not seg or seg in (".", "..") or _SEGMENT_UNSAFE.search(seg) or not seg.isprintable():
             return "request path has an empty, dot or encoded-separator segment"
         segments.append(seg)
     return segments, query

@@ -77,3 +77,11 @@ def test_ids_share_one_entry_and_the_cache_stays_bounded() -> None:
     for n in range(1, 6000):  # one shape per path length: more than the cache keeps
         assert select_rule_cached(policies, "http", "GET", ["servers"] * n) == (rule if n == 2 else None)
         assert len(policies.memo) <= 4096
+
+
+def test_path_character_checks_refuse_what_they_refused_before() -> None:
+    from gateway.filter.metadata_filter import _PATH_UNSAFE, _SEGMENT_UNSAFE
+
+    for c in map(chr, range(0x3000)):
+        assert bool(_PATH_UNSAFE.search(c)) == (c < "!" or c > "~" or c in "\\;"), repr(c)
+        assert bool(_SEGMENT_UNSAFE.search(c)) == (c in "/\\%;"), repr(c)
