@@ -275,31 +275,36 @@ class Relay:
         elif body is None and stream.has_body:
             body = StreamedBody(_exact_body(stream, length), length)
         pool = self._pool(target)
-        async with asyncio.timeout(target.total_timeout):
+        # One deadline per request, moved rather than made anew: `total` bounds the wait for the
+        # head, then (filtered rules) the whole read of the body; a passthrough body is bounded
+        # per read stall instead (docs/protocol.md 12).
+        async with asyncio.timeout(target.total_timeout) as deadline:
             resp = await pool.request(head.method, url.raw_path_qs, req_headers, body)
-        try:
-            await self._respond(stream, target, rule, freq, resp, lease)
-        finally:
-            resp.close()
+            try:
+                if rule.passthrough:
+                    deadline.reschedule(None)
+                    await self._passthrough(stream, rule, resp)
+                else:
+                    deadline.reschedule(asyncio.get_running_loop().time() + target.total_timeout)
+                    raw = await self._read_body(rule, resp, lease)
+                    deadline.reschedule(None)
+                    await self._respond(stream, target, rule, freq, resp, raw, lease)
+            finally:
+                resp.close()
 
-    async def _respond(
-        self,
-        stream: Stream,
-        target: Target,
-        rule: Rule,
-        freq: FilterRequest,
-        resp: Response,
-        lease: Lease,
-    ) -> None:
+    @staticmethod
+    async def _passthrough(stream: Stream, rule: Rule, resp: Response) -> None:
         headers = strip_hop_headers(resp.headers)
+        headers.append((FILTER_HEADER, f"{rule.name}; removed=0"))
+        stream.send_head(p.ResponseHead(resp.status, tuple(headers)))
         read = resp.read
-        if rule.passthrough:
-            headers.append((FILTER_HEADER, f"{rule.name}; removed=0"))
-            stream.send_head(p.ResponseHead(resp.status, tuple(headers)))
-            while chunk := await read():
-                await stream.write(chunk)
-            stream.end()
-            return
+        while chunk := await read():
+            await stream.write(chunk)
+        stream.end()
+
+    @staticmethod
+    async def _read_body(rule: Rule, resp: Response, lease: Lease) -> bytearray:
+        """The whole body of a response to filter, within the rule's bound and the budget."""
         limit = rule.max_body_bytes
         content_length = resp.content_length
         if content_length is not None and content_length > limit:
@@ -309,17 +314,32 @@ class Relay:
         if content_length is not None:
             lease.grow(content_length)
         body = bytearray()  # one buffer: never a list of parts plus their join
-        async with asyncio.timeout(target.total_timeout):
-            while chunk := await read():
-                if len(body) + len(chunk) > limit:
-                    raise _Denied(f"response body exceeds the {limit}-byte bound")
-                if content_length is None:
-                    lease.grow(len(chunk))
-                body += chunk
+        read = resp.read
+        while chunk := await read():
+            if len(body) + len(chunk) > limit:
+                raise _Denied(f"response body exceeds the {limit}-byte bound")
+            if content_length is None:
+                lease.grow(len(chunk))
+            body += chunk
+        return body
+
+    async def _respond(
+        self,
+        stream: Stream,
+        target: Target,
+        rule: Rule,
+        freq: FilterRequest,
+        resp: Response,
+        body: bytearray,
+        lease: Lease,
+    ) -> None:
+        headers = strip_hop_headers(resp.headers)
         allowed = self.filter.filter(target, freq, FilterResponse(resp.status, CIMultiDict(headers), body))
         # The raw body goes now; what is still held until the plane has it is the filtered copy.
+        content_length = resp.content_length
         reserved_raw = len(body) if content_length is None else content_length
-        del body
+        if allowed.body is not body:
+            body.clear()  # the caller holds it too: free the bytes, not just this reference
         lease.shrink(reserved_raw)
         lease.grow(len(allowed.body))
         out = [(k, v) for k, v in allowed.headers.items() if k.lower() not in _NOT_RETURNED]
