@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import xml.etree.ElementTree as ET  # output trees only; parsing is defusedxml
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 import defusedxml.ElementTree as DET
@@ -18,6 +20,7 @@ _CHUNK = 64 * 1024
 _PROPERTY_ELEMENTS = frozenset({"propSet", "changeSet"})
 
 
+@functools.lru_cache(maxsize=1024)
 def whole_property(name: str, properties: frozenset[str]) -> bool:
     """Whether `name`, or a property it is part of (`guest` for `guest.net`), is allowed whole."""
     parts = name.split(".")
@@ -38,6 +41,19 @@ def narrowed(name: str, properties: frozenset[str]) -> Node | None:
     if not below or any(not step for rel in below for step in rel.split(".")):
         return None
     return compile_paths([rel.replace(".", "/") + "/**" for rel in below], slash=True).root
+
+
+# Values and texts without these need no escaping (quoteattr and escape return them as they are).
+_ATTR_SPECIAL = re.compile(r"[&<>\"\n\r\t]")
+_TEXT_SPECIAL = re.compile(r"[&<>]")
+
+
+def _quoteattr(value: str) -> str:
+    return quoteattr(value) if _ATTR_SPECIAL.search(value) else f'"{value}"'
+
+
+def _escape(text: str) -> str:
+    return escape(text) if _TEXT_SPECIAL.search(text) else text
 
 
 class XmlRejected(ValueError):
@@ -87,6 +103,10 @@ def soap_operation(body: bytes) -> str:
     return _local(bodies[0][0].tag)
 
 
+def _ignore(*_args: object) -> None:
+    pass
+
+
 class _Frame:
     __slots__ = ("has_child", "kept0", "name", "names", "narrowed", "node", "removed0", "start", "text")
 
@@ -125,34 +145,87 @@ class _Filter:
         self.prefix_for: dict[str, str] = {_XML_NS: "xml"}  # uri -> prefix in scope
         self.uri_for: dict[str, str] = {"xml": _XML_NS, "": ""}  # prefix -> uri in scope
         self.saved: list[tuple[dict[str, str], dict[str, str]] | None] = []
+        # Qualified names by expat name, valid while the namespace scope does not change.
+        self.qnames: dict[str, str] = {}
+        self.attr_qnames: dict[str, str] = {}
+        self.expat: Any = None
+        self.handlers: tuple[Any, ...] = ()
+
+    def bind(self, expat: Any) -> None:
+        """Take expat's events directly (and switch them off inside dropped subtrees)."""
+        self.expat = expat
+        self.handlers = (self.start_ns, self.start, self.end, self.data)
+        expat.StartElementHandler = self.start
+        expat.EndElementHandler = self.end
+
+    def _skip_start(self, tag: str, attrib: list[str]) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise XmlRejected(f"XML nested deeper than {MAX_DEPTH} levels")
+        self.skip += 1
+
+    def _skip_end(self, tag: str) -> None:
+        self.depth -= 1
+        self.skip -= 1
+        if not self.skip:  # the dropped element itself: its scope ends as in end()
+            saved = self.saved.pop()
+            if saved is not None:
+                self.prefix_for, self.uri_for = saved
+                self.qnames, self.attr_qnames = {}, {}
+            e = self.expat
+            (
+                e.StartNamespaceDeclHandler,
+                e.StartElementHandler,
+                e.EndElementHandler,
+                e.CharacterDataHandler,
+            ) = self.handlers
+
+    def _begin_skip(self) -> None:
+        """Inside a dropped subtree only depth is counted: its names, text and namespaces never leave."""
+        self.skip = 1
+        e = self.expat
+        if e is not None:
+            e.StartNamespaceDeclHandler = _ignore
+            e.StartElementHandler = self._skip_start
+            e.EndElementHandler = self._skip_end
+            e.CharacterDataHandler = _ignore
 
     def start_ns(self, prefix: str, uri: str) -> None:
         self.pending.append((prefix or "", uri or ""))
 
     # Names arrive straight from expat (namespace separator "}"): "uri}local" or "local".
     def _qname(self, tag: str, *, attr: bool = False) -> str:
+        cache = self.attr_qnames if attr else self.qnames
+        name = cache.get(tag)
+        if name is not None:
+            return name
         uri, sep, local = tag.rpartition("}")
         if not sep:
-            return tag
-        prefix = self.prefix_for.get(uri)
-        if prefix is None or self.uri_for.get(prefix) != uri or (attr and not prefix):
-            raise XmlRejected("namespace prefixes cannot be reproduced faithfully")
-        return f"{prefix}:{local}" if prefix else local
+            name = tag
+        else:
+            prefix = self.prefix_for.get(uri)
+            if prefix is None or self.uri_for.get(prefix) != uri or (attr and not prefix):
+                raise XmlRejected("namespace prefixes cannot be reproduced faithfully")
+            name = f"{prefix}:{local}" if prefix else local
+        cache[tag] = name
+        return name
 
     def start(self, tag: str, attrib: list[str]) -> None:
         self.depth += 1
         if self.depth > MAX_DEPTH:
             raise XmlRejected(f"XML nested deeper than {MAX_DEPTH} levels")
-        decls, self.pending = self.pending, []
+        decls = self.pending
         if decls:
+            self.pending = []
             self.saved.append((dict(self.prefix_for), dict(self.uri_for)))
             for prefix, uri in decls:
                 self.uri_for[prefix] = uri
                 if uri:
                     self.prefix_for[uri] = prefix
+            self.qnames, self.attr_qnames = {}, {}
         else:
             self.saved.append(None)
-        if self.skip:
+        if self.skip:  # only without bind(): bound, a dropped subtree's events go to _skip_*
             self.skip += 1
             return
         local = tag.rpartition("}")[2]
@@ -163,16 +236,17 @@ class _Filter:
                 raise XmlRejected(f"root element {local!r} is not allowed")
             node = found
         else:
-            if "".join(parent.text).strip():
-                self.removed += 1  # mixed content: text beside child elements never leaves
-            parent.text.clear()
+            if parent.text:
+                if "".join(parent.text).strip():
+                    self.removed += 1  # mixed content: text beside child elements never leaves
+                parent.text.clear()
             parent.has_child = True
             sub = parent.node if parent.node.subtree else parent.node.child(local)
             if sub is not None and local == "val" and parent.names is not None and sub.subtree:
                 sub = self._value_node(parent, sub)
             if sub is None:
                 self.removed += 1
-                self.skip = 1
+                self._begin_skip()
                 return
             node = sub
         name = self._qname(tag)
@@ -182,11 +256,12 @@ class _Filter:
             self.open_props += 1
         parts = [f"<{name}"]
         for prefix, uri in decls:
-            parts.append(f" xmlns:{prefix}={quoteattr(uri)}" if prefix else f" xmlns={quoteattr(uri)}")
+            parts.append(f" xmlns:{prefix}={_quoteattr(uri)}" if prefix else f" xmlns={_quoteattr(uri)}")
+        allowed = self.allow.attributes
         for n in range(0, len(attrib), 2):
             key, value = attrib[n], attrib[n + 1]
-            if key.rpartition("}")[2] in self.allow.attributes:
-                parts.append(f" {self._qname(key, attr=True)}={quoteattr(value)}")
+            if key.rpartition("}")[2] in allowed:
+                parts.append(f" {self._qname(key, attr=True)}={_quoteattr(value)}")
             else:
                 self.removed += 1
         parts.append(">")
@@ -216,14 +291,15 @@ class _Filter:
         saved = self.saved.pop()
         if saved is not None:
             self.prefix_for, self.uri_for = saved
+            self.qnames, self.attr_qnames = {}, {}
         if self.skip:
             self.skip -= 1
             return
         frame = self.stack.pop()
-        text = "".join(frame.text)
-        if text.strip():
+        text = "".join(frame.text) if frame.text else ""
+        if text and text.strip():
             if not frame.has_child and (frame.node.leaf or frame.node.subtree):
-                self.out.append(escape(text))
+                self.out.append(_escape(text))
                 self.kept += 1
             else:
                 self.removed += 1
@@ -254,8 +330,7 @@ def filter_xml(body: bytes, allow: XmlAllow) -> tuple[bytes, int, int]:
     parser = DET.DefusedXMLParser(target=target, forbid_dtd=True)
     # Element events go straight from expat to the target, skipping ElementTree's Python-level name
     # fixing (half the run time); the DTD/entity guards defusedxml installed stay in place.
-    parser.parser.StartElementHandler = target.start
-    parser.parser.EndElementHandler = target.end
+    target.bind(parser.parser)
     try:
         view = memoryview(body)
         for pos in range(0, len(body), _CHUNK):

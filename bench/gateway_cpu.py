@@ -7,7 +7,7 @@ policy (../shared/bench/ours_setup.sh). It prints req/s and CPU µs per request 
 at c=1/16/64 (medians of the rounds), and with --profile a py-spy profile of the gateway at c=64
 (py-spy is not a project dependency: `pip install py-spy` into the venv to use it).
 
-    .venv/bin/python bench/gateway.py [--rounds 3] [--seconds 3] [--profile DIR]
+    .venv/bin/python bench/gateway_cpu.py [--rounds 3] [--seconds 3] [--profile DIR]
 
 Bounded: rounds x 3 wrk runs of --seconds each, plus one profiled run; loopback only.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.relay import (  # noqa: E402
+from relay import (  # noqa: E402  (bench/relay.py: this script's directory is on sys.path)
     CONCURRENCY,
     Procs,
     cpu_seconds,

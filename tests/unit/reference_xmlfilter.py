@@ -1,0 +1,272 @@
+"""The XML filter as it was before issue 14 (expat events, one Python call per element each way):
+the reference the faster filter is held to, byte for byte (tests/unit/test_xmlfilter_reference.py)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import xml.etree.ElementTree as ET  # output trees only; parsing is defusedxml
+from xml.sax.saxutils import escape, quoteattr
+
+import defusedxml.ElementTree as DET
+
+from gateway.filter.jsonpath import Node, compile_paths
+from gateway.filter.policy import XmlAllow
+
+MAX_DEPTH = 128
+_CHUNK = 64 * 1024
+# PropertyCollector results carry the property path in a `name` child; the property decides what leaves.
+_PROPERTY_ELEMENTS = frozenset({"propSet", "changeSet"})
+
+
+def whole_property(name: str, properties: frozenset[str]) -> bool:
+    """Whether `name`, or a property it is part of (`guest` for `guest.net`), is allowed whole."""
+    parts = name.split(".")
+    return any(".".join(parts[:n]) in properties for n in range(1, len(parts) + 1))
+
+
+@functools.lru_cache(maxsize=256)
+def narrowed(name: str, properties: frozenset[str]) -> Node | None:
+    """What a property's value may keep when only paths below it are allowed, or None.
+
+    Clients ask for a wide property (govc asks for `summary`) when the policy lists its fields
+    (`summary.config.name`, ...). The value's elements are named like the property path's steps
+    (VirtualMachineSummary has `config`, which has `name`), so the allowed fields below `name`
+    become element paths inside its `val`, each keeping its own subtree.
+    """
+    prefix = name + "."
+    below = sorted(p[len(prefix) :] for p in properties if p.startswith(prefix) and len(p) > len(prefix))
+    if not below or any(not step for rel in below for step in rel.split(".")):
+        return None
+    return compile_paths([rel.replace(".", "/") + "/**" for rel in below], slash=True).root
+
+
+class XmlRejected(ValueError):
+    """The XML body cannot be filtered safely; the message is the denial reason."""
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1] if tag.startswith("{") else tag
+
+
+def parse(body: bytes) -> tuple[ET.Element, list[tuple[str, str]]]:
+    """Parse with DTDs, entities and external references forbidden; return root and namespace decls."""
+    namespaces: list[tuple[str, str]] = []
+    depth = 0
+    root: ET.Element | None = None
+    try:
+        for event, item in DET.iterparse(
+            io.BytesIO(body), events=("start", "end", "start-ns"), forbid_dtd=True
+        ):
+            if event == "start-ns":
+                namespaces.append(item)
+            elif event == "start":
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise XmlRejected(f"XML nested deeper than {MAX_DEPTH} levels")
+                if root is None:
+                    root = item
+            else:
+                depth -= 1
+    except XmlRejected:
+        raise
+    except Exception as exc:  # defusedxml's DTD/entity errors, expat's ParseError, encoding errors
+        raise XmlRejected(f"unparseable XML: {type(exc).__name__}") from None
+    if root is None:
+        raise XmlRejected("empty XML document")
+    return root, namespaces
+
+
+def soap_operation(body: bytes) -> str:
+    """The operation a SOAP request invokes: the local name of the first element inside Envelope/Body."""
+    root, _ = parse(body)
+    if _local(root.tag) != "Envelope":
+        raise XmlRejected("request is not a SOAP envelope")
+    bodies = [c for c in root if _local(c.tag) == "Body"]
+    if len(bodies) != 1 or len(bodies[0]) != 1:
+        raise XmlRejected("SOAP envelope must have one Body with one operation")
+    return _local(bodies[0][0].tag)
+
+
+class _Frame:
+    __slots__ = ("has_child", "kept0", "name", "names", "narrowed", "node", "removed0", "start", "text")
+
+    def __init__(self, node: Node, name: str, start: int, kept: int, removed: int) -> None:
+        self.node = node
+        self.name = name  # the qualified name as written to the output
+        self.start = start  # index in the output where this element begins
+        self.kept0, self.removed0 = kept, removed
+        self.text: list[str] = []
+        self.has_child = False
+        self.names: list[str] | None = None  # a property element's `name` children
+        self.narrowed: str | None = None  # the property name its `val` was narrowed for
+
+
+_XML_NS = "http://www.w3.org/XML/1998/namespace"
+
+
+class _Filter:
+    """A streaming parser target: allowed elements go straight to the output, nothing is built.
+
+    Peak memory stays near the output size; a tree of the whole document (20x its size in
+    ElementTree objects) never exists. A property element is written, then cut back out of the
+    output if its `name` turns out not to be an allowed property.
+    """
+
+    def __init__(self, allow: XmlAllow) -> None:
+        self.allow = allow
+        self.done: list[str] = ['<?xml version="1.0" encoding="UTF-8"?>\n']
+        self.out: list[str] = []  # pieces since the last compaction; property frames index into it
+        self.open_props = 0
+        self.stack: list[_Frame] = []
+        self.kept = self.removed = 0
+        self.depth = 0
+        self.skip = 0  # > 0 inside a dropped subtree
+        self.pending: list[tuple[str, str]] = []
+        self.prefix_for: dict[str, str] = {_XML_NS: "xml"}  # uri -> prefix in scope
+        self.uri_for: dict[str, str] = {"xml": _XML_NS, "": ""}  # prefix -> uri in scope
+        self.saved: list[tuple[dict[str, str], dict[str, str]] | None] = []
+
+    def start_ns(self, prefix: str, uri: str) -> None:
+        self.pending.append((prefix or "", uri or ""))
+
+    # Names arrive straight from expat (namespace separator "}"): "uri}local" or "local".
+    def _qname(self, tag: str, *, attr: bool = False) -> str:
+        uri, sep, local = tag.rpartition("}")
+        if not sep:
+            return tag
+        prefix = self.prefix_for.get(uri)
+        if prefix is None or self.uri_for.get(prefix) != uri or (attr and not prefix):
+            raise XmlRejected("namespace prefixes cannot be reproduced faithfully")
+        return f"{prefix}:{local}" if prefix else local
+
+    def start(self, tag: str, attrib: list[str]) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise XmlRejected(f"XML nested deeper than {MAX_DEPTH} levels")
+        decls, self.pending = self.pending, []
+        if decls:
+            self.saved.append((dict(self.prefix_for), dict(self.uri_for)))
+            for prefix, uri in decls:
+                self.uri_for[prefix] = uri
+                if uri:
+                    self.prefix_for[uri] = prefix
+        else:
+            self.saved.append(None)
+        if self.skip:
+            self.skip += 1
+            return
+        local = tag.rpartition("}")[2]
+        parent = self.stack[-1] if self.stack else None
+        if parent is None:
+            found = self.allow.elements.root.child(local)
+            if found is None:
+                raise XmlRejected(f"root element {local!r} is not allowed")
+            node = found
+        else:
+            if "".join(parent.text).strip():
+                self.removed += 1  # mixed content: text beside child elements never leaves
+            parent.text.clear()
+            parent.has_child = True
+            sub = parent.node if parent.node.subtree else parent.node.child(local)
+            if sub is not None and local == "val" and parent.names is not None and sub.subtree:
+                sub = self._value_node(parent, sub)
+            if sub is None:
+                self.removed += 1
+                self.skip = 1
+                return
+            node = sub
+        name = self._qname(tag)
+        frame = _Frame(node, name, len(self.out), self.kept, self.removed)
+        if local in _PROPERTY_ELEMENTS and not node.subtree:
+            frame.names = []
+            self.open_props += 1
+        parts = [f"<{name}"]
+        for prefix, uri in decls:
+            parts.append(f" xmlns:{prefix}={quoteattr(uri)}" if prefix else f" xmlns={quoteattr(uri)}")
+        for n in range(0, len(attrib), 2):
+            key, value = attrib[n], attrib[n + 1]
+            if key.rpartition("}")[2] in self.allow.attributes:
+                parts.append(f" {self._qname(key, attr=True)}={quoteattr(value)}")
+            else:
+                self.removed += 1
+        parts.append(">")
+        self.out.append("".join(parts))
+        self.stack.append(frame)
+
+    def _value_node(self, prop: _Frame, whole: Node) -> Node | None:
+        """The allowlist for a property's `val`: whole, narrowed to the fields listed below it, or none."""
+        names = prop.names or []
+        if len(names) != 1:
+            # No name yet (servers send it first): keep the value for now; the property is cut at
+            # its end unless its name turns out to be allowed whole.
+            return whole if not names else None
+        if whole_property(names[0], self.allow.properties):
+            return whole
+        node = narrowed(names[0], self.allow.properties)
+        if node is not None:
+            prop.narrowed = names[0]
+        return node
+
+    def data(self, text: str) -> None:
+        if not self.skip and self.stack:
+            self.stack[-1].text.append(text)
+
+    def end(self, tag: str) -> None:
+        self.depth -= 1
+        saved = self.saved.pop()
+        if saved is not None:
+            self.prefix_for, self.uri_for = saved
+        if self.skip:
+            self.skip -= 1
+            return
+        frame = self.stack.pop()
+        text = "".join(frame.text)
+        if text.strip():
+            if not frame.has_child and (frame.node.leaf or frame.node.subtree):
+                self.out.append(escape(text))
+                self.kept += 1
+            else:
+                self.removed += 1
+        self.out.append(f"</{frame.name}>")
+        parent = self.stack[-1] if self.stack else None
+        if parent is not None and parent.names is not None and tag.rpartition("}")[2] == "name":
+            parent.names.append(text.strip())
+        if frame.names is not None:
+            self.open_props -= 1
+            name = frame.names[0] if len(frame.names) == 1 else None
+            if name is None or not (whole_property(name, self.allow.properties) or frame.narrowed == name):
+                # Not an allowed property: cut it back out, with whatever it counted.
+                del self.out[frame.start :]
+                self.kept, self.removed = frame.kept0, frame.removed0 + 1
+        if not self.open_props and len(self.out) > 4096:
+            # Thousands of tiny strings cost far more memory than their text; nothing indexes them now.
+            self.done.append("".join(self.out))
+            self.out.clear()
+
+    def close(self) -> None:
+        if self.stack or self.depth:
+            raise XmlRejected("unparseable XML: unclosed elements")
+
+
+def filter_xml(body: bytes, allow: XmlAllow) -> tuple[bytes, int, int]:
+    """Keep only allowed elements/properties/attributes; return (body, kept, removed) or raise XmlRejected."""
+    target = _Filter(allow)
+    parser = DET.DefusedXMLParser(target=target, forbid_dtd=True)
+    # Element events go straight from expat to the target, skipping ElementTree's Python-level name
+    # fixing (half the run time); the DTD/entity guards defusedxml installed stay in place.
+    parser.parser.StartElementHandler = target.start
+    parser.parser.EndElementHandler = target.end
+    try:
+        view = memoryview(body)
+        for pos in range(0, len(body), _CHUNK):
+            parser.feed(view[pos : pos + _CHUNK])
+        parser.close()
+    except XmlRejected:
+        raise
+    except Exception as exc:  # defusedxml's DTD/entity errors, expat's ParseError, encoding errors
+        raise XmlRejected(f"unparseable XML: {type(exc).__name__}") from None
+    target.done.extend(target.out)
+    if len(target.done) == 1:
+        raise XmlRejected("empty XML document")
+    return "".join(target.done).encode("utf-8"), target.kept, target.removed
