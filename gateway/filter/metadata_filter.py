@@ -14,8 +14,16 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, unquote_plus
 
 from gateway.filter.jsonfilter import JsonRejected, filter_json
-from gateway.filter.policy import KNOWN_METHODS, MAX_REQUEST_BODY_BYTES, BodyAllow, Kind, PolicySet, Rule
-from gateway.filter.xmlfilter import XmlRejected, filter_xml, soap_operation
+from gateway.filter.policy import (
+    KNOWN_METHODS,
+    MAX_REQUEST_BODY_BYTES,
+    BodyAllow,
+    Kind,
+    PolicySet,
+    Rule,
+    XmlAllow,
+)
+from gateway.filter.xmlfilter import XmlRejected, XmlStreamFilter, filter_xml, soap_operation
 
 log = logging.getLogger(__name__)
 
@@ -355,18 +363,28 @@ def _filter_body(allow: BodyAllow, headers: Mapping[str, str], body: bytes) -> t
     raise _Reject(f"content type {mtype[:60]!r} is not allowed by the rule")
 
 
-def _response(policies: PolicySet, kind: str, req: FilterRequest, resp: FilterResponse) -> Allowed | Denied:
+def _head(
+    policies: PolicySet, kind: str, req: FilterRequest, headers: Mapping[str, str]
+) -> Denied | tuple[Rule, dict[str, str], dict[str, str]]:
+    """The rule, the response's headers by lower-cased name, and those that may leave."""
     found = _match(policies, kind, req)
     if isinstance(found, Denied):
         return found
     rule = found
     src: dict[str, str] = {}
-    for k, v in resp.headers.items():
+    for k, v in headers.items():
         key = k.lower()
         if key in src and key in _SINGLE:
             return Denied(f"response has more than one {key} header", rule.name)
         src[key] = v
-    headers = {k: v for k, v in src.items() if k in rule.headers and k not in _MANAGED}
+    return rule, src, {k: v for k, v in src.items() if k in rule.headers and k not in _MANAGED}
+
+
+def _response(policies: PolicySet, kind: str, req: FilterRequest, resp: FilterResponse) -> Allowed | Denied:
+    head = _head(policies, kind, req, resp.headers)
+    if isinstance(head, Denied):
+        return head
+    rule, src, headers = head
     if rule.passthrough:
         for k in ("content-type", "content-encoding"):
             if k in src:
@@ -395,6 +413,99 @@ def _response(policies: PolicySet, kind: str, req: FilterRequest, resp: FilterRe
     headers["content-type"] = src["content-type"]
     headers["content-length"] = str(len(body))
     return Allowed(resp.status, headers, body, rule.name, kept, removed)
+
+
+class StreamedResponse:
+    """A response filtered as its body arrives (an XML body the rule filters): feed() every piece,
+    then finish(). The input is never held whole; finish() decides exactly as filter_response
+    would on the whole body (tests/unit/test_filter_streaming.py)."""
+
+    def __init__(
+        self, rule: Rule, status: int, headers: dict[str, str], content_type: str, allow: XmlAllow
+    ) -> None:
+        self.rule = rule
+        self.status = status
+        self.headers = headers
+        self.content_type = content_type
+        self.size = 0
+        self._xml: XmlStreamFilter | None = XmlStreamFilter(allow)
+        self._error: BaseException | None = None
+
+    @property
+    def held(self) -> int:
+        """Bytes of filtered output held so far."""
+        return self._xml.held if self._xml is not None else 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Filter the next piece; a refusal is kept for finish() and the rest is not parsed."""
+        self.size += len(data)
+        if self._xml is None:
+            return
+        try:
+            self._xml.feed(data)
+        except Exception as exc:  # decided in finish(), as filter_response would decide it
+            self._error, self._xml = exc, None
+
+    def finish(self) -> Allowed | Denied:
+        """The decision on the whole body; never raises."""
+        try:
+            return self._finish()
+        except (RecursionError, MemoryError, ValueError, UnicodeError):
+            return Denied("response body cannot be filtered safely")
+        except Exception:  # never raise on hostile input: a bug here must deny, not leak
+            log.exception("metadata filter failed while filtering a response")
+            return Denied("internal filter error")
+
+    def _finish(self) -> Allowed | Denied:
+        rule, status, headers = self.rule, self.status, self.headers
+        xml, self._xml = self._xml, None
+        if self.size > rule.max_body_bytes:
+            return Denied("response body exceeds the size bound", rule.name)
+        if not self.size:
+            return Allowed(status, headers, b"", rule.name, 0, 0)
+        try:
+            if self._error is not None:
+                raise self._error
+            assert xml is not None
+            body, kept, removed = xml.close()
+        except XmlRejected as exc:
+            if 200 <= status < 300:
+                return Denied(str(exc), rule.name)
+            return Allowed(status, headers, b"", rule.name, 0, 1)
+        headers["content-type"] = self.content_type
+        headers["content-length"] = str(len(body))
+        return Allowed(status, headers, body, rule.name, kept, removed)
+
+
+def stream_response(
+    policies: PolicySet, kind: str, req: FilterRequest, status: int, headers: Mapping[str, str]
+) -> StreamedResponse | None:
+    """A filter to feed this response's body to as it arrives, when the rule filters it as XML
+    (not passthrough, not partial, a body to filter, identity-encoded); None: buffer the body and
+    call filter_response (which also gives every refusal)."""
+    try:
+        head = _head(policies, kind, req, headers)
+        if isinstance(head, Denied):
+            return None
+        rule, src, allowed = head
+        if rule.passthrough or status == 206 or "content-range" in src:
+            return None
+        if req.method.upper() == "HEAD" or status in (204, 304) or status < 200:
+            return None
+        allow = rule.body if 200 <= status < 300 else rule.errors
+        ctype = src.get("content-type", "")
+        if (
+            allow.xml is None
+            or not ctype
+            or src.get("content-encoding", "").strip().lower() not in ("", "identity")
+        ):
+            return None
+        mtype = _media_type(ctype)[0]
+        if not _is_xml(mtype) or (allow.json is not None and _is_json(mtype)):
+            return None
+        return StreamedResponse(rule, status, allowed, ctype, allow.xml)
+    except Exception:  # the buffered path decides, and logs
+        return None
 
 
 def filter_response(

@@ -16,6 +16,7 @@ from gateway.filter.policy import XmlAllow
 
 MAX_DEPTH = 128
 _CHUNK = 64 * 1024
+_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 # PropertyCollector results carry the property path in a `name` child; the property decides what leaves.
 _PROPERTY_ELEMENTS = frozenset({"propSet", "changeSet"})
 
@@ -134,7 +135,7 @@ class _Filter:
 
     def __init__(self, allow: XmlAllow) -> None:
         self.allow = allow
-        self.done: list[str] = ['<?xml version="1.0" encoding="UTF-8"?>\n']
+        self.done = bytearray(_DECLARATION)  # the output so far, encoded: one buffer, not pieces
         self.out: list[str] = []  # pieces since the last compaction; property frames index into it
         self.open_props = 0
         self.stack: list[_Frame] = []
@@ -316,7 +317,7 @@ class _Filter:
                 self.kept, self.removed = frame.kept0, frame.removed0 + 1
         if not self.open_props and len(self.out) > 4096:
             # Thousands of tiny strings cost far more memory than their text; nothing indexes them now.
-            self.done.append("".join(self.out))
+            self.done += "".join(self.out).encode("utf-8")
             self.out.clear()
 
     def close(self) -> None:
@@ -324,23 +325,54 @@ class _Filter:
             raise XmlRejected("unparseable XML: unclosed elements")
 
 
-def filter_xml(body: bytes, allow: XmlAllow) -> tuple[bytes, int, int]:
+class XmlStreamFilter:
+    """The XML filter fed a body piece by piece (as it arrives from the target): only the output
+    so far and expat's buffer are held, never the whole input. feed() each piece, then close()."""
+
+    def __init__(self, allow: XmlAllow) -> None:
+        self._target = _Filter(allow)
+        self._parser = DET.DefusedXMLParser(target=self._target, forbid_dtd=True)
+        # Element events go straight from expat to the target, skipping ElementTree's Python-level
+        # name fixing (half the run time); the DTD/entity guards defusedxml installed stay in place.
+        self._target.bind(self._parser.parser)
+
+    @property
+    def held(self) -> int:
+        """Bytes of output held so far (an estimate: the pieces of an open property count as text)."""
+        target = self._target
+        return len(target.done) + sum(map(len, target.out))
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Filter the next piece of the body; XmlRejected as soon as it cannot be filtered."""
+        try:
+            self._parser.feed(data)
+        except XmlRejected:
+            raise
+        except Exception as exc:  # defusedxml's DTD/entity errors, expat's ParseError, encoding errors
+            raise XmlRejected(f"unparseable XML: {type(exc).__name__}") from None
+
+    def close(self) -> tuple[bytes, int, int]:
+        """The filtered document, its kept and removed counts; XmlRejected if it is incomplete."""
+        target = self._target
+        try:
+            self._parser.close()
+        except XmlRejected:
+            raise
+        except Exception as exc:
+            raise XmlRejected(f"unparseable XML: {type(exc).__name__}") from None
+        if not target.out and len(target.done) == len(_DECLARATION):
+            raise XmlRejected("empty XML document")
+        target.done += "".join(target.out).encode("utf-8")
+        target.out.clear()
+        out = bytes(target.done)
+        target.done = bytearray()
+        return out, target.kept, target.removed
+
+
+def filter_xml(body: bytes | bytearray, allow: XmlAllow) -> tuple[bytes, int, int]:
     """Keep only allowed elements/properties/attributes; return (body, kept, removed) or raise XmlRejected."""
-    target = _Filter(allow)
-    parser = DET.DefusedXMLParser(target=target, forbid_dtd=True)
-    # Element events go straight from expat to the target, skipping ElementTree's Python-level name
-    # fixing (half the run time); the DTD/entity guards defusedxml installed stay in place.
-    target.bind(parser.parser)
-    try:
-        view = memoryview(body)
-        for pos in range(0, len(body), _CHUNK):
-            parser.feed(view[pos : pos + _CHUNK])
-        parser.close()
-    except XmlRejected:
-        raise
-    except Exception as exc:  # defusedxml's DTD/entity errors, expat's ParseError, encoding errors
-        raise XmlRejected(f"unparseable XML: {type(exc).__name__}") from None
-    target.done.extend(target.out)
-    if len(target.done) == 1:
-        raise XmlRejected("empty XML document")
-    return "".join(target.done).encode("utf-8"), target.kept, target.removed
+    stream = XmlStreamFilter(allow)
+    view = memoryview(body)
+    for pos in range(0, len(body), _CHUNK):
+        stream.feed(view[pos : pos + _CHUNK])
+    return stream.close()

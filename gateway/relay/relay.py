@@ -20,8 +20,10 @@ from gateway.filter.metadata_filter import (
     Denied,
     FilterRequest,
     FilterResponse,
+    StreamedResponse,
     check_request,
     filter_response,
+    stream_response,
 )
 from gateway.filter.policy import MAX_REQUEST_BODY_BYTES, PolicySet, Rule
 from gateway.relay.budget import Budget, BudgetExhausted, Lease, cgroup_memory_limit, default_budget
@@ -83,7 +85,21 @@ class PolicyFilter:
     def filter(self, target: Target, req: FilterRequest, resp: FilterResponse) -> Allowed:
         """The filtered response; _Denied otherwise."""
         assert self.policies is not None
-        verdict = filter_response(self.policies, target.kind, req, resp)
+        return self._verdict(target, req, filter_response(self.policies, target.kind, req, resp))
+
+    def stream(
+        self, target: Target, req: FilterRequest, status: int, headers: list[tuple[str, str]]
+    ) -> StreamedResponse | None:
+        """A filter to feed the body to as it arrives, or None: buffer it and call filter()."""
+        assert self.policies is not None
+        return stream_response(self.policies, target.kind, req, status, CIMultiDict(headers))
+
+    def finish(self, target: Target, req: FilterRequest, streamed: StreamedResponse) -> Allowed:
+        """The decision on a streamed response's whole body; _Denied otherwise."""
+        return self._verdict(target, req, streamed.finish())
+
+    @staticmethod
+    def _verdict(target: Target, req: FilterRequest, verdict: Allowed | Denied) -> Allowed:
         log_decision(target.name, target.kind, req, verdict)
         if isinstance(verdict, Denied):
             raise _Denied(verdict.reason)
@@ -286,9 +302,28 @@ class Relay:
                     await self._passthrough(stream, rule, resp)
                 else:
                     deadline.reschedule(asyncio.get_running_loop().time() + target.total_timeout)
-                    raw = await self._read_body(rule, resp, lease)
-                    deadline.reschedule(None)
-                    await self._respond(stream, target, rule, freq, resp, raw, lease)
+                    headers = strip_hop_headers(resp.headers)
+                    streamed = self.filter.stream(target, freq, resp.status, headers)
+                    if streamed is not None:
+                        # The filter works as the body arrives: its time counts in the read's bound.
+                        base = lease.held
+                        await self._read_streamed(rule, resp, lease, streamed)
+                        deadline.reschedule(None)
+                        allowed = self.filter.finish(target, freq, streamed)
+                        lease.shrink(lease.held - base)
+                    else:
+                        raw = await self._read_body(rule, resp, lease)
+                        deadline.reschedule(None)
+                        response = FilterResponse(resp.status, CIMultiDict(headers), raw)
+                        allowed = self.filter.filter(target, freq, response)
+                        del response
+                        content_length = resp.content_length
+                        reserved = len(raw) if content_length is None else content_length
+                        # The raw body goes now: the caller's buffer is the only other reference.
+                        if allowed.body is not raw:
+                            raw.clear()
+                        lease.shrink(reserved)
+                    await self._respond(stream, allowed, lease)
             finally:
                 resp.close()
 
@@ -323,24 +358,33 @@ class Relay:
             body += chunk
         return body
 
-    async def _respond(
-        self,
-        stream: Stream,
-        target: Target,
-        rule: Rule,
-        freq: FilterRequest,
-        resp: Response,
-        body: bytearray,
-        lease: Lease,
-    ) -> None:
-        headers = strip_hop_headers(resp.headers)
-        allowed = self.filter.filter(target, freq, FilterResponse(resp.status, CIMultiDict(headers), body))
-        # The raw body goes now; what is still held until the plane has it is the filtered copy.
+    @staticmethod
+    async def _read_streamed(rule: Rule, resp: Response, lease: Lease, streamed: StreamedResponse) -> None:
+        """Feed the body to the filter as it arrives: the budget holds the piece being filtered and
+        the output so far, never the whole input."""
+        limit = rule.max_body_bytes
         content_length = resp.content_length
-        reserved_raw = len(body) if content_length is None else content_length
-        if allowed.body is not body:
-            body.clear()  # the caller holds it too: free the bytes, not just this reference
-        lease.shrink(reserved_raw)
+        if content_length is not None and content_length > limit:
+            raise _Denied(f"response body of {content_length} bytes exceeds the {limit}-byte bound")
+        base = lease.held
+        size = 0
+        read = resp.read
+        while chunk := await read():
+            size += len(chunk)
+            if size > limit:
+                raise _Denied(f"response body exceeds the {limit}-byte bound")
+            lease.grow(len(chunk))
+            streamed.feed(chunk)
+            del chunk
+            held = base + streamed.held
+            if held > lease.held:
+                lease.grow(held - lease.held)
+            else:
+                lease.shrink(lease.held - held)
+
+    @staticmethod
+    async def _respond(stream: Stream, allowed: Allowed, lease: Lease) -> None:
+        """Send a filtered response; the budget holds its body until the plane has it."""
         lease.grow(len(allowed.body))
         out = [(k, v) for k, v in allowed.headers.items() if k.lower() not in _NOT_RETURNED]
         out.append(("Content-Length", str(len(allowed.body))))

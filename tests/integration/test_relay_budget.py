@@ -38,9 +38,30 @@ rules:
   - name: small
     path: /json/*
     json: ["[].id"]
+  - name: soap
+    methods: [GET, POST]
+    allow_write: true
+    path: /sdk
+    xml:
+      elements:
+        - Envelope/Body/RetrievePropertiesExResponse/returnval/objects/obj
+        - Envelope/Body/RetrievePropertiesExResponse/returnval/objects/propSet/name
+        - Envelope/Body/RetrievePropertiesExResponse/returnval/objects/propSet/val/**
+      properties: [name]
 """
 
 BIG = json.dumps([{"id": i, "pad": "x" * 200} for i in range(6 * MIB // 215)]).encode()
+# A 6 MiB RetrievePropertiesEx answer of which the policy keeps ~5%: every VM's name, no notes.
+_VM = (
+    '<objects><obj type="VirtualMachine">vm-{i}</obj><propSet><name>name</name><val>n{i}</val></propSet>'
+    "<propSet><name>config.annotation</name><val>CANARY {pad}</val></propSet></objects>"
+)
+BIG_SOAP = (
+    '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/'
+    'envelope/"><soapenv:Body><RetrievePropertiesExResponse xmlns="urn:vim25"><returnval>'
+    + "".join(_VM.format(i=i, pad="x" * 2000) for i in range(6 * MIB // 2150))
+    + "</returnval></RetrievePropertiesExResponse></soapenv:Body></soapenv:Envelope>"
+).encode()
 
 
 def target_app() -> web.Application:
@@ -66,7 +87,11 @@ def target_app() -> web.Application:
         await asyncio.sleep(30)  # "slow": the plane gives up first
         return resp
 
+    async def soap(request: web.Request) -> web.Response:
+        return web.Response(body=BIG_SOAP, content_type="text/xml")
+
     app.router.add_get("/big", big)
+    app.router.add_get("/sdk", soap)
     app.router.add_get("/json/{kind}", json_kind)
     return app
 
@@ -124,6 +149,29 @@ async def test_the_budget_is_returned_on_every_path(tmp_path: Path, target: str)
     finally:
         await relay.close()
     assert budget.in_use == 0
+
+
+async def test_a_streamed_xml_body_holds_its_output_not_its_input(tmp_path: Path, target: str) -> None:
+    """6 MiB of SOAP through a 1 MiB budget: filtered as it arrives, the budget holds the piece
+    being filtered and the output so far (~0.3 MiB), so it fits; the 6 MiB JSON body, filtered
+    buffered, still gets busy."""
+    items = [{"name": "t", "url": target, "allow_private": ["127.0.0.1"]}]
+    budget = Budget(1 * MIB)
+    relay = Relay(
+        parse_targets({"targets": items}, "t"), load_policies([write_policy(tmp_path)]), budget=budget
+    )
+    try:
+        async with HostilePlane(relay) as plane:
+            plane.feed(request_frames(1, "GET", "t", "/sdk"))
+            ok = await plane.outcome(1)
+            assert ok.status == 200 and b"CANARY" not in ok.body and b"<val>n1000</val>" in ok.body
+            assert len(BIG_SOAP) > 6 * budget.limit and budget.in_use == 0
+            assert len(ok.body) <= budget.peak < budget.limit
+            plane.feed(request_frames(3, "GET", "t", "/big"))
+            assert (await plane.outcome(3)).reset is p.ErrorCode.BUSY
+            assert budget.in_use == 0
+    finally:
+        await relay.close()
 
 
 def vm_hwm_mib(pid: int) -> float:
