@@ -1,7 +1,9 @@
 """Metadata filter throughput and memory vs plain json.loads + json.dumps of the same body.
 
-Prints figures; asserts nothing. Bounded: a handful of passes over ~50 MB, well under 2 minutes.
-Usage: .venv/bin/python bench/filter.py [--vms 100000] [--servers 10000] [--repeat 2]
+Prints figures; asserts nothing. Bounded: a handful of passes over ~50 MB, well under 2 minutes,
+plus (--big-mib) two child processes that filter a 64 MiB RetrievePropertiesEx answer, buffered
+and streamed, and print their peak RSS.
+Usage: .venv/bin/python bench/filter.py [--vms 100000] [--servers 10000] [--repeat 2] [--big-mib 64]
 """
 
 from __future__ import annotations
@@ -9,17 +11,23 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 # Run from a checkout whether or not the package is installed into the venv.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.filter.metadata_filter import Allowed, FilterRequest, FilterResponse, filter_response
+from gateway.filter.metadata_filter import (
+    Allowed,
+    FilterRequest,
+    FilterResponse,
+    filter_response,
+)
 from gateway.filter.policy import PolicySet, default_policy_dirs, load_policies
 
 MB = 1_000_000
@@ -106,27 +114,48 @@ def nova_servers(n: int) -> bytes:
 _DEADLINE = time.monotonic() + 90  # later repeats are skipped past this, to stay bounded on a busy host
 
 
-def soap_inventory(n: int) -> bytes:
-    """A RetrievePropertiesEx response for n VMs, one disallowed property (notes) per VM."""
-
+def _soap_objects(start: int, stop: int) -> str:
     def prop(name: str, xsi: str, value: object) -> str:
         return f'<propSet><name>{name}</name><val xsi:type="{xsi}">{value}</val></propSet>'
 
-    objs = "".join(
+    return "".join(
         f'<objects><obj type="VirtualMachine">vm-{i}</obj>'
         + prop("name", "xsd:string", f"app-{i:06d}")
         + prop("runtime.powerState", "VirtualMachinePowerState", "poweredOn")
         + prop("config.annotation", "xsd:string", f"owner team-{i % 50}")
         + prop("summary.config.numCpu", "xsd:int", 2 + i % 8)
         + "</objects>"
-        for i in range(n)
+        for i in range(start, stop)
     )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"'
-        ' xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
-        '<soapenv:Body><RetrievePropertiesExResponse xmlns="urn:vim25"><returnval>'
-        f"{objs}</returnval></RetrievePropertiesExResponse></soapenv:Body></soapenv:Envelope>"
-    ).encode()
+
+
+_SOAP_HEAD = (
+    b'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"'
+    b' xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+    b'<soapenv:Body><RetrievePropertiesExResponse xmlns="urn:vim25"><returnval>'
+)
+_SOAP_TAIL = b"</returnval></RetrievePropertiesExResponse></soapenv:Body></soapenv:Envelope>"
+
+
+def soap_inventory(n: int) -> bytes:
+    """A RetrievePropertiesEx response for n VMs, one disallowed property (notes) per VM."""
+    return _SOAP_HEAD + _soap_objects(0, n).encode() + _SOAP_TAIL
+
+
+def soap_pieces(mib: int, piece: int = 256 * 1024) -> Iterator[bytes]:
+    """The same answer, about `mib` MiB of it, made and handed out a piece at a time (as a target
+    sends it): the whole body never exists in this process."""
+    pending = bytearray(_SOAP_HEAD)
+    n, size = 0, len(_SOAP_HEAD)
+    while size < mib * 1024 * 1024 - 256 * 1024:  # just under a 64 MiB rule bound
+        chunk = _soap_objects(n, n + 500).encode()
+        n, size = n + 500, size + len(chunk)
+        pending += chunk
+        while len(pending) >= piece:
+            yield bytes(pending[:piece])
+            del pending[:piece]
+    pending += _SOAP_TAIL
+    yield bytes(pending)
 
 
 SOAP_REQUEST = (
@@ -154,6 +183,45 @@ def run_xml(policies: PolicySet, body: bytes) -> None:
     print(
         f"  metadata filter           : {len(body) / MB / t:7.1f} MB/s  peak extra {m / len(body):.2f}x body"
     )
+
+
+def memory_case(mode: str, mib: int) -> None:
+    """--memory-case (a child process): filter a `mib` MiB SOAP answer, print the peak RSS."""
+    policies = load_policies(default_policy_dirs()[:1])
+    req = FilterRequest("POST", "/sdk", {}, SOAP_REQUEST)
+    headers = {"content-type": "text/xml"}
+    gc.collect()
+    base = _rss_mib("VmRSS")
+    start = time.process_time()
+    if mode == "buffered":  # as the relay did before issue 14: the whole body, then the filter
+        body = bytearray()
+        for piece in soap_pieces(mib):
+            body += piece
+        size = len(body)
+        out = filter_response(policies, "vsphere-soap", req, FilterResponse(200, headers, body))
+    else:  # each piece fed to the filter as it arrives; the budget holds the output so far
+        from gateway.filter.metadata_filter import stream_response  # since issue 14
+
+        streamed = stream_response(policies, "vsphere-soap", req, 200, headers)
+        assert streamed is not None
+        size = 0
+        for piece in soap_pieces(mib):
+            size += len(piece)
+            streamed.feed(piece)
+        out = streamed.finish()
+    cpu = time.process_time() - start
+    assert isinstance(out, Allowed), out
+    print(
+        f"  {mode:<8}: body {size / MB:.1f} MB -> {len(out.body) / MB:.1f} MB, {size / MB / cpu:.1f} MB/s,"
+        f" peak RSS {_rss_mib('VmHWM') - base:.0f} MiB above the process's {base:.0f} MiB"
+    )
+
+
+def _rss_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _best(fn: Callable[[], Any], repeat: int) -> float:
@@ -215,7 +283,12 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=10_000)
     parser.add_argument("--soap-vms", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--big-mib", type=int, default=64, help="0: skip the large-body memory cases")
+    parser.add_argument("--memory-case", choices=["buffered", "streamed"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_case:
+        memory_case(args.memory_case, args.big_mib)
+        return
     policies = load_policies(default_policy_dirs()[:1])
     run("vCenter inventory", policies, "vsphere", "/api/vcenter/vm", vcenter_inventory(args.vms), args.repeat)
     run(
@@ -228,6 +301,11 @@ def main() -> None:
     )
     run_xml(policies, soap_inventory(args.soap_vms))
     print(f"(MB/s from process CPU time, best of {args.repeat} runs; total cpu {time.process_time():.0f} s)")
+    if args.big_mib:
+        print(f"vSphere SOAP RetrievePropertiesEx of {args.big_mib} MiB, one child process each:")
+        for mode in ("buffered", "streamed"):
+            cmd = [sys.executable, __file__, "--memory-case", mode, "--big-mib", str(args.big_mib)]
+            subprocess.run(cmd, check=True, timeout=600)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ class Allowed:
 
     status: int
     headers: dict[str, str]
-    body: bytes
+    body: bytes | bytearray  # an XML filter's output is its own buffer, not copied
     rule: str
     kept: int
     removed: int
@@ -342,7 +342,9 @@ def _is_xml(mtype: str) -> bool:
     return mtype in _XML_TYPES or (mtype.startswith("application/") and mtype.endswith("+xml"))
 
 
-def _filter_body(allow: BodyAllow, headers: Mapping[str, str], body: bytes) -> tuple[bytes, int, int]:
+def _filter_body(
+    allow: BodyAllow, headers: Mapping[str, str], body: bytes
+) -> tuple[bytes | bytearray, int, int]:
     ctype = headers.get("content-type", "")
     if not ctype:
         raise _Reject("response has no content type")
