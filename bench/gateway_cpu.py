@@ -57,7 +57,16 @@ rules:
 """
 
 
-def start(work: Path, procs: Procs) -> tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+# --uvloop: the gateway on uvloop's event loop (a measurement; the project does not depend on it).
+_UVLOOP = (
+    "import runpy, sys, uvloop; uvloop.install(); sys.argv[0] = 'gateway'; "
+    "runpy.run_module('gateway', run_name='__main__')"
+)
+
+
+def start(
+    work: Path, procs: Procs, uvloop: bool = False
+) -> tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
     """nginx, the plane and the gateway: the small document's URL and the two relay processes."""
     from tests.integration.tunnel_support import make_pki
 
@@ -88,9 +97,8 @@ def start(work: Path, procs: Procs) -> tuple[str, subprocess.Popen[bytes], subpr
     )
     # Its log (an audit line per filtered response) goes to a file, as it would go to journald.
     log = (work / "gateway.log").open("wb")
-    gateway = procs.start(
-        [sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=REPO, stderr=log
-    )
+    entry = ["-c", _UVLOOP] if uvloop else ["-m", "gateway"]
+    gateway = procs.start([sys.executable, *entry, "run", "--config", str(config)], cwd=REPO, stderr=log)
     log.close()
     path = f"/v1/gateways/{pki.gateway_id}/targets/nginx/small.json"
     wait_relay(path, http_port, gateway)
@@ -140,12 +148,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument(
+        "--uvloop", action="store_true", help="run the gateway on uvloop (pip install uvloop)"
+    )
     parser.add_argument("--profile", type=Path, help="write a py-spy profile of the gateway at c=64 here")
     args = parser.parse_args()
     with workdir() as work:
         procs = Procs()
         try:
-            url, plane, gateway = start(work, procs)
+            url, plane, gateway = start(work, procs, args.uvloop)
             run_small(url, 16, 1)  # warm-up: pools, caches
             rps: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
             gw_us: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
