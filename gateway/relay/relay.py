@@ -92,6 +92,9 @@ class PolicyFilter:
     ) -> StreamedResponse | None:
         """A filter to feed the body to as it arrives, or None: buffer it and call filter()."""
         assert self.policies is not None
+        # Only XML bodies stream: a JSON answer (the common small one) is not looked up twice.
+        if not any(k.lower() == "content-type" and "xml" in v.lower() for k, v in headers):
+            return None
         return stream_response(self.policies, target.kind, req, status, CIMultiDict(headers))
 
     def finish(self, target: Target, req: FilterRequest, streamed: StreamedResponse) -> Allowed:
