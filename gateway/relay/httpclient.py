@@ -240,6 +240,14 @@ class Response:
             self._mode = "eof"
             self._keep_alive = False
 
+    @property
+    def complete(self) -> bool:
+        """The whole body is in the buffer already: reading it will not wait."""
+        conn = self._conn
+        if conn is None or self._mode == "none":
+            return True
+        return self._mode == "fixed" and len(conn.buffer) >= self._left
+
     async def read(self) -> bytes:
         """The next piece of the body; b"" at its end; HTTPError if the target broke it."""
         conn = self._conn

@@ -294,40 +294,40 @@ class Relay:
         elif body is None and stream.has_body:
             body = StreamedBody(_exact_body(stream, length), length)
         pool = self._pool(target)
-        # One deadline per request, moved rather than made anew: `total` bounds the wait for the
-        # head, then (filtered rules) the whole read of the body; a passthrough body is bounded
-        # per read stall instead (docs/protocol.md 12).
-        async with asyncio.timeout(target.total_timeout) as deadline:
-            resp = await pool.request(head.method, url.raw_path_qs, req_headers, body)
-            try:
+        # One deadline per request: `total` bounds the wait for the head, then (filtered rules) the
+        # whole read of the body, from the head; a passthrough body is bounded per read stall
+        # instead, and filtering and the writes to the plane not at all (docs/protocol.md 12).
+        resp: Response | None = None
+        try:
+            async with asyncio.timeout(target.total_timeout) as deadline:
+                resp = await pool.request(head.method, url.raw_path_qs, req_headers, body)
                 if rule.passthrough:
                     deadline.reschedule(None)
                     await self._passthrough(stream, rule, resp)
-                else:
+                    return
+                if not resp.complete:  # a body in the buffer already is read without waiting
                     deadline.reschedule(asyncio.get_running_loop().time() + target.total_timeout)
-                    headers = strip_hop_headers(resp.headers)
-                    streamed = self.filter.stream(target, freq, resp.status, headers)
-                    if streamed is not None:
-                        # The filter works as the body arrives: its time counts in the read's bound.
-                        base = lease.held
-                        await self._read_streamed(rule, resp, lease, streamed)
-                        deadline.reschedule(None)
-                        allowed = self.filter.finish(target, freq, streamed)
-                        lease.shrink(lease.held - base)
-                    else:
-                        raw = await self._read_body(rule, resp, lease)
-                        deadline.reschedule(None)
-                        response = FilterResponse(resp.status, CIMultiDict(headers), raw)
-                        allowed = self.filter.filter(target, freq, response)
-                        del response
-                        content_length = resp.content_length
-                        reserved = len(raw) if content_length is None else content_length
-                        # The raw body goes now: the caller's buffer is the only other reference.
-                        if allowed.body is not raw:
-                            raw.clear()
-                        lease.shrink(reserved)
-                    await self._respond(stream, allowed, lease)
-            finally:
+                headers = strip_hop_headers(resp.headers)
+                streamed = self.filter.stream(target, freq, resp.status, headers)
+                base = lease.held
+                if streamed is not None:
+                    # The filter works as the body arrives: its time counts in the read's bound.
+                    await self._read_streamed(rule, resp, lease, streamed)
+                else:
+                    raw = await self._read_body(rule, resp, lease)
+            if streamed is not None:
+                allowed = self.filter.finish(target, freq, streamed)
+            else:
+                allowed = self.filter.filter(
+                    target, freq, FilterResponse(resp.status, CIMultiDict(headers), raw)
+                )
+                # The raw body goes now: the caller's buffer is the only other reference.
+                if allowed.body is not raw:
+                    raw.clear()
+            lease.shrink(lease.held - base)
+            await self._respond(stream, allowed, lease)
+        finally:
+            if resp is not None:
                 resp.close()
 
     @staticmethod

@@ -156,3 +156,15 @@ async def test_closing_an_unfinished_response_drops_the_connection() -> None:
     assert await resp.read() == b"hel"
     resp.close()
     assert conn.failed and not pool.idle
+
+
+async def test_complete_says_whether_reading_the_body_can_wait() -> None:
+    _pool_, resp, _conn = await _response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", eof=False)
+    assert resp.complete  # the relay keeps its first deadline: nothing left to wait for
+    _pool_, resp, _conn = await _response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello", eof=False)
+    assert not resp.complete
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n!\r\n0\r\n\r\n"
+    _pool_, resp, _conn = await _response(raw, eof=False)
+    assert not resp.complete  # chunked: not known without parsing
+    _pool_, resp, _conn = await _response(b"HTTP/1.1 204 No Content\r\n\r\n", eof=False)
+    assert resp.complete
