@@ -11,6 +11,7 @@ BENCH = Path(__file__).resolve().parent
 ORDER = [
     "filter.py",
     "relay.py",
+    "gateway_cpu.py",
     "plane_register.py",
     "plane_outage.py",
     "vmdk.py",
