@@ -45,6 +45,13 @@ class TunnelReport:
     updated_at: float | None = None
     interval: float = DEFAULT_INTERVAL  # seconds between periodic writes
     schema: int = SCHEMA
+    # The gateway's identity (docs/operate.md): added in schema 1, older readers ignore them.
+    stop_code: str | None = None  # in `rejected`: the refusal as a code (revoked, expired, ...)
+    identity: str | None = None  # valid, renewal-failing, renewal-unavailable, revoked, expired, ...
+    cert_not_after: float | None = None  # when the client certificate in use expires
+    renew_at: float | None = None  # when the gateway renews it next
+    renewals: int = 0  # certificates renewed since the daemon started
+    renew_error: str | None = None  # why the last renewal failed (cleared by a success)
 
 
 _FIELDS = {f.name: f for f in fields(TunnelReport)}
@@ -67,9 +74,9 @@ def _coerce(name: str, value: Any) -> Any:
     default = getattr(_DEFAULTS, name)
     if name in ("state", "plane_url", "version"):
         return value if isinstance(value, str) and value else default
-    if name in ("last_error", "stop_reason", "action"):
+    if name in ("last_error", "stop_reason", "action", "stop_code", "identity", "renew_error"):
         return value if isinstance(value, str) and value else None
-    if name in ("since", "next_attempt_at", "updated_at"):
+    if name in ("since", "next_attempt_at", "updated_at", "cert_not_after", "renew_at"):
         return _number(value)
     if name == "interval":
         number = _number(value)
