@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from gwcore import identity as idm
 from gwcore.httpwire import TUNNEL_ERROR_HEADER
 
 # After a proxy refuses our credentials, wait at least this long: a proxy backed by a directory
@@ -26,27 +27,46 @@ from gwcore.httpwire import TUNNEL_ERROR_HEADER
 PROXY_AUTH_DELAY = 300.0
 
 REREGISTER = "re-register the gateway with a new join token (status console: Re-register)"
+# When the plane still knows the gateway, a token made for it keeps its id (docs/operate.md).
+REENROL = (
+    "re-enrol the gateway with a new join token (status console: Re-register); a token made with"
+    " 'mgmtplane token create --gateway ID' keeps this gateway's id"
+)
+
+# Verdict.code of a stop: what the console and the identity status key on, never the words.
+REVOKED = "revoked"
+EXPIRED = "expired"
+SUPERSEDED = "superseded"
+UNKNOWN_GATEWAY = "unknown-gateway"
+UNKNOWN_CA = "unknown-ca"
+PIN = "pin"
+REFUSED = "refused"
+CERTIFICATE = "certificate"
 
 # TLS alerts by which the plane says "I do not accept your certificate" -> (what it means, what to do).
 # handshake_failure and the like are not here: they say nothing about our certificate.
-CERTIFICATE_ALERTS: dict[str, tuple[str, str]] = {
-    "bad_certificate": ("the plane rejected our client certificate", REREGISTER),
-    "unsupported_certificate": ("the plane rejected our client certificate", REREGISTER),
-    "certificate_unknown": ("the plane rejected our client certificate", REREGISTER),
+CERTIFICATE_ALERTS: dict[str, tuple[str, str, str]] = {
+    "bad_certificate": ("the plane rejected our client certificate", REREGISTER, CERTIFICATE),
+    "unsupported_certificate": ("the plane rejected our client certificate", REREGISTER, CERTIFICATE),
+    "certificate_unknown": ("the plane rejected our client certificate", REREGISTER, CERTIFICATE),
     "unknown_ca": (
         "the plane does not trust the CA that issued our client certificate"
         " (registered with another plane, or the plane's CA changed)",
         REREGISTER,
+        UNKNOWN_CA,
     ),
-    "certificate_revoked": ("the plane has revoked our client certificate", REREGISTER),
-    "certificate_expired": ("the plane says our client certificate has expired", REREGISTER),
+    "certificate_revoked": ("the plane has revoked our client certificate", REENROL, REVOKED),
+    # Offline past the certificate's expiry (or a clock far ahead): not bricked, re-enrolled.
+    "certificate_expired": ("the plane says our client certificate has expired", REENROL, EXPIRED),
     "certificate_required": (
         "the plane required a client certificate and got none",
         "check /var/lib/gateway/cert.pem and key.pem, or " + REREGISTER,
+        CERTIFICATE,
     ),
     "access_denied": (
         "the plane denied this gateway access",
         "ask the plane's operator whether this gateway was removed; if so, " + REREGISTER,
+        REFUSED,
     ),
 }
 
@@ -87,6 +107,7 @@ class Verdict:
     action: str | None = None  # what an operator can do
     min_delay: float = 0.0  # the next backoff delay is at least this
     silent_close: bool = False  # the peer closed without a word (counted by the caller)
+    code: str | None = None  # for a stop: the refusal as a code (REVOKED, EXPIRED, ...)
 
 
 def clean(text: str, limit: int = 300) -> str:
@@ -137,6 +158,20 @@ def _upgrade_refused(exc: aiohttp.WSServerHandshakeError) -> Verdict:
     hub_says = exc.headers.get(TUNNEL_ERROR_HEADER) if exc.headers is not None else None
     if status in (401, 403) and hub_says is not None:
         detail = clean(hub_says)
+        hub_code = detail.split(":", 1)[0].strip()
+        if hub_code in (idm.GATEWAY_REVOKED, idm.GATEWAY_DELETED):
+            deleted = hub_code == idm.GATEWAY_DELETED
+            what = "revoked by the plane" + (": the gateway was deleted" if deleted else "")
+            return Verdict(f"{what} (HTTP {status} {detail})", stop=True, action=REENROL, code=REVOKED)
+        if hub_code == idm.CERTIFICATE_SUPERSEDED:
+            return Verdict(
+                f"the plane refused this certificate: it issued a newer one for this gateway (HTTP {status}"
+                f" {detail})",
+                stop=True,
+                action="if another appliance runs with this identity (a clone, a restored snapshot), stop"
+                " it; then " + REENROL,
+                code=SUPERSEDED,
+            )
         error = f"the plane refused this gateway: HTTP {status} {detail}"
         if "client-certificate-required" in detail:
             action = (
@@ -145,7 +180,8 @@ def _upgrade_refused(exc: aiohttp.WSServerHandshakeError) -> Verdict:
             )
         else:
             action = REREGISTER
-        return Verdict(error, stop=True, action=action)
+        code = UNKNOWN_GATEWAY if hub_code == idm.GATEWAY_UNKNOWN else REFUSED
+        return Verdict(error, stop=True, action=action, code=code)
     if status in (401, 403):
         return Verdict(
             f"HTTP {status} on the tunnel upgrade, not from the plane's hub (no {TUNNEL_ERROR_HEADER}"
@@ -179,6 +215,7 @@ def _certificate_failed(err: ssl.SSLCertVerificationError) -> Verdict:
             f"the plane's certificate does not verify against the CA pinned at registration: {message}",
             stop=True,
             action=PIN_ACTION,
+            code=PIN,
         )
     if code in _CLOCK_CODES:
         action = (
@@ -203,8 +240,8 @@ def classify(
         return _certificate_failed(verify)
     alert = received_alert(exc)
     if alert in CERTIFICATE_ALERTS:
-        what, todo = CERTIFICATE_ALERTS[alert]
-        return Verdict(f"{what} (TLS alert {alert})", stop=True, action=todo)
+        what, todo, code = CERTIFICATE_ALERTS[alert]
+        return Verdict(f"{what} (TLS alert {alert})", stop=True, action=todo, code=code)
     if alert is not None:
         return Verdict(f"the TLS handshake with the plane failed (TLS alert {alert})")
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
