@@ -16,6 +16,8 @@ from pathlib import Path
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.filter.policy import PolicySet, load_policies
+from gateway.identity.manager import IdentityManager
+from gateway.identity.store import PairStore
 from gateway.relay.relay import Relay, body_budget
 from gateway.relay.ssrf import own_addresses
 from gateway.relay.targets import TargetSet, load_targets
@@ -25,6 +27,7 @@ from gateway.tunnel.proxy import redact
 from gwcore import protocol as p
 from gwcore import status_file
 from gwcore.atomic import write_atomic
+from gwcore.control import ControlChannel
 from gwcore.streams import until_either
 
 log = logging.getLogger(__name__)
@@ -133,6 +136,9 @@ class Daemon:
         self.relay: Relay | None = None
         self.client: TunnelClient | None = None
         self.status = StatusWriter(config.status_file, config.status_interval)
+        # Control messages with the plane (docs/protocol.md §13): each room registers its handlers.
+        self.control = ControlChannel("gateway")
+        self.identity: IdentityManager | None = None
 
     def load_inventory(self) -> tuple[TargetSet, PolicySet]:
         """Targets and policies from the configured paths (GatewayError on bad input)."""
@@ -176,7 +182,43 @@ class Daemon:
 
     def _write_status(self) -> None:
         if self.client is not None:
-            self.status.write(self.client.report())
+            report = self.client.report()
+            if self.identity is not None:
+                report = self.identity.annotate(report)
+            self.status.write(report)
+
+    def _start_identity(self) -> IdentityManager:
+        """Certificate renewal, the plane's CA set and revocation (gateway.identity)."""
+        state_dir = self.config.state_dir
+
+        def client() -> TunnelClient:
+            assert self.client is not None
+            return self.client
+
+        async def rotate() -> bool:
+            try:
+                return await client().rotate(client_ssl_context(state_dir))
+            except GatewayError as exc:
+                log.error("identity: cannot load the new pair: %s", exc)
+                return False
+
+        def reload_trust() -> None:
+            try:
+                client().use_context(client_ssl_context(state_dir))
+            except GatewayError as exc:
+                log.error("identity: cannot load the new CA set: %s", exc)
+
+        identity = IdentityManager(
+            PairStore(state_dir),
+            self.control,
+            rotate=rotate,
+            reload_trust=reload_trust,
+            reject=lambda error, action, code: client().reject(error, action, code),
+            tunnel_up=lambda: client().state is State.CONNECTED,
+            on_change=self._write_status,
+        )
+        identity.register()
+        return identity
 
     def _on_state(self, state: State, reason: str) -> None:
         sd_notify(f"STATUS=tunnel {state}{': ' + reason if reason else ''}")
@@ -188,6 +230,7 @@ class Daemon:
         try:
             targets, policies = self.load_inventory()
             ssl_context = client_ssl_context(cfg.state_dir)
+            self.identity = self._start_identity()
         except GatewayError as exc:
             # The console shows why the gateway is not running, not a stale or missing report.
             self.status.write(
@@ -213,6 +256,7 @@ class Daemon:
             proxy_url=cfg.proxy_url,
             drain_timeout=cfg.drain_timeout,
             on_state=self._on_state,
+            control=self.control,
         )
         log.info(
             "gateway starting: plane %s, proxy %s, %d targets",
@@ -230,6 +274,7 @@ class Daemon:
         if interval is not None:
             self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
         self._tasks.append(asyncio.create_task(self._report_periodically(), name="status-report"))
+        self._tasks.append(asyncio.create_task(self.identity.run(), name="identity"))
         stop = asyncio.create_task(self._stop.wait(), name="stop-wait")
         try:
             await asyncio.wait({tunnel, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -248,6 +293,7 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self._tasks.clear()
+            await self.control.close()
             await self.relay.close()
             self._write_status()  # the last word: stopped, or rejected and why
 

@@ -34,6 +34,7 @@ ROOMS: dict[str, frozenset[str]] = {
     "gateway.filter": frozenset(),
     "gateway.tunnel": frozenset(),
     "gateway.relay": frozenset({"gateway.filter"}),
+    "gateway.identity": frozenset(),
 }
 # Modules of a room every other room may use: the package's error base.
 SHARED_IN_GATEWAY = frozenset({"gateway.errors"})
