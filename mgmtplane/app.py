@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hmac
 import logging
 import secrets
@@ -23,18 +24,13 @@ from gwcore.enrol import valid_reported_hostname
 from gwcore.pki import spki_sha256
 from gwcore.safeload import loads_json
 from mgmtplane import tls_alerts
-from mgmtplane.ca import (
-    CA_CERT_FILE,
-    CSRError,
-    PlaneCA,
-    cert_fingerprint,
-    ensure_server_cert,
-    load_csr,
-    load_or_create_ca,
-)
+from mgmtplane.ca import CSRError, cert_fingerprint, load_csr
 from mgmtplane.errors import PlaneError
-from mgmtplane.hub import ADMIT_KEY, HUB_KEY, setup_hub
+from mgmtplane.hub import HUB_KEY, setup_hub
+from mgmtplane.identity import IDENTITY_KEY, PlaneIdentity, build_server_context, setup_identity
 from mgmtplane.registry import GatewayRecord, Registry, state_lock
+from mgmtplane.rollover import load_ca_set
+from mgmtplane.settings import load_settings
 from mgmtplane.tokens import TokenError, TokenStore
 
 log = logging.getLogger(__name__)
@@ -54,7 +50,6 @@ class PlaneConfig:
 
 
 CONFIG_KEY = web.AppKey("plane_config", PlaneConfig)
-CA_KEY = web.AppKey("plane_ca", PlaneCA)
 TOKENS_KEY = web.AppKey("plane_tokens", TokenStore)
 REGISTRY_KEY = web.AppKey("plane_registry", Registry)
 ADMIN_TOKEN_KEY = web.AppKey("plane_admin_token", str)
@@ -90,24 +85,18 @@ def load_or_create_admin_token(state_dir: Path) -> str:
     return token
 
 
-def server_ssl_context(config: PlaneConfig) -> ssl.SSLContext:
-    """TLS server context: the plane's cert, and client certs requested (optional) against the plane CA.
+def server_ssl_context(config: PlaneConfig, app: web.Application | None = None) -> ssl.SSLContext:
+    """TLS server context: the plane's cert, and client certs requested (optional) against its CAs.
 
-    Also makes this process's asyncio send the TLS alert when it refuses a client certificate
-    (tls_alerts): the gateway stops only on an explicit refusal, never on a silent close.
+    With the app, the context follows the app's CA set (a CA rollover needs no restart:
+    mgmtplane.identity). Also makes this process's asyncio send the TLS alert when it refuses a
+    client certificate (tls_alerts): the gateway stops only on an explicit refusal, never on a
+    silent close.
     """
     tls_alerts.install()
-    ca = load_or_create_ca(config.state_dir)
-    cert_path, key_path = ensure_server_cert(ca, config.state_dir, config.server_hosts)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_path, key_path)
-    ctx.load_verify_locations(cafile=config.state_dir / CA_CERT_FILE)
-    # Optional: registration has no client cert yet; the tunnel route insists on one (the hub
-    # checks). A presented cert that does not chain to the plane CA, or has expired, fails the
-    # handshake with an alert (unknown_ca, certificate_expired) that the gateway acts on.
-    ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
+    if app is not None:
+        return app[IDENTITY_KEY].server_context()
+    return build_server_context(config.state_dir, config.server_hosts, load_ca_set(config.state_dir))
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -138,8 +127,9 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 async def get_ca(request: web.Request) -> web.Response:
-    """GET /v1/ca: the CA certificate (PEM); clients check its SPKI hash against their token."""
-    return web.Response(body=request.app[CA_KEY].cert_pem, content_type="application/x-pem-file")
+    """GET /v1/ca: the trusted CA certificates (PEM, the one tokens pin first); clients keep the one
+    whose SPKI hash their token carries."""
+    return web.Response(body=request.app[IDENTITY_KEY].cas.bundle_pem, content_type="application/x-pem-file")
 
 
 async def get_health(request: web.Request) -> web.Response:
@@ -148,7 +138,7 @@ async def get_health(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "status": "ok",
-            "ca_hash": request.app[CA_KEY].spki_hash,
+            "ca_hash": request.app[IDENTITY_KEY].cas.server.spki_hash,
             "connected": sum(1 for s in live.values() if s.get("connected")),
         }
     )
@@ -184,19 +174,30 @@ async def post_register(request: web.Request) -> web.Response:
         return json_error(400, "bad-csr", str(exc))
     key_hash = spki_sha256(csr)
     app = request.app
+    tokens, registry = app[TOKENS_KEY], app[REGISTRY_KEY]
+    stored = await _state_io(app, tokens.peek, secret)
+    # A token for an existing gateway (docs/operate.md) works only while the plane knows it.
+    for_gateway = stored.for_gateway if stored is not None and stored.used_at is None else None
+    if for_gateway and await _state_io(app, registry.get, for_gateway) is None:
+        message = f"gateway {for_gateway} is no longer registered with this plane"
+        return json_error(403, "gateway-unknown", message)
     try:
-        redemption = await _state_io(app, app[TOKENS_KEY].redeem, secret, key_hash, str(uuid.uuid4()))
+        redemption = await _state_io(app, tokens.redeem, secret, key_hash, str(uuid.uuid4()))
     except TokenError as exc:
         log.warning("registration refused from %s: %s", request.remote, exc.code)
         return json_error(exc.status, exc.code, str(exc))
-    ca = app[CA_KEY]
-    cert_pem = ca.sign_csr(csr_pem, redemption.gateway_id)
+    cas = app[IDENTITY_KEY].cas
+    settings = await _state_io(app, load_settings, app[CONFIG_KEY].state_dir)
+    # Signed by the CA the tokens pin (the server's): the client checks exactly that.
+    cert_pem = cas.server.sign_csr(
+        csr_pem, redemption.gateway_id, dt.timedelta(seconds=settings.cert_lifetime)
+    )
     cert = x509.load_pem_x509_certificate(cert_pem)
     registered_at = _utc_now_iso()
-    if redemption.replay:
-        # A resumed registration keeps the gateway's original registration time.
-        previous = await _state_io(app, app[REGISTRY_KEY].get, redemption.gateway_id)
-        registered_at = previous.registered_at if previous is not None else registered_at
+    previous = await _state_io(app, registry.get, redemption.gateway_id)
+    if previous is not None:
+        # A resumed registration, or an existing gateway enrolled again, keeps its registration time.
+        registered_at = previous.registered_at
     record = GatewayRecord(
         gateway_id=redemption.gateway_id,
         hostname=hostname or "",
@@ -204,12 +205,21 @@ async def post_register(request: web.Request) -> web.Response:
         cert_serial=format(cert.serial_number, "x"),
         cert_fingerprint=cert_fingerprint(cert),
         token_id=redemption.token_id[:12],
+        key_hash=key_hash,
+        issuer=cas.server.spki_hash,
+        cert_not_after=cert.not_valid_after_utc.replace(microsecond=0).isoformat(),
     )
-    await _state_io(app, app[REGISTRY_KEY].add, record)
+    await _state_io(app, registry.add, record)
     if redemption.replay:
         log.info("re-issued certificate for %s (same key redeemed its token again)", redemption.gateway_id)
+    elif previous is not None:
+        log.info("gateway %s enrolled again with a token made for it", redemption.gateway_id)
     return web.json_response(
-        {"gateway_id": redemption.gateway_id, "certificate": cert_pem.decode(), "ca": ca.cert_pem.decode()}
+        {
+            "gateway_id": redemption.gateway_id,
+            "certificate": cert_pem.decode(),
+            "ca": cas.server.cert_pem.decode(),
+        }
     )
 
 
@@ -244,19 +254,16 @@ async def get_gateway(request: web.Request) -> web.Response:
 
 
 async def admit_gateway(request: web.Request, gateway_id: str) -> tuple[str, str] | None:
-    """The hub's admission check: a certificate from our CA for a gateway the registry does not
-    know (removed, or a registry restored from before it registered) gets a 403, not a tunnel."""
-    record = await _state_io(request.app, request.app[REGISTRY_KEY].get, gateway_id)
-    if record is None:
-        return "gateway-unknown", f"gateway {gateway_id} is not registered with this plane"
-    return None
+    """The hub's admission check: every tunnel against the registry (mgmtplane.identity.admission):
+    an unknown, revoked or deleted gateway, or a certificate that is not its current one (nor the
+    one it renews from), gets a 403, not a tunnel."""
+    return await request.app[IDENTITY_KEY].admit(request, gateway_id)
 
 
 def create_app(config: PlaneConfig) -> web.Application:
     """The plane application; the CA and admin token are created in the state dir if missing."""
     app = web.Application(middlewares=[admin_auth])
     app[CONFIG_KEY] = config
-    app[CA_KEY] = load_or_create_ca(config.state_dir)
     app[TOKENS_KEY] = TokenStore(config.state_dir)
     app[REGISTRY_KEY] = Registry(config.state_dir)
     app[ADMIN_TOKEN_KEY] = load_or_create_admin_token(config.state_dir)
@@ -266,6 +273,9 @@ def create_app(config: PlaneConfig) -> web.Application:
     app.router.add_post("/v1/register", post_register)
     app.router.add_get("/v1/gateways", list_gateways)
     app.router.add_get("/v1/gateways/{gateway_id}", get_gateway)
-    app[ADMIT_KEY] = admit_gateway
     setup_hub(app)
+    identity = PlaneIdentity(
+        config.state_dir, config.server_hosts, app[REGISTRY_KEY], functools.partial(_state_io, app)
+    )
+    setup_identity(app, identity)
     return app

@@ -37,8 +37,10 @@ DEFAULT_SERVER_HOSTS = ("localhost", "127.0.0.1", "::1", "10.0.2.2")
 
 CA_VALIDITY = dt.timedelta(days=3650)
 SERVER_VALIDITY = dt.timedelta(days=397)
-CLIENT_VALIDITY = dt.timedelta(days=365)
-# Tolerate a gateway whose clock runs a little behind before NTP has synced.
+# The default; the plane's setting (mgmtplane.settings: cert_lifetime) is what signing uses.
+CLIENT_VALIDITY = dt.timedelta(days=90)
+# Tolerate a gateway whose clock runs a little behind before NTP has synced; at most a tenth of a
+# short lifetime, so that the renewal point (two thirds of not_before..not_after) stays in the future.
 BACKDATE = dt.timedelta(minutes=10)
 # A server cert this close to expiry is renewed at the next start.
 RENEW_BEFORE = dt.timedelta(days=30)
@@ -104,8 +106,11 @@ class PlaneCA:
     def _hash_alg(self) -> hashes.SHA256 | hashes.SHA384:
         return hashes.SHA384() if isinstance(self.key.curve, ec.SECP384R1) else hashes.SHA256()
 
-    def sign_csr(self, csr_pem: bytes | str, gateway_id: str) -> bytes:
-        """Sign a gateway CSR as a client certificate with CN = gateway_id; raises CSRError."""
+    def sign_csr(
+        self, csr_pem: bytes | str, gateway_id: str, lifetime: dt.timedelta = CLIENT_VALIDITY
+    ) -> bytes:
+        """Sign a gateway CSR as a client certificate with CN = gateway_id, valid for `lifetime`
+        (never past the CA's own end); raises CSRError."""
         try:
             gateway_uuid = uuid.UUID(gateway_id)
         except ValueError as exc:
@@ -118,8 +123,8 @@ class PlaneCA:
             .issuer_name(self.cert.subject)
             .public_key(csr.public_key())
             .serial_number(_serial())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(min(now + CLIENT_VALIDITY, self.cert.not_valid_after_utc))
+            .not_valid_before(now - min(BACKDATE, lifetime / 10))
+            .not_valid_after(min(now + lifetime, self.cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -146,6 +151,44 @@ class PlaneCA:
             )
         )
         cert = builder.sign(self.key, self._hash_alg())
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    def cross_sign(self, other: PlaneCA) -> bytes:
+        """A cross-certificate: `other`'s name and key, issued by this CA (PEM).
+
+        It is how a gateway that trusts this CA learns to trust `other` in a CA rollover
+        (docs/protocol.md §13.1): proof that whoever holds this CA's key vouches for the new one.
+        """
+        key = other.cert.public_key()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(other.cert.subject)
+            .issuer_name(self.cert.subject)
+            .public_key(key)
+            .serial_number(_serial())
+            .not_valid_before(max(other.cert.not_valid_before_utc, self.cert.not_valid_before_utc))
+            .not_valid_after(min(other.cert.not_valid_after_utc, self.cert.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+            )
+            .sign(self.key, self._hash_alg())
+        )
         return cert.public_bytes(serialization.Encoding.PEM)
 
     def issue_server_cert(self, hosts: Iterable[str]) -> tuple[bytes, bytes]:
@@ -199,6 +242,11 @@ def load_csr(csr_pem: bytes | str) -> x509.CertificateSigningRequest:
     return csr
 
 
+def new_ca() -> PlaneCA:
+    """A fresh CA (key and self-signed certificate), in memory."""
+    return _new_ca()
+
+
 def _new_ca() -> PlaneCA:
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
@@ -236,6 +284,17 @@ def _new_ca() -> PlaneCA:
         .sign(key, hashes.SHA256())
     )
     return PlaneCA(cert=cert, key=key)
+
+
+def load_ca_files(cert_path: Path, key_path: Path) -> PlaneCA:
+    """A CA from its two files; PlaneError on anything wrong with them."""
+    return _load_ca(cert_path, key_path)
+
+
+def write_ca(ca: PlaneCA, cert_path: Path, key_path: Path) -> None:
+    """Store a CA: the key first, so that a crash never leaves a certificate without its key."""
+    write_atomic(key_path, _key_pem(ca.key), mode=0o600)
+    write_atomic(cert_path, ca.cert_pem, mode=0o644)
 
 
 def _load_ca(cert_path: Path, key_path: Path) -> PlaneCA:

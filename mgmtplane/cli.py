@@ -21,10 +21,12 @@ from gwcore.cli import run_command
 from gwcore.enrol import encode_token
 from gwcore.errors import UserError
 from mgmtplane.app import PlaneConfig, create_app, load_or_create_admin_token, server_ssl_context
-from mgmtplane.ca import load_ca, server_cert_covers
+from mgmtplane.ca import server_cert_covers
 from mgmtplane.errors import PlaneError
 from mgmtplane.hub import HUB_KEY
+from mgmtplane.identity_cli import add_parsers as add_identity_parsers
 from mgmtplane.registry import Registry, read_json, write_json_atomic
+from mgmtplane.rollover import load_ca_set
 from mgmtplane.tokens import TokenStore, parse_ttl
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ async def serve(state_dir: Path, listen: str, advertise_url: str | None, sans: S
     hosts.extend(sans)
     config = PlaneConfig(state_dir=state_dir, server_hosts=tuple(h for h in hosts if h))
     app = create_app(config)
-    ssl_ctx = server_ssl_context(config)
+    ssl_ctx = server_ssl_context(config, app)
     write_json_atomic(state_dir / PLANE_FILE, {"url": advertise})
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -140,7 +142,11 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     """`mgmtplane token create`: print a new join token."""
     state_dir = Path(args.state_dir)
     ttl = parse_ttl(args.ttl)
-    ca = load_ca(state_dir)
+    ca = load_ca_set(
+        state_dir, create=False
+    ).server  # the CA the server certificate chains to: what tokens pin
+    if args.gateway and Registry(state_dir).get(args.gateway) is None:
+        raise PlaneError(f"--gateway: no registered gateway {args.gateway}", hint="see 'mgmtplane gateways'")
     url = _plane_url(state_dir, args.url)
     host = urlsplit(url).hostname or ""
     if server_cert_covers(state_dir, host) is False:
@@ -150,7 +156,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
             f" restart 'mgmtplane serve' with --san {host} (or --advertise-url)",
             file=sys.stderr,
         )
-    secret, expires_at = TokenStore(state_dir).create(ttl)
+    secret, expires_at = TokenStore(state_dir).create(ttl, for_gateway=args.gateway)
     print(encode_token(url, ca.spki_hash, secret, expires_at))
     return 0
 
@@ -160,7 +166,8 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     now = time.time()
     for record in TokenStore(Path(args.state_dir)).all():
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.expires_at))
-        print(f"{record.token_id[:12]}  {record.status(now):8}  expires {expires}  {record.gateway_id or ''}")
+        who = record.gateway_id or (f"for {record.for_gateway}" if record.for_gateway else "")
+        print(f"{record.token_id[:12]}  {record.status(now):8}  expires {expires}  {who}")
     return 0
 
 
@@ -220,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_state_dir(token.add_parser("create", help="print a new single-use join token"))
     p.add_argument("--ttl", default="1h", help="lifetime, e.g. 30s, 15m, 1h, 2d (%(default)s)")
     p.add_argument("--url", help="plane URL in the token (default: the URL 'serve' advertises)")
+    p.add_argument("--gateway", metavar="ID", help="enrol this existing gateway again (it keeps its id)")
     p.set_defaults(func=cmd_token_create)
     p = with_state_dir(token.add_parser("list", help="list tokens and their state"))
     p.set_defaults(func=cmd_token_list)
@@ -239,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-file", help="plane CA certificate (default: STATE_DIR/ca.pem)")
     p.add_argument("--token-file", help="file holding the admin token (default: STATE_DIR/admin-token)")
     p.set_defaults(func=cmd_forward)
+    add_identity_parsers(sub, with_state_dir)
     return parser
 
 

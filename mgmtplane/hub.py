@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import ssl
@@ -63,6 +64,18 @@ def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | 
     return None
 
 
+def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> bytes | None:
+    """The DER of a verified client certificate (None without one)."""
+    if ssl_object is None or not ssl_object.getpeercert():
+        return None
+    return ssl_object.getpeercert(binary_form=True)
+
+
+def der_fingerprint(der: bytes) -> str:
+    """`sha256:<hex>` of a certificate's DER, as the registry records it."""
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
 @dataclass
 class GatewaySession:
     """One gateway's tunnel (the latest one) and what the admin API shows about it."""
@@ -76,6 +89,12 @@ class GatewaySession:
     relayed: int = 0
     ws: web.WebSocketResponse | None = field(default=None, repr=False)
     control: ControlChannel | None = field(default=None, repr=False)
+    cert_der: bytes | None = field(default=None, repr=False)  # the client certificate it presented
+
+    @property
+    def cert_fingerprint(self) -> str | None:
+        """The fingerprint of the certificate this tunnel was admitted with."""
+        return der_fingerprint(self.cert_der) if self.cert_der is not None else None
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-friendly state for the admin API."""
@@ -108,10 +127,34 @@ class Hub:
         self._sessions: dict[str, GatewaySession] = {}
         self._closing = False
         self._control_handlers: dict[str, PlaneControlHandler] = {}
+        self._on_connect: list[Callable[[GatewaySession], None]] = []
 
     def register_control(self, kind: str, handler: PlaneControlHandler) -> None:
         """Serve gateways' control messages of `kind` (protocol §13); the handler gets the gateway id."""
         self._control_handlers[kind] = handler
+
+    def on_connect(self, callback: Callable[[GatewaySession], None]) -> None:
+        """Call `callback` with each new tunnel's session, once its mux has started."""
+        self._on_connect.append(callback)
+
+    def live(self) -> list[GatewaySession]:
+        """The current session of every connected gateway."""
+        return [s for s in self._sessions.values() if s.connected and s.mux is not None and not s.mux.closed]
+
+    def evict(self, gateway_id: str, notice: Message | None, message: str) -> bool:
+        """Close a gateway's live tunnel now (revocation): `notice` first if it takes control
+        messages, then GOAWAY, then the close; open streams fail. True if a tunnel was live."""
+        session = self._sessions.get(gateway_id)
+        mux = session.mux if session is not None else None
+        if session is None or mux is None or mux.closed:
+            return False
+        if notice is not None and session.control is not None:
+            session.control.send(notice)
+        mux.goaway(p.ErrorCode.GOING_AWAY, message)
+        mux.close(p.ErrorCode.GOING_AWAY, message)  # the writer flushes notice and GOAWAY first
+        session.last_error = message
+        log.warning("gateway %s: tunnel closed: %s", gateway_id, message)
+        return True
 
     def control(self, gateway_id: str) -> ControlChannel | None:
         """The control channel of a gateway's live tunnel, if it has one that takes control messages."""
@@ -148,6 +191,7 @@ class Hub:
             log.info("gateway %s: new tunnel replaces the old one", gateway_id)
             previous.mux.goaway(p.ErrorCode.GOING_AWAY, "replaced by a newer tunnel")
         session = GatewaySession(gateway_id, request.remote, datetime.now(UTC), ws=ws)
+        session.cert_der = peer_certificate(transport.get_extra_info("ssl_object") if transport else None)
         control = ControlChannel(f"hub[{gateway_id[:8]}]")
         for kind, handler in self._control_handlers.items():
             control.register(kind, functools.partial(handler, gateway_id))
@@ -167,6 +211,8 @@ class Hub:
         self._sessions[gateway_id] = session
         log.info("gateway %s: tunnel up from %s", gateway_id, request.remote)
         mux.start()
+        for callback in self._on_connect:
+            callback(session)
         receiver = asyncio.create_task(self._receive(ws, mux))
         try:
             await until_either(receiver, closed)
@@ -178,7 +224,7 @@ class Hub:
             session.connected = False
             if reason is not None and reason[0] not in (p.ErrorCode.NO_ERROR, p.ErrorCode.GOING_AWAY):
                 session.last_error = f"{reason[0]}: {reason[1]}"
-            elif ws.close_code not in (None, 1000, 1001):
+            elif ws.close_code not in (None, 1000, 1001) and session.last_error is None:
                 session.last_error = f"WebSocket closed with code {ws.close_code}"
             log.info("gateway %s: tunnel down (%s)", gateway_id, session.last_error or "closed")
         return ws

@@ -63,6 +63,9 @@ class TokenRecord:
     used_at: int | None = None
     gateway_id: str | None = None
     key_hash: str | None = None  # SPKI hash of the key that redeemed it
+    # Made for an existing gateway (`token create --gateway ID`): it enrols that id again, e.g.
+    # after a revocation or an outage past the certificate's expiry.
+    for_gateway: str | None = None
 
     def status(self, now: float) -> str:
         """`used`, `expired` or `valid`."""
@@ -78,6 +81,7 @@ class TokenRecord:
             "used_at": self.used_at,
             "gateway_id": self.gateway_id,
             "key_hash": self.key_hash,
+            "for_gateway": self.for_gateway,
         }
 
 
@@ -113,6 +117,7 @@ class TokenStore:
                     used_at=None if raw.get("used_at") is None else int(raw["used_at"]),
                     gateway_id=raw.get("gateway_id"),
                     key_hash=raw.get("key_hash"),
+                    for_gateway=raw.get("for_gateway"),
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 raise PlaneError(f"{self.path}: tokens.{token_id[:12]}: malformed record ({exc})") from exc
@@ -122,8 +127,9 @@ class TokenStore:
         # 0600: the hashes alone do not grant anything, but nobody else needs to read them.
         write_json_atomic(self.path, {"tokens": {k: r.to_json() for k, r in records.items()}}, mode=0o600)
 
-    def create(self, ttl_seconds: int) -> tuple[str, int]:
-        """Mint a token secret valid for `ttl_seconds`; returns (secret, expires_at unix time)."""
+    def create(self, ttl_seconds: int, for_gateway: str | None = None) -> tuple[str, int]:
+        """Mint a token secret valid for `ttl_seconds`, for a new gateway or to enrol `for_gateway`
+        again; returns (secret, expires_at unix time)."""
         now = self._clock()
         secret = secrets.token_urlsafe(32)
         # Round the expiry up so a token never lives shorter than asked.
@@ -131,16 +137,24 @@ class TokenStore:
         token_id = secret_id(secret)
         with state_lock(self.state_dir):
             records = {k: r for k, r in self._load().items() if r.expires_at + RETENTION_SECONDS > now}
-            records[token_id] = TokenRecord(token_id=token_id, created_at=int(now), expires_at=expires_at)
+            records[token_id] = TokenRecord(
+                token_id=token_id, created_at=int(now), expires_at=expires_at, for_gateway=for_gateway
+            )
             self._save(records)
-        log.info("created join token %s, expires at %s", token_id[:12], expires_at)
+        for_whom = f" for gateway {for_gateway}" if for_gateway else ""
+        log.info("created join token %s%s, expires at %s", token_id[:12], for_whom, expires_at)
         return secret, expires_at
+
+    def peek(self, secret: str) -> TokenRecord | None:
+        """The stored record of a token secret, or None (nothing is consumed)."""
+        return self._load().get(secret_id(secret))
 
     def redeem(self, secret: str, key_hash: str, new_gateway_id: str) -> Redemption:
         """Consume a token once for the key `key_hash`; raises TokenError (unknown, used or expired).
 
-        The same key may redeem its own token again: a gateway that lost power after the plane
-        signed but before it stored the certificate can then finish without a new token.
+        The gateway id is `new_gateway_id`, or the one the token was made for. The same key may
+        redeem its own token again: a gateway that lost power after the plane signed but before it
+        stored the certificate can then finish without a new token.
         """
         token_id = secret_id(secret)
         with state_lock(self.state_dir):
@@ -156,16 +170,18 @@ class TokenStore:
                 raise TokenError("token-used", "join token was already used", 403)
             if status == "expired":
                 raise TokenError("token-expired", "join token has expired", 410)
+            gateway_id = record.for_gateway or new_gateway_id
             records[token_id] = TokenRecord(
                 token_id=token_id,
                 created_at=record.created_at,
                 expires_at=record.expires_at,
                 used_at=int(now),
-                gateway_id=new_gateway_id,
+                gateway_id=gateway_id,
                 key_hash=key_hash,
+                for_gateway=record.for_gateway,
             )
             self._save(records)
-        return Redemption(gateway_id=new_gateway_id, token_id=token_id, replay=False)
+        return Redemption(gateway_id=gateway_id, token_id=token_id, replay=False)
 
     def all(self) -> list[TokenRecord]:
         """Every stored token record, newest first."""

@@ -76,7 +76,7 @@ def test_sign_csr_makes_a_client_cert(ca: PlaneCA) -> None:
     assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    assert dt.timedelta(days=300) < lifetime <= dt.timedelta(days=366)
+    assert dt.timedelta(days=90) < lifetime <= dt.timedelta(days=90, minutes=10)  # the default lifetime
     assert cert.not_valid_before_utc < dt.datetime.now(dt.UTC)
 
 
