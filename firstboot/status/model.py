@@ -37,6 +37,7 @@ class StatusInfo:
     configured: bool
     notes: tuple[str, ...] = field(default=())
     relayed: str = ""  # streams, when the gateway reported them
+    identity: str = ""  # the certificate: until when, renewal, revoked or expired (docs/operate.md)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -71,6 +72,28 @@ def describe_tunnel(report: status_file.TunnelReport, now: float, stale: str | N
     if state == "stopped":
         return f"stopped{_when(report.since, 'at')}"
     return state  # a state from a newer gateway: shown as it is
+
+
+def describe_identity(report: status_file.TunnelReport) -> str:
+    """The Identity line for a report (pure); empty when the gateway says nothing about it."""
+    until = _when(report.cert_not_after, "until").strip()
+    state = report.identity
+    if state == "revoked":
+        return "REVOKED by the plane: enrol again with a new join token (menu: Re-register)"
+    if state == "expired":
+        return f"EXPIRED: the certificate{_when(report.cert_not_after, 'ran out on')} (menu: Re-register)"
+    if state == "refused":
+        return "REFUSED by the plane (see Tunnel): enrol again with a new join token (menu: Re-register)"
+    if not until:
+        return ""
+    line = f"certificate valid {until}"
+    if state == "renewal-unavailable":
+        why = report.renew_error or "the plane does not renew it"
+        return f"{line}; NOT renewed ({why}): re-register before then"
+    if state == "renewal-failing":
+        return f"{line}; renewal failing, retrying: {report.renew_error or 'unknown error'}"
+    renews = _when(report.renew_at, "renews from")
+    return f"{line}{',' + renews if renews else ''}"
 
 
 def _pid_alive(system: System, pid: int | None) -> bool | None:
@@ -109,6 +132,7 @@ def gather(system: System, now: float | None = None) -> StatusInfo:
             pass
     notes: list[str] = []
     relayed = ""
+    identity = ""
     report = status_file.decode(_read_json(system.path(STATUS_FILE)))
     if report is None:
         tunnel, last_error, targets = "unknown (the gateway has not reported)", "", "?"
@@ -120,6 +144,7 @@ def gather(system: System, now: float | None = None) -> StatusInfo:
             last_error = "the reason it stopped, above"
         targets = str(report.targets) if report.targets is not None else "?"
         relayed = f"{report.relayed} calls since the gateway started, {report.streams_open} open"
+        identity = describe_identity(report)
         plane_url = plane_url or report.plane_url
         if report.action and stale is None:
             notes.append(f"What to do: {report.action}")
@@ -140,6 +165,7 @@ def gather(system: System, now: float | None = None) -> StatusInfo:
         configured=applier.is_done(system),
         notes=tuple(notes),
         relayed=relayed,
+        identity=identity,
     )
 
 
@@ -154,6 +180,10 @@ def render(info: StatusInfo) -> list[str]:
     lines += [
         f"Plane:        {info.plane_url}",
         f"Gateway id:   {info.gateway_id}",
+    ]
+    if info.identity:
+        lines.append(f"Identity:     {info.identity}")
+    lines += [
         f"Service:      {info.service}",
         f"Tunnel:       {info.tunnel}",
         f"Targets:      {info.targets}",
