@@ -12,7 +12,7 @@ from firstboot.status.model import (
     gather,
     keep_network,
     render,
-    reregister,
+    reregister_words,
     revert_network,
     try_network,
 )
@@ -38,7 +38,7 @@ def line_console(
         out.flush()
         token = inp.readline().strip()
         if token:
-            say(f"Registered as gateway {reregister(system, token)}")
+            say(reregister_words(system, token))
 
     def do_bundle() -> None:
         say(f"Support bundle written to {create_bundle(system)}")

@@ -205,8 +205,20 @@ def current_settings(system: System) -> Settings | None:
     return applier.saved_settings(system)
 
 
+def reregister_words(system: System, token: str) -> str:
+    """reregister(), said for the console: the id, and whether the plane kept the old one."""
+    before = str((_read_json(system.path("/var/lib/gateway/identity.json")) or {}).get("gateway_id", ""))
+    gateway_id = reregister(system, token)
+    same = " (the same gateway id as before)" if gateway_id == before else ""
+    return f"Registered as gateway {gateway_id}{same}"
+
+
 def reregister(system: System, token: str, *, proxy_url: str | None = None) -> str:
-    """Register with a new token in a fresh directory, swap it in, rewrite the config, restart the gateway."""
+    """Register with a new token in a fresh directory, swap it in, rewrite the config, restart the gateway.
+
+    This is also how an appliance revoked by the plane, or back after an outage longer than its
+    certificate's life, is enrolled again: a token made with `mgmtplane token create --gateway ID`
+    gives it back its id (docs/operate.md)."""
     old = current_settings(system)
     values = old.raw() if old is not None else {}
     values["gateway.join_token"] = token

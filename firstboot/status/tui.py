@@ -169,8 +169,8 @@ class StatusConsole:
             self.body([urwid.Text("Registering ...")])
 
             def work() -> None:
-                gid = status.reregister(self.system, token)
-                self.post(lambda: self.say(f"Registered as gateway {gid}; the gateway restarts.", "ok"))
+                words = status.reregister_words(self.system, token)
+                self.post(lambda: self.say(f"{words}; the gateway restarts.", "ok"))
 
             def failed(exc: UserError) -> None:
                 why = explain_error(exc)

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 RENEW_TIMEOUT = 30.0
 POLL = 0.25  # how often the manager looks whether a tunnel that takes control messages is up
+LOOK = 2.0  # between renewals: how often it looks whether the plane takes control messages
+NO_CONTROL = "the plane does not take control messages (no control.1 in its HELLO)"
 
 # Identity states in the status file (docs/status-file.md).
 VALID = "valid"
@@ -176,11 +178,22 @@ class IdentityManager:
                 self._on_change()
 
     async def _sleep_until(self, when: float) -> None:
-        # In slices: the wall clock may jump (NTP), and a ca-update may ask for an early renewal.
+        # In slices: the wall clock may jump (NTP), a ca-update may ask for an early renewal, and
+        # an operator should learn long before the renewal is due that this plane will not renew.
         while (left := when - self._clock()) > 0 and not self._wake.is_set():
+            self._observe()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(left, 60.0))
+                await asyncio.wait_for(self._wake.wait(), min(left, LOOK))
         self._wake.clear()
+
+    def _observe(self) -> None:
+        """Whether the tunnel that is up can carry a renewal (an older plane's cannot)."""
+        if self.control.ready:
+            if self.state == RENEWAL_UNAVAILABLE and self.renew_error == NO_CONTROL:
+                self.state, self.renew_error = VALID, None
+                self._on_change()
+        elif self._tunnel_up():
+            self._unavailable(NO_CONTROL)
 
     async def _channel(self) -> bool:
         """Wait for a tunnel that takes control messages; False (after a pause) if the plane cannot renew."""
@@ -188,7 +201,7 @@ class IdentityManager:
             if self._tunnel_up():
                 # Connected, yet no control.1 in the plane's HELLO: an older plane. Its certificates
                 # are not renewed; the console shows until when this one lasts.
-                self._unavailable("the plane does not take control messages (no control.1 in its HELLO)")
+                self._unavailable(NO_CONTROL)
                 await asyncio.sleep(max(POLL, min(60.0, self.period * schedule.CAP_FRACTION)))
                 return False
             await asyncio.sleep(POLL)

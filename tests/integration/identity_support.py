@@ -41,6 +41,11 @@ def mgmtplane(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return plane_helpers.run("mgmtplane", *args, "--state-dir", str(state_dir))
 
 
+async def amgmtplane(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """mgmtplane() off the event loop (calls in flight through it must not stall meanwhile)."""
+    return await asyncio.to_thread(mgmtplane, state_dir, *args)
+
+
 def registry(plane: plane_helpers.Plane) -> dict[str, Any]:
     """gateways.json as the plane keeps it."""
     return dict(json.loads((plane.state_dir / "gateways.json").read_text()))
@@ -210,3 +215,34 @@ def summary(values: list[float]) -> str:
     if not values:
         return "none"
     return f"min {min(values):.3f} s, median {statistics.median(values):.3f} s, max {max(values):.3f} s"
+
+
+def reenrol_from_console(root: Path, token: str) -> str:
+    """The status console's menu in line mode (as on the serial console): Re-register with `token`;
+    returns what it said ("Registered as gateway ...")."""
+    import sys
+
+    import pexpect
+
+    from tests.integration.wizard_helpers import env
+
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "firstboot", "--root", str(root), "status"],
+        env=env(TERM="dumb"),
+        encoding="utf-8",
+        timeout=60,
+    )
+    try:
+        child.expect_exact("Choice: ")
+        child.sendline("2")
+        child.expect_exact("New join token: ")
+        child.sendline(token)
+        child.expect(r"(Registered as gateway [^\r\n]*|FAILED: [^\r\n]*)")
+        said = str(child.match.group(1))
+        child.expect_exact("Choice: ")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    return said
