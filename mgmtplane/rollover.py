@@ -128,8 +128,10 @@ def _load_unlocked(state_dir: Path) -> CASet:
 
 def load_ca_set(state_dir: Path, create: bool = True) -> CASet:
     """The CA set of the state dir (creating the first CA on first use, if `create`)."""
-    if create:
-        load_or_create_ca(state_dir)  # takes the lock itself
+    if not (state_dir / CA_CERT_FILE).exists() and create:
+        # Only when missing: during retire, ca.pem and ca-key.pem may be out of step for a moment
+        # (the phase file says to read the new CA from ca-next*), which loading them would refuse.
+        load_or_create_ca(state_dir)  # takes the lock itself and checks again
     elif not (state_dir / CA_CERT_FILE).exists():
         raise PlaneError(
             f"{state_dir}: no plane CA here", hint="run 'mgmtplane serve --state-dir' once to create it"
@@ -144,7 +146,7 @@ def _now_iso() -> str:
 
 def start(state_dir: Path) -> CASet:
     """Phase `added`: a new CA, trusted beside the old one and vouched for by it."""
-    load_or_create_ca(state_dir)
+    load_ca_set(state_dir)  # the first CA, if there is none yet
     with state_lock(state_dir):
         current = _load_unlocked(state_dir)
         if current.phase != NONE:
