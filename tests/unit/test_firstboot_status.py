@@ -281,3 +281,46 @@ def test_status_says_when_the_report_is_stale(tmp_path: Path) -> None:
     lines = tunnel_lines(system)
     assert lines[0] == "Tunnel:       unknown: last report 15 min ago (it said: connected)"
     assert not any(line.startswith("What to do:") for line in lines)
+
+
+def identity_line(system: System) -> str | None:
+    return next((line for line in render(gather(system, now=NOW)) if line.startswith("Identity:")), None)
+
+
+@pytest.mark.parametrize(
+    ("fields", "line"),
+    [
+        ({}, None),  # a gateway from before renewal says nothing: no line
+        (
+            {"identity": "valid", "cert_not_after": NOW + 90 * 86400, "renew_at": NOW + 60 * 86400},
+            "Identity:     certificate valid until 2024-02-12 22:13:20 UTC,"
+            " renews from 2024-01-13 22:13:20 UTC",
+        ),
+        (
+            {
+                "identity": "renewal-failing",
+                "cert_not_after": NOW + 86400,
+                "renew_error": "the plane answered busy",
+            },
+            "Identity:     certificate valid until 2023-11-15 22:13:20 UTC; renewal failing, retrying:"
+            " the plane answered busy",
+        ),
+        (
+            {"identity": "renewal-unavailable", "cert_not_after": NOW + 86400, "renew_error": "no control.1"},
+            "Identity:     certificate valid until 2023-11-15 22:13:20 UTC; NOT renewed (no control.1):"
+            " re-register before then",
+        ),
+        (
+            {"identity": "revoked", "state": "rejected", "cert_not_after": NOW + 86400},
+            "Identity:     REVOKED by the plane: enrol again with a new join token (menu: Re-register)",
+        ),
+        (
+            {"identity": "expired", "state": "rejected", "cert_not_after": NOW - 86400},
+            "Identity:     EXPIRED: the certificate ran out on 2023-11-13 22:13:20 UTC (menu: Re-register)",
+        ),
+    ],
+)
+def test_status_shows_the_identity(tmp_path: Path, fields: dict[str, object], line: str | None) -> None:
+    system = configured(tmp_path)
+    write_report(system, **{"state": "connected", "updated_at": NOW - 1, **fields})
+    assert identity_line(system) == line

@@ -141,3 +141,36 @@ def test_the_hubs_words_are_cleaned() -> None:
     assert verdict.stop and "\x1b" not in verdict.error and "\n" not in verdict.error
     assert len(verdict.error) < 400
     assert clean("a\tb\x00c") == "a b c"
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "says"),
+    [
+        (
+            upgrade_refused(403, "gateway-revoked: revoked at noon"),
+            "revoked",
+            "revoked by the plane (HTTP 403",
+        ),
+        (
+            upgrade_refused(403, "gateway-deleted: gone"),
+            "revoked",
+            "revoked by the plane: the gateway was deleted",
+        ),
+        (upgrade_refused(403, "certificate-superseded: newer"), "superseded", "it issued a newer one"),
+        (upgrade_refused(403, "gateway-unknown: g"), "unknown-gateway", "HTTP 403 gateway-unknown"),
+        (upgrade_refused(403, "something-else: x"), "refused", "the plane refused this gateway"),
+        (alert("SSLV3_ALERT_CERTIFICATE_EXPIRED"), "expired", "has expired"),
+        (alert("SSLV3_ALERT_CERTIFICATE_REVOKED"), "revoked", "revoked our client certificate"),
+        (alert("TLSV1_ALERT_UNKNOWN_CA"), "unknown-ca", "unknown_ca"),
+        (verify_failed(20, "unable to get local issuer certificate"), "pin", "pinned at registration"),
+    ],
+)
+def test_each_stop_carries_a_code_the_console_keys_on(exc: BaseException, code: str, says: str) -> None:
+    verdict = classify(exc)
+    assert verdict.stop and verdict.code == code and says in verdict.error, verdict
+    if code in ("revoked", "expired", "superseded"):
+        assert verdict.action is not None and "mgmtplane token create --gateway ID" in verdict.action
+
+
+def test_retried_failures_carry_no_stop_code() -> None:
+    assert all(classify(exc).code is None for exc, _ in RETRIES)

@@ -40,7 +40,9 @@ def full_report(**changes: object) -> TunnelReport:
 
 
 def test_round_trip_and_the_bytes_on_disk() -> None:
-    report = full_report(stop_reason="why", action="what to do")
+    identity = {"stop_code": "revoked", "identity": "revoked", "cert_not_after": NOW + 86400,
+                "renew_at": NOW + 3600, "renewals": 3, "renew_error": "busy"}  # fmt: skip
+    report = full_report(stop_reason="why", action="what to do", **identity)
     data = encode(report)
     assert data.endswith(b"\n") and data.count(b"\n") == 1
     parsed = json.loads(data)
@@ -78,6 +80,12 @@ def test_a_newer_file_keeps_what_this_reader_knows() -> None:
         ("last_error", 7),
         ("plane_url", None),
         ("targets", {"n": 1}),
+        ("stop_code", 3),
+        ("identity", ["revoked"]),
+        ("cert_not_after", "2026-12-01"),
+        ("renew_at", float("inf")),
+        ("renewals", -2),
+        ("renew_error", {"why": 1}),
     ],
 )
 def test_a_mistyped_field_takes_its_default_and_hides_nothing_else(field: str, bad: object) -> None:

@@ -1,4 +1,4 @@
-"""First boot end to end: the built image registers with a real plane and relays, filtered.
+"""First boot end to end: the built image registers with a real plane, relays filtered, renews.
 
 The plane and a target run on the host's loopback; the guest reaches them as 10.0.2.100:PORT
 through QEMU user networking's guest forwards (and nothing else: restrict=on).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -16,8 +17,10 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pytest
@@ -26,6 +29,7 @@ from appliance.ovf import render_ovf_environment
 from appliance.qemu import HOST_ALIAS, BootOptions, Forward, accelerator, qemu_command
 from appliance.smoke import console_text
 from appliance.spec import Firmware, Spec
+from tests.integration.identity_support import set_lifetime, tunnels_up
 from tests.integration.plane_helpers import Plane, free_port
 
 from .conftest import BUILD
@@ -189,29 +193,84 @@ def stop(proc: subprocess.Popen[bytes], workdir: Path, timeout: float = 300) -> 
             proc.wait()
 
 
-def test_seeded_by_smbios_registers_relays_filtered_and_survives_reboot(
+def gateway_record(plane: Plane, gateway_id: object) -> dict[str, Any]:
+    status, body, _ = admin_get(plane, f"/v1/gateways/{gateway_id}")
+    assert status == 200, body
+    return dict(json.loads(body))
+
+
+def relay_nova(plane: Plane, gateway_id: object) -> tuple[int, bytes, dict[str, str]]:
+    return admin_get(plane, f"/v1/gateways/{gateway_id}/targets/nova/v2.1/servers/detail")
+
+
+# The first certificate is short-lived: the appliance renews it in this boot, about two thirds into
+# its life (two minutes), with the tunnel and relayed calls going on. What it renews to is the
+# plane's normal lifetime again, so the reboot below finds a valid certificate.
+FIRST_LIFETIME = "180s"
+
+
+def test_seeded_by_smbios_registers_relays_filtered_renews_and_survives_reboot(
     artifacts: dict[str, Path], plane: Plane, target: int, tmp_path: Path
 ) -> None:
     disk = overlay(artifacts["qcow2"], tmp_path / "disk.qcow2")
-    creds = {
-        "gateway.join_token": plane.token(),
-        "network.hostname": "gw-e2e",
-        "tmpfiles.extra": targets_credential(target),
-    }
-    t0 = time.monotonic()
-    guest = Guest(disk, tmp_path, (plane.port, target), credentials=creds)
-    proc = run_qemu(guest)
+    set_lifetime(plane.state_dir, FIRST_LIFETIME)
+    try:
+        creds = {
+            "gateway.join_token": plane.token(),
+            "network.hostname": "gw-e2e",
+            "tmpfiles.extra": targets_credential(target),
+        }
+        t0 = time.monotonic()
+        guest = Guest(disk, tmp_path, (plane.port, target), credentials=creds)
+        proc = run_qemu(guest)
+    except BaseException:
+        set_lifetime(plane.state_dir, "90d")
+        raise
     try:
         wait_for(lambda: bool(connected_gateways(plane)), 900, "the tunnel to come up", guest.console)
+        set_lifetime(plane.state_dir, "90d")  # what the renewal gets
         connect_s = time.monotonic() - t0
         (gw,) = connected_gateways(plane)
         gw_id = gw["gateway_id"]
-        status, body, headers = admin_get(plane, f"/v1/gateways/{gw_id}/targets/nova/v2.1/servers/detail")
+        status, body, headers = relay_nova(plane, gw_id)
         assert status == 200, body
         assert b"web-01" in body and b"9f1c1d2e" in body  # metadata passes
         assert CANARY.encode() not in body and b"CANARY-userdata" not in body  # secrets do not
         assert "removed=" in headers.get("X-Gateway-Filter", ""), headers
         print(f"power-on to connected tunnel: {connect_s:.0f}s under {guest.cmd[2].upper()}")
+
+        # The renewal, with relayed calls going on all through it.
+        first = gateway_record(plane, gw_id)
+        calls: list[int] = []
+        halt = threading.Event()
+
+        def keep_calling() -> None:
+            while not halt.is_set():
+                calls.append(relay_nova(plane, gw_id)[0])
+                halt.wait(2)
+
+        caller = threading.Thread(target=keep_calling, daemon=True)
+        caller.start()
+        try:
+            wait_for(lambda: gateway_record(plane, gw_id).get("renewals", 0) >= 1, 600,
+                     "the appliance to renew its certificate", guest.console)  # fmt: skip
+            wait_for(
+                lambda: len(tunnels_up(plane, str(gw_id))) >= 2, 120, "the tunnel on the new certificate"
+            )
+            halt.wait(6)  # a few calls on the new tunnel too
+        finally:
+            halt.set()
+            caller.join(timeout=60)
+        renewed = gateway_record(plane, gw_id)
+        assert renewed["connected"] and renewed["cert_fingerprint"] != first["cert_fingerprint"], renewed
+        until = datetime.fromisoformat(str(renewed["cert_not_after"]))
+        assert until > datetime.now(UTC) + timedelta(days=80), until  # the plane's normal lifetime now
+        assert calls and all(code == 200 for code in calls), calls
+        tunnels = tunnels_up(plane, str(gw_id))
+        assert len(tunnels) == 2, tunnels  # one new tunnel for the renewal, no reconnects
+        signed = renewal_signed_at(plane, str(gw_id))
+        print(f"renewal of the {FIRST_LIFETIME} certificate: new tunnel up {tunnels[1] - signed:.2f}s"
+              f" after the plane signed; {len(calls)} relayed calls during it, all 200")  # fmt: skip
     finally:
         stop(proc, tmp_path)
     registered = json.loads((plane.state_dir / "gateways.json").read_text())
@@ -283,6 +342,13 @@ def test_wrong_ca_hash_is_refused_on_the_console(
     finally:
         stop(proc, tmp_path, timeout=60)
     assert "possible interception" in guest.console()
+
+
+def renewal_signed_at(plane: Plane, gateway_id: str) -> float:
+    """When the plane signed the gateway's (first) renewal, from its log."""
+    pattern = re.compile(rf"^(\S+ \S+) \w+ mgmtplane\.identity: gateway {gateway_id}: renewed", re.MULTILINE)
+    (stamp, *_rest) = pattern.findall(plane.log_path.read_text())
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def ssh_keypair(tmp_path: Path) -> tuple[Path, str]:
