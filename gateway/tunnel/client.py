@@ -312,6 +312,12 @@ class TunnelClient:
             self._handover = None
             if not handover.done():
                 handover.cancel()
+            elif not handed_over and not handover.cancelled():
+                # The old connection ended just as a new one was handed over: end that one too
+                # (the run loop reconnects, with the new identity).
+                orphan = handover.result()
+                orphan.mux.close(p.ErrorCode.CANCELLED, "tunnel connection lost")
+                await end_connection(orphan.mux, orphan.ws.close, orphan.receiver, None)
             if not handed_over:
                 self._current = None
                 if self.control is not None:
@@ -364,8 +370,14 @@ class TunnelClient:
                 await end_connection(new.mux, new.ws.close, new.receiver, None)
                 return True
             handover.set_result(new)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(new.serving.wait(), self.connect_timeout)
+            # Until the serve loop uses it (or it ended with the old one: the run loop reconnects).
+            waits = [asyncio.create_task(new.serving.wait()), asyncio.create_task(new.closed.wait())]
+            try:
+                await asyncio.wait(waits, timeout=self.connect_timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
             return True
         finally:
             self._rotating = False
