@@ -1,4 +1,5 @@
-"""Pure text hygiene for settings, the wizard and the support bundle: URL passwords, control characters."""
+"""Pure text hygiene for settings, the wizard and the support bundle: URL passwords, control
+characters, and the support bundle's structured redaction (secret keys, join tokens)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,54 @@ def printable(text: str) -> str:
     if first_unprintable(text) is None:
         return text
     return "".join(ch if ch == " " or ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+# --- structured redaction: the support bundle's one rule, shared by first boot's console and the
+# gateway (docs/firstboot.md "support bundle"). Pure, like cloud-init's redact_sensitive_keys().
+
+REDACTED = "<redacted>"
+_SECRET_KEY = re.compile(r"(pass|secret|token|key|hash|authorization|cookie)", re.IGNORECASE)
+_JOIN_TOKEN = re.compile(r"GWJ1\.[A-Za-z0-9_-]+")
+
+
+def redact_text(text: str) -> str:
+    """Redact URL passwords (up to the last '@' of each URL) and join tokens in free text."""
+    return _JOIN_TOKEN.sub("GWJ1." + REDACTED, mask_url_passwords(text, REDACTED))
+
+
+def redact_value(value: str) -> str:
+    """Redact one structured value: a value that starts with a URL is that URL, spaces and all."""
+    return _JOIN_TOKEN.sub("GWJ1." + REDACTED, mask_url_value(value, REDACTED))
+
+
+def redact(data: object) -> object:
+    """Redact values under secret-looking keys, recursively, and URL passwords and tokens in strings."""
+    if isinstance(data, dict):
+        return {
+            k: REDACTED if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [redact(v) for v in data]
+    if isinstance(data, str):
+        return redact_value(data)
+    return data
+
+
+def redact_file(name: str, raw: bytes) -> bytes:
+    """Redact a file by its format: YAML and JSON structurally, everything else as text."""
+    import json
+
+    from gwcore.safeload import loads_json, loads_yaml  # the parsers only when a file is redacted
+
+    text = raw.decode("utf-8", "replace")
+    try:
+        if name.endswith(".json"):
+            return (json.dumps(redact(loads_json(text)), indent=2) + "\n").encode()
+        if name.endswith((".yaml", ".yml")):
+            import yaml  # here: the support bundle is rare, and PyYAML is slow to import
+
+            return yaml.safe_dump(redact(loads_yaml(text)), sort_keys=False).encode()
+    except (ValueError, RecursionError):  # ParseError; RecursionError: deeper than redact() goes
+        pass
+    return redact_text(text).encode()

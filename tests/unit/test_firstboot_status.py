@@ -13,11 +13,12 @@ from firstboot import apply as applier
 from firstboot.errors import FirstbootError, Reason
 from firstboot.settings import build
 from firstboot.status.model import gather, render
-from firstboot.support import create_bundle, redact, redact_text
+from firstboot.support import create_bundle
 from firstboot.system import System
 from firstboot.wizard.cli import want_line_mode
 from firstboot.wizard.flow import explain, explain_error
 from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, WizardModel, load_answers
+from gwcore.redact import redact, redact_text
 from tests.unit.test_firstboot_apply import make_root
 from tests.unit.test_firstboot_settings import SHA512, make_token
 
@@ -101,6 +102,25 @@ def test_support_bundle_is_private_and_redacted(tmp_path: Path) -> None:
     assert state["settings"]["admin.password_hash"] == "<redacted>"
     assert json.loads(blobs["bundle/var/lib/gateway/identity.json"])["gateway_id"] == "g-1"
     assert ["journalctl", "-b", "--no-pager", "-o", "short-iso", "-n", "20000"] in system.recorded
+
+
+def test_the_console_keeps_only_the_newest_bundles(tmp_path: Path) -> None:
+    system = configured(tmp_path)
+    out = system.root / "var/lib/gateway-support"
+    out.mkdir(parents=True)
+    for day in range(1, 9):  # eight older bundles, as years of pressing the menu item would leave
+        (out / f"support-2024010{day}-120000.tar.gz").write_bytes(b"old")
+    (out / "notes.txt").write_text("not a bundle: kept")
+    newest = create_bundle(system)
+    left = sorted(p.name for p in out.iterdir())
+    assert left == [
+        "notes.txt",
+        "support-20240105-120000.tar.gz",
+        "support-20240106-120000.tar.gz",
+        "support-20240107-120000.tar.gz",
+        "support-20240108-120000.tar.gz",
+        newest.name,
+    ]
 
 
 def test_redaction_is_pure_and_recursive() -> None:

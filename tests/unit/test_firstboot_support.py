@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from firstboot.support import REDACTED, redact, redact_file, redact_text
 from gwcore.deploy import mask_url, validate_proxy_url
+from gwcore.redact import REDACTED, redact, redact_file, redact_text
 
 R = REDACTED
 TABLE = [

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from firstboot.errors import FirstbootError
-from firstboot.support import redact_file
 from firstboot.wizard.model import load_answers
 from gateway.config import load_config
 from gateway.errors import GatewayError
@@ -16,6 +15,7 @@ from gateway.filter.policy import load_policies
 from gateway.relay.targets import load_targets
 from gwcore.enrol import TOKEN_PREFIX, InvalidToken, parse_token
 from gwcore.errors import UserError
+from gwcore.redact import redact_file
 from gwcore.safeload import ParseError, compose_yaml, loads_json, loads_yaml, read_yaml_file
 
 # Past the interpreter's recursion limit (1000 frames): json takes one frame a level, PyYAML's
