@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+import termios
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from firstboot.status.model import (
@@ -21,7 +23,25 @@ from firstboot.system import System
 from firstboot.wizard.line import LineWizard
 from firstboot.wizard.model import BY_NAME, WizardModel
 from firstboot.wizard.session import Session
+from gwcore.deploy import masked
 from gwcore.errors import UserError
+
+
+@contextlib.contextmanager
+def no_echo(inp: TextIO) -> Iterator[None]:
+    """Turn the terminal's echo off while a secret is typed (nothing to do when input is not a tty)."""
+    if not inp.isatty():
+        yield
+        return
+    fd = inp.fileno()
+    old = termios.tcgetattr(fd)
+    new = list(old)
+    new[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSADRAIN, new)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)
 
 
 def line_console(
@@ -36,8 +56,12 @@ def line_console(
     def do_register() -> None:
         out.write("New join token: ")
         out.flush()
-        token = inp.readline().strip()
+        # Typed blind, like the wizard's: a join token is a credential until it is used.
+        with no_echo(inp):
+            token = inp.readline().strip()
+        say()
         if token:
+            say(f"Join token: {masked('gateway.join_token', token)} ({len(token)} characters)")
             say(reregister_words(system, token))
 
     def do_bundle() -> None:

@@ -157,8 +157,14 @@ def test_status_line_mode_reregisters_with_a_real_plane(plane: Plane, tmp_path: 
         child.expect_exact("Choice: ")
         child.sendline("2")
         child.expect_exact("New join token: ")
-        child.sendline(plane.token())
+        token = plane.token()
+        child.sendline(token)
+        # Typed blind, like the wizard's: the terminal echoes nothing of it, and what arrived is
+        # said masked, with its length, so a paste that went wrong is noticed.
+        child.expect_exact(f"Join token: GWJ1.******** ({len(token)} characters)")
+        assert token[5:][-24:] not in child.before
         child.expect(r"Registered as gateway ([0-9a-f-]{36})")
+        assert token[5:][-24:] not in child.before
         gid = child.match.group(1)
         child.expect_exact(f"Gateway id:   {gid}")
         child.expect_exact("Choice: ")
