@@ -10,6 +10,7 @@ __all__ = [
     "cli",
     "enrol",
     "errors",
+    "health",
     "httpwire",
     "paths",
     "pki",
@@ -18,4 +19,5 @@ __all__ = [
     "safeload",
     "status_file",
     "streams",
+    "support_bundle",
 ]

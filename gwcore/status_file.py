@@ -25,6 +25,17 @@ STALE_AFTER_INTERVALS = 3
 
 
 @dataclass(frozen=True)
+class TargetState:
+    """One target as the gateway's own probe last saw it (the health record's, docs/operate.md)."""
+
+    name: str
+    state: str  # up, degraded, down, tls-error, forbidden
+    error: str | None = None  # why it is not up: refused, timeout, tls-verify-failed, ...
+    latency_ms: float | None = None  # the whole probe: connect, TLS, the version call
+    cert_changed: bool = False  # its TLS certificate is not the one the probe saw before
+
+
+@dataclass(frozen=True)
 class TunnelReport:
     """One snapshot of the daemon. Times are Unix seconds (UTC)."""
 
@@ -45,10 +56,28 @@ class TunnelReport:
     updated_at: float | None = None
     interval: float = DEFAULT_INTERVAL  # seconds between periodic writes
     schema: int = SCHEMA
+    # Health facts, the same as the health record's (added in schema 1; older files lack them).
+    image_version: str = ""  # IMAGE_VERSION of /etc/os-release
+    slot: str = ""  # the booted root slot (A, B) or "unknown"
+    cert_not_after: float | None = None  # the gateway's client certificate expires then
+    clock_offset: float | None = None  # seconds this appliance's clock is ahead (+) of the plane's
+    ntp_synced: bool | None = None  # timesyncd's view (None: not known)
+    clock_problem: str | None = None  # a clock skew, explained, before TLS fails over it
+    load1: float | None = None
+    mem_available: int | None = None  # bytes
+    mem_total: int | None = None  # bytes
+    var_percent: float | None = None  # /var used, percent
+    failed_units: tuple[str, ...] = ()
+    filter_allowed: int = 0  # metadata-filter decisions since the daemon started
+    filter_denied: int = 0
+    filter_removed: int = 0  # fields removed from allowed responses
+    policy_hash: str = ""  # sha256 of the loaded policy set
+    target_states: tuple[TargetState, ...] = ()
+    health_at: float | None = None  # when the last health record was made
+    health_acked_at: float | None = None  # when the plane last accepted one (None: never, or an old plane)
     # The gateway's identity (docs/operate.md): added in schema 1, older readers ignore them.
     stop_code: str | None = None  # in `rejected`: the refusal as a code (revoked, expired, ...)
     identity: str | None = None  # valid, renewal-failing, renewal-unavailable, revoked, expired, ...
-    cert_not_after: float | None = None  # when the client certificate in use expires
     renew_at: float | None = None  # when the gateway renews it next
     renewals: int = 0  # certificates renewed since the daemon started
     renew_error: str | None = None  # why the last renewal failed (cleared by a success)
@@ -69,18 +98,56 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+_TEXT = frozenset({"state", "plane_url", "version", "image_version", "slot", "policy_hash"})
+_OPTIONAL_TEXT = frozenset(
+    {"last_error", "stop_reason", "action", "clock_problem", "stop_code", "identity", "renew_error"}
+)
+_OPTIONAL_NUMBER = frozenset(
+    {"since", "next_attempt_at", "updated_at", "cert_not_after", "clock_offset", "load1", "var_percent",
+     "health_at", "health_acked_at", "renew_at"}
+)  # fmt: skip
+_OPTIONAL_COUNT = frozenset({"pid", "targets", "mem_available", "mem_total"})
+_MAX_LIST = 1000  # a reader's bound on lists, whatever a file says
+
+
+def _target_state(value: Any) -> TargetState | None:
+    if not isinstance(value, dict):
+        return None
+    name, state = value.get("name"), value.get("state")
+    if not isinstance(name, str) or not name or not isinstance(state, str) or not state:
+        return None
+    error = value.get("error")
+    return TargetState(
+        name=name,
+        state=state,
+        error=error if isinstance(error, str) and error else None,
+        latency_ms=_number(value.get("latency_ms")),
+        cert_changed=value.get("cert_changed") is True,
+    )
+
+
 def _coerce(name: str, value: Any) -> Any:
     """The value if it has the field's type, else the field's default (a bad field never hides the rest)."""
     default = getattr(_DEFAULTS, name)
-    if name in ("state", "plane_url", "version"):
+    if name in _TEXT:
         return value if isinstance(value, str) and value else default
-    if name in ("last_error", "stop_reason", "action", "stop_code", "identity", "renew_error"):
+    if name in _OPTIONAL_TEXT:
         return value if isinstance(value, str) and value else None
-    if name in ("since", "next_attempt_at", "updated_at", "cert_not_after", "renew_at"):
+    if name in _OPTIONAL_NUMBER:
         return _number(value)
     if name == "interval":
         number = _number(value)
         return number if number is not None and number > 0 else default
+    if name == "ntp_synced":
+        return value if isinstance(value, bool) else None
+    if name == "failed_units":
+        items = value[:_MAX_LIST] if isinstance(value, list) else []
+        return tuple(v for v in items if isinstance(v, str) and v)
+    if name == "target_states":
+        items = value[:_MAX_LIST] if isinstance(value, list) else []
+        return tuple(t for t in map(_target_state, items) if t is not None)
+    if name in _OPTIONAL_COUNT and value is None:
+        return None
     # Counters and ids: non-negative integers.
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return default
