@@ -37,6 +37,11 @@ class GatewayConfig:
     status_interval: float = DEFAULT_STATUS_INTERVAL
     # Bytes for buffered bodies across all streams; None: a quarter of the unit's memory limit.
     buffer_budget_mib: int | None = None
+    # The operate lane (docs/operate.md): a health record every health_interval seconds, a support
+    # bundle offered after support_offer_after failed reconnects, built by the helper at support_socket.
+    health_interval: float = 30.0
+    support_offer_after: int = 30
+    support_socket: Path = Path("/run/gateway-support.sock")
 
 
 def _url(schemes: tuple[str, ...], optional: bool = False) -> Parser:
@@ -99,6 +104,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("status_file", _path, CLASS_DEFAULT, "the status report"),
     Setting("status_interval", _number(0.1, 300), CLASS_DEFAULT, "seconds between status writes"),
     Setting("buffer_budget_mib", _count, CLASS_DEFAULT, "MiB for buffered bodies"),
+    Setting("health_interval", _number(1, 3600), CLASS_DEFAULT, "seconds between health records"),
+    Setting("support_offer_after", _count, CLASS_DEFAULT, "failed reconnects before a bundle is offered"),
+    Setting("support_socket", _path, CLASS_DEFAULT, "the support-bundle helper's socket"),
 )
 _PARSE = section(GatewayConfig, SETTINGS, noun="setting")
 

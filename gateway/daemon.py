@@ -10,25 +10,29 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.filter.policy import PolicySet, load_policies
 from gateway.identity.manager import IdentityManager
 from gateway.identity.store import PairStore
+from gateway.health.service import HealthService
 from gateway.relay.relay import Relay, body_budget
 from gateway.relay.ssrf import own_addresses
 from gateway.relay.targets import TargetSet, load_targets
 from gateway.tunnel.backoff import Backoff
 from gateway.tunnel.client import Rejected, State, TunnelClient, client_ssl_context
 from gateway.tunnel.proxy import redact
+from gwcore import health as health_contract
 from gwcore import protocol as p
 from gwcore import status_file
 from gwcore.atomic import write_atomic
 from gwcore.control import ControlChannel
-from gwcore.streams import until_either
+from gwcore.streams import Stream, until_either
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +89,14 @@ class StatusWriter:
         self.interval = interval
         self.version = package_version()
         self.targets: int | None = None
+        self.health_fields: Callable[[], dict[str, Any]] = dict  # the health record's facts
         self._failed = False
 
     def write(self, report: status_file.TunnelReport) -> None:
         """Stamp the report with the daemon's own fields and replace the file."""
         report = dataclasses.replace(
             report,
+            **self.health_fields(),
             targets=self.targets,
             version=self.version,
             pid=os.getpid(),
@@ -135,6 +141,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self.relay: Relay | None = None
         self.client: TunnelClient | None = None
+        self.health: HealthService | None = None
         self.status = StatusWriter(config.status_file, config.status_interval)
         # Control messages with the plane (docs/protocol.md §13): each room registers its handlers.
         self.control = ControlChannel("gateway")
@@ -222,7 +229,18 @@ class Daemon:
 
     def _on_state(self, state: State, reason: str) -> None:
         sd_notify(f"STATUS=tunnel {state}{': ' + reason if reason else ''}")
+        if self.health is not None:
+            self.health.on_state(state)
         self._write_status()
+
+    def _on_open(self, stream: Stream) -> None:
+        # Reserved names ("@support") are the gateway's own; targets.yaml names never start with "@".
+        head = stream.request
+        if head is not None and head.target.startswith(health_contract.RESERVED_PREFIX) and self.health:
+            self.health.on_reserved(stream)
+            return
+        assert self.relay is not None
+        self.relay.on_open(stream)
 
     async def run(self) -> int:
         """Run until stopped; the exit code is 0, or EXIT_REJECTED when the plane refused us."""
@@ -250,7 +268,7 @@ class Daemon:
         self.client = TunnelClient(
             cfg.plane_url,
             ssl_context,
-            self.relay.on_open,
+            self._on_open,
             limits=limits,
             backoff=Backoff(cfg.backoff_base, cfg.backoff_cap),
             proxy_url=cfg.proxy_url,
@@ -258,6 +276,17 @@ class Daemon:
             on_state=self._on_state,
             control=self.control,
         )
+        self.health = HealthService(
+            self.client,
+            self.relay,
+            interval=cfg.health_interval,
+            state_dir=cfg.state_dir,
+            package_version=self.status.version,
+            on_update=self._write_status,
+            offer_after=cfg.support_offer_after,
+            support_socket=cfg.support_socket,
+        )
+        self.status.health_fields = self.health.status_fields
         log.info(
             "gateway starting: plane %s, proxy %s, %d targets",
             cfg.plane_url,
@@ -275,6 +304,7 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
         self._tasks.append(asyncio.create_task(self._report_periodically(), name="status-report"))
         self._tasks.append(asyncio.create_task(self.identity.run(), name="identity"))
+        self._tasks.append(asyncio.create_task(self.health.run(), name="health"))
         stop = asyncio.create_task(self._stop.wait(), name="stop-wait")
         try:
             await asyncio.wait({tunnel, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -293,6 +323,7 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self._tasks.clear()
+            await self.health.close()
             await self.control.close()
             await self.relay.close()
             self._write_status()  # the last word: stopped, or rejected and why

@@ -464,3 +464,8 @@ def classify_target_error(exc: BaseException) -> tuple[p.ErrorCode, str]:
     if isinstance(exc, ConnectionError | OSError):
         return p.ErrorCode.TARGET_ERROR, text
     return p.ErrorCode.INTERNAL, type(exc).__name__
+
+
+def target_tls(target: Target) -> TargetTLS | None:
+    """The target's trust rule as a TLS context (public: the health probe uses the same rule)."""
+    return _tls_for(target)

@@ -35,6 +35,9 @@ ROOMS: dict[str, frozenset[str]] = {
     "gateway.tunnel": frozenset(),
     "gateway.relay": frozenset({"gateway.filter"}),
     "gateway.identity": frozenset(),
+    # The operate lane probes targets under the relay's rules, reads the filter's counts and
+    # policies, and watches the tunnel.
+    "gateway.health": frozenset({"gateway.filter", "gateway.relay", "gateway.tunnel"}),
 }
 # Modules of a room every other room may use: the package's error base.
 SHARED_IN_GATEWAY = frozenset({"gateway.errors"})
