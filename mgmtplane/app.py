@@ -28,10 +28,12 @@ from mgmtplane.ca import CSRError, cert_fingerprint, load_csr
 from mgmtplane.errors import PlaneError
 from mgmtplane.hub import HUB_KEY, setup_hub
 from mgmtplane.identity import IDENTITY_KEY, PlaneIdentity, build_server_context, setup_identity
+from mgmtplane.operate import health_summary, setup_operate
 from mgmtplane.registry import GatewayRecord, Registry, state_lock
 from mgmtplane.rollover import load_ca_set
 from mgmtplane.settings import load_settings
 from mgmtplane.tokens import TokenError, TokenStore
+from mgmtplane.webhook import WebhookConfig
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -47,6 +49,7 @@ class PlaneConfig:
 
     state_dir: Path
     server_hosts: tuple[str, ...] = ()
+    webhook: WebhookConfig | None = None  # where events go (docs/operate.md)
 
 
 CONFIG_KEY = web.AppKey("plane_config", PlaneConfig)
@@ -241,7 +244,10 @@ async def list_gateways(request: web.Request) -> web.Response:
     """GET /v1/gateways: registered gateways merged with the hub's live tunnel state."""
     records = await _state_io(request.app, request.app[REGISTRY_KEY].all)
     live = _live_gateways(request.app)
-    return web.json_response({"gateways": [_gateway_json(r, live) for r in records]})
+    gateways = [
+        {**_gateway_json(r, live), "health": health_summary(request.app, r.gateway_id)} for r in records
+    ]
+    return web.json_response({"gateways": gateways})
 
 
 async def get_gateway(request: web.Request) -> web.Response:
@@ -250,7 +256,11 @@ async def get_gateway(request: web.Request) -> web.Response:
     record = await _state_io(request.app, request.app[REGISTRY_KEY].get, gateway_id)
     if record is None:
         return json_error(404, "gateway-unknown", f"no registered gateway {gateway_id}")
-    return web.json_response(_gateway_json(record, _live_gateways(request.app)))
+    body = {
+        **_gateway_json(record, _live_gateways(request.app)),
+        "health": health_summary(request.app, gateway_id),
+    }
+    return web.json_response(body)
 
 
 async def admit_gateway(request: web.Request, gateway_id: str) -> tuple[str, str] | None:
@@ -278,4 +288,5 @@ def create_app(config: PlaneConfig) -> web.Application:
         config.state_dir, config.server_hosts, app[REGISTRY_KEY], functools.partial(_state_io, app)
     )
     setup_identity(app, identity)
+    setup_operate(app, config.state_dir, app[REGISTRY_KEY], config.webhook)
     return app

@@ -25,9 +25,12 @@ from mgmtplane.ca import server_cert_covers
 from mgmtplane.errors import PlaneError
 from mgmtplane.hub import HUB_KEY
 from mgmtplane.identity_cli import add_parsers as add_identity_parsers
+from mgmtplane.operate_cli import add_api_flags, print_gateways
+from mgmtplane.operate_cli import add_parsers as add_operate_parsers
 from mgmtplane.registry import Registry, read_json, write_json_atomic
 from mgmtplane.rollover import load_ca_set
 from mgmtplane.tokens import TokenStore, parse_ttl
+from mgmtplane.webhook import WebhookConfig, load_webhook_config
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(state_dir: Path, listen: str, advertise_url: str | None, sans: Sequence[str] = ()) -> None:
+async def serve(
+    state_dir: Path,
+    listen: str,
+    advertise_url: str | None,
+    sans: Sequence[str] = (),
+    webhook: WebhookConfig | None = None,
+) -> None:
     """Run the plane until SIGTERM or SIGINT."""
     host, port = parse_listen(listen)
     advertise = _check_advertise_url(advertise_url) if advertise_url else None
@@ -95,7 +104,7 @@ async def serve(state_dir: Path, listen: str, advertise_url: str | None, sans: S
     if host in _WILDCARDS:
         hosts.append(socket.gethostname())
     hosts.extend(sans)
-    config = PlaneConfig(state_dir=state_dir, server_hosts=tuple(h for h in hosts if h))
+    config = PlaneConfig(state_dir=state_dir, server_hosts=tuple(h for h in hosts if h), webhook=webhook)
     app = create_app(config)
     ssl_ctx = server_ssl_context(config, app)
     write_json_atomic(state_dir / PLANE_FILE, {"url": advertise})
@@ -134,7 +143,12 @@ def _plane_url(state_dir: Path, url: str | None) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """`mgmtplane serve`."""
-    asyncio.run(serve(Path(args.state_dir), args.listen, args.advertise_url, args.san))
+    webhook = load_webhook_config(
+        args.webhook_url,
+        Path(args.webhook_secret_file) if args.webhook_secret_file else None,
+        Path(args.webhook_ca_file) if args.webhook_ca_file else None,
+    )
+    asyncio.run(serve(Path(args.state_dir), args.listen, args.advertise_url, args.san, webhook))
     return 0
 
 
@@ -178,10 +192,8 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
 
 
 def cmd_gateways(args: argparse.Namespace) -> int:
-    """`mgmtplane gateways`: registered gateways, from the state dir (no live state)."""
-    for record in Registry(Path(args.state_dir)).all():
-        print(f"{record.gateway_id}  {record.hostname or '-':30}  {record.registered_at}")
-    return 0
+    """`mgmtplane gateways`: registered gateways, with the tunnel and health when the plane runs."""
+    return print_gateways(args)
 
 
 def cmd_forward(args: argparse.Namespace) -> int:
@@ -221,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--san", action="append", default=[], metavar="NAME", help="extra DNS name or IP for the server cert"
     )
+    p.add_argument("--webhook-url", metavar="URL", help="POST events here (docs/operate.md)")
+    p.add_argument("--webhook-secret-file", metavar="FILE", help="the secret that signs events (HMAC-SHA256)")
+    p.add_argument(
+        "--webhook-ca-file", metavar="FILE", help="CA bundle for an https webhook (default: system)"
+    )
     p.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="join tokens").add_subparsers(dest="token_command", required=True)
@@ -234,8 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_state_dir(sub.add_parser("admin-token", help="print the admin API bearer token"))
     p.set_defaults(func=cmd_admin_token)
-    p = with_state_dir(sub.add_parser("gateways", help="list registered gateways"))
+    p = with_state_dir(sub.add_parser("gateways", help="list registered gateways, their tunnel and health"))
+    add_api_flags(p)
     p.set_defaults(func=cmd_gateways)
+    add_operate_parsers(sub, with_state_dir)
 
     p = with_state_dir(
         sub.add_parser("forward", help="serve one target of a gateway on a local plain-HTTP port (for SDKs)")
