@@ -38,6 +38,8 @@ class StatusInfo:
     notes: tuple[str, ...] = field(default=())
     relayed: str = ""  # streams, when the gateway reported them
     identity: str = ""  # the certificate: until when, renewal, revoked or expired (docs/operate.md)
+    health: tuple[str, ...] = ()  # the health record's facts, as "Label: value" lines
+    slot: str = ""
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -96,6 +98,70 @@ def describe_identity(report: status_file.TunnelReport) -> str:
     return f"{line}{',' + renews if renews else ''}"
 
 
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f}"
+
+
+def describe_targets(report: status_file.TunnelReport) -> str:
+    """The Targets line: the inventory's size and, once probed, what is up and what is not (pure)."""
+    count = str(report.targets) if report.targets is not None else "?"
+    states = report.target_states
+    if not states:
+        return count
+    up = sum(1 for t in states if t.state in ("up", "degraded"))
+    parts = [f"{up} up"]
+    bad = [t for t in states if t.state not in ("up", "degraded")]
+    if bad:
+        shown = ", ".join(
+            f"{t.name}: {t.state}" + (f" ({t.error.split(':', 1)[0]})" if t.error else "") for t in bad[:3]
+        )
+        more = f", {len(bad) - 3} more" if len(bad) > 3 else ""
+        parts.append(f"{len(bad)} not ({shown}{more})")
+    changed = [t.name for t in states if t.cert_changed]
+    if changed:
+        parts.append(f"new TLS certificate: {', '.join(changed[:3])}")
+    return f"{count}: {'; '.join(parts)}"
+
+
+def health_lines(report: status_file.TunnelReport, now: float) -> list[str]:
+    """The health record's facts as status lines, the same facts the plane gets (pure); none from
+    a gateway that does not report them yet."""
+    if report.health_at is None:
+        return []
+    lines = []
+    ntp = {True: ", NTP synchronised", False: ", NTP NOT synchronised", None: ""}[report.ntp_synced]
+    if report.clock_problem:
+        lines.append(f"Clock:        PROBLEM: {report.clock_problem}")
+    elif report.clock_offset is not None:
+        lines.append(f"Clock:        ok ({report.clock_offset:+.2f} s from the plane{ntp})")
+    elif ntp:
+        lines.append(f"Clock:        not compared with the plane yet{ntp}")
+    if report.cert_not_after is not None and not report.identity:  # else the Identity line says it
+        days = (report.cert_not_after - now) / 86400
+        until = time.strftime("%Y-%m-%d", time.gmtime(report.cert_not_after))
+        state = f"valid until {until} ({days:.0f} days)" if days > 0 else f"EXPIRED on {until}"
+        lines.append(f"Certificate:  {state}")
+    system = []
+    if report.load1 is not None:
+        system.append(f"load {report.load1:.2f}")
+    if report.mem_available is not None and report.mem_total:
+        system.append(f"memory {_gib(report.mem_available)} of {_gib(report.mem_total)} GiB free")
+    if report.var_percent is not None:
+        system.append(f"/var {report.var_percent:.0f}% used")
+    system.append(f"failed units: {', '.join(report.failed_units[:3]) or 'none'}")
+    lines.append(f"System:       {', '.join(system)}")
+    lines.append(
+        f"Filter:       {report.filter_allowed} allowed, {report.filter_denied} denied,"
+        f" {report.filter_removed} fields removed"
+    )
+    if report.health_acked_at is not None:
+        sent = f"last taken by the plane {status_file.format_age(now - report.health_acked_at)} ago"
+    else:
+        sent = "not taken by the plane yet (or the plane does not ask for it)"
+    lines.append(f"Health:       {sent}")
+    return lines
+
+
 def _pid_alive(system: System, pid: int | None) -> bool | None:
     if not system.live or pid is None:
         return None  # a --root tree: its pids are not ours to look at
@@ -133,6 +199,8 @@ def gather(system: System, now: float | None = None) -> StatusInfo:
     notes: list[str] = []
     relayed = ""
     identity = ""
+    health: list[str] = []
+    slot = ""
     report = status_file.decode(_read_json(system.path(STATUS_FILE)))
     if report is None:
         tunnel, last_error, targets = "unknown (the gateway has not reported)", "", "?"
@@ -142,9 +210,11 @@ def gather(system: System, now: float | None = None) -> StatusInfo:
         last_error = report.last_error or ""
         if report.stop_reason and last_error == report.stop_reason:
             last_error = "the reason it stopped, above"
-        targets = str(report.targets) if report.targets is not None else "?"
+        targets = describe_targets(report)
         relayed = f"{report.relayed} calls since the gateway started, {report.streams_open} open"
         identity = describe_identity(report)
+        health = health_lines(report, now) if stale is None else []
+        slot = report.slot if report.slot not in ("", "unknown") else ""
         plane_url = plane_url or report.plane_url
         if report.action and stale is None:
             notes.append(f"What to do: {report.action}")
@@ -166,13 +236,15 @@ def gather(system: System, now: float | None = None) -> StatusInfo:
         notes=tuple(notes),
         relayed=relayed,
         identity=identity,
+        health=tuple(health),
+        slot=slot,
     )
 
 
 def render(info: StatusInfo) -> list[str]:
     """The status as lines (pure)."""
     lines = [
-        f"Gateway appliance {info.version}",
+        f"Gateway appliance {info.version}" + (f" (slot {info.slot})" if info.slot else ""),
         "",
         f"Host name:    {info.hostname}",
     ]
@@ -190,6 +262,7 @@ def render(info: StatusInfo) -> list[str]:
     ]
     if info.relayed:
         lines.append(f"Relayed:      {info.relayed}")
+    lines += list(info.health)
     lines += [
         f"Last error:   {info.last_error}",
     ]
