@@ -21,6 +21,7 @@ from gateway.filter.policy import PolicySet, load_policies
 from gateway.identity.manager import IdentityManager
 from gateway.identity.store import PairStore
 from gateway.health.service import HealthService
+from gateway.health.support import gateway_files
 from gateway.relay.relay import Relay, body_budget
 from gateway.relay.ssrf import own_addresses
 from gateway.relay.targets import TargetSet, load_targets
@@ -135,8 +136,9 @@ def setup_logging(debug: bool = False) -> None:
 class Daemon:
     """One gateway process: a relay, a tunnel client, and the systemd plumbing around them."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # gateway.yaml, for the support bundle
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.relay: Relay | None = None
@@ -285,6 +287,7 @@ class Daemon:
             on_update=self._write_status,
             offer_after=cfg.support_offer_after,
             support_socket=cfg.support_socket,
+            support_files=gateway_files(self.config_path, cfg.targets, cfg.status_file, cfg.state_dir),
         )
         self.status.health_fields = self.health.status_fields
         log.info(
@@ -364,9 +367,9 @@ class Daemon:
             await asyncio.sleep(interval)
 
 
-def run_daemon(config: GatewayConfig, debug: bool = False) -> int:
+def run_daemon(config: GatewayConfig, debug: bool = False, config_path: Path | None = None) -> int:
     """Blocking entry for `gateway run`."""
     setup_logging(debug)
     if not Path(config.state_dir).is_dir():
         raise GatewayError(f"{config.state_dir}: state directory not found", "register the gateway first")
-    return asyncio.run(Daemon(config).run())
+    return asyncio.run(Daemon(config, config_path).run())

@@ -11,7 +11,7 @@ from gateway.config import DEFAULT_CONFIG, load_config
 def _run(args: argparse.Namespace) -> int:
     from gateway.daemon import run_daemon  # the daemon's imports are only needed for `run`
 
-    return run_daemon(load_config(args.config), debug=args.debug)
+    return run_daemon(load_config(args.config), debug=args.debug, config_path=args.config)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -25,7 +25,7 @@ from gateway.health.probes import Prober
 from gateway.health.support import DEFAULT_SOCKET, SupportBundles, health_entry
 from gateway.relay.relay import Relay
 from gateway.tunnel.client import State, TunnelClient
-from gwcore import health
+from gwcore import health, support_bundle
 from gwcore import protocol as p
 from gwcore.control import ControlError
 from gwcore.streams import Stream
@@ -52,6 +52,7 @@ class HealthService:
         on_update: Callable[[], None] = lambda: None,
         offer_after: int = DEFAULT_OFFER_AFTER,
         support_socket: Path | None = None,
+        support_files: tuple[str, ...] | None = None,
         facts: SystemFacts | None = None,
         counts: DecisionCounts = COUNTS,
     ) -> None:
@@ -64,7 +65,9 @@ class HealthService:
         self.offer_after = offer_after
         # The bundle built here (without the helper) carries the latest record too.
         self.support = SupportBundles(
-            support_socket or DEFAULT_SOCKET, extra=lambda: health_entry(self.latest)
+            support_socket or DEFAULT_SOCKET,
+            files=support_files or support_bundle.FILES,
+            extra=lambda: health_entry(self.latest),
         )
         self.facts = facts or SystemFacts()
         self.counts = counts

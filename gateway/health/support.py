@@ -32,6 +32,19 @@ HELPER_TIMEOUT = 120.0  # the helper's first byte (journalctl of a long boot, un
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+def gateway_files(config: Path | None, targets: Path, status: Path, state_dir: Path) -> tuple[str, ...]:
+    """What a bundle built here holds: the shared list, with this daemon's own config, inventory,
+    status file and identity where it was started with other paths (a test, a development run).
+    Never key.pem: only identity.json is named from the state directory."""
+    own = {
+        "/etc/gateway/gateway.yaml": config,
+        "/etc/gateway/targets.yaml": targets,
+        "/run/gateway/status.json": status,
+        "/var/lib/gateway/identity.json": state_dir / "identity.json",
+    }
+    return tuple(str(own[f]) if own.get(f) is not None else f for f in support_bundle.FILES)
+
+
 def _read(name: str) -> bytes | None:
     try:
         with open(name, "rb") as fh:
