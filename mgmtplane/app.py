@@ -12,7 +12,7 @@ import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,12 +28,11 @@ from mgmtplane.ca import CSRError, cert_fingerprint, load_csr
 from mgmtplane.errors import PlaneError
 from mgmtplane.hub import HUB_KEY, setup_hub
 from mgmtplane.identity import IDENTITY_KEY, PlaneIdentity, build_server_context, setup_identity
-from mgmtplane.operate import health_summary, setup_operate
+from mgmtplane.operate import OperateConfig, health_summary, setup_operate
 from mgmtplane.registry import GatewayRecord, Registry, state_lock
 from mgmtplane.rollover import load_ca_set
 from mgmtplane.settings import load_settings
 from mgmtplane.tokens import TokenError, TokenStore
-from mgmtplane.webhook import WebhookConfig
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -49,7 +48,7 @@ class PlaneConfig:
 
     state_dir: Path
     server_hosts: tuple[str, ...] = ()
-    webhook: WebhookConfig | None = None  # where events go (docs/operate.md)
+    operate: OperateConfig = field(default_factory=OperateConfig)  # events and where they go (operate.md)
 
 
 CONFIG_KEY = web.AppKey("plane_config", PlaneConfig)
@@ -288,5 +287,5 @@ def create_app(config: PlaneConfig) -> web.Application:
         config.state_dir, config.server_hosts, app[REGISTRY_KEY], functools.partial(_state_io, app)
     )
     setup_identity(app, identity)
-    setup_operate(app, config.state_dir, app[REGISTRY_KEY], config.webhook)
+    setup_operate(app, config.state_dir, app[REGISTRY_KEY], config.operate)
     return app

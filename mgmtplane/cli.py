@@ -25,12 +25,13 @@ from mgmtplane.ca import server_cert_covers
 from mgmtplane.errors import PlaneError
 from mgmtplane.hub import HUB_KEY
 from mgmtplane.identity_cli import add_parsers as add_identity_parsers
+from mgmtplane.operate import OperateConfig
 from mgmtplane.operate_cli import add_api_flags, print_gateways
 from mgmtplane.operate_cli import add_parsers as add_operate_parsers
 from mgmtplane.registry import Registry, read_json, write_json_atomic
 from mgmtplane.rollover import load_ca_set
 from mgmtplane.tokens import TokenStore, parse_ttl
-from mgmtplane.webhook import WebhookConfig, load_webhook_config
+from mgmtplane.webhook import load_webhook_config
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ async def serve(
     listen: str,
     advertise_url: str | None,
     sans: Sequence[str] = (),
-    webhook: WebhookConfig | None = None,
+    operate: OperateConfig | None = None,
 ) -> None:
     """Run the plane until SIGTERM or SIGINT."""
     host, port = parse_listen(listen)
@@ -104,7 +105,9 @@ async def serve(
     if host in _WILDCARDS:
         hosts.append(socket.gethostname())
     hosts.extend(sans)
-    config = PlaneConfig(state_dir=state_dir, server_hosts=tuple(h for h in hosts if h), webhook=webhook)
+    config = PlaneConfig(
+        state_dir=state_dir, server_hosts=tuple(h for h in hosts if h), operate=operate or OperateConfig()
+    )
     app = create_app(config)
     ssl_ctx = server_ssl_context(config, app)
     write_json_atomic(state_dir / PLANE_FILE, {"url": advertise})
@@ -148,7 +151,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         Path(args.webhook_secret_file) if args.webhook_secret_file else None,
         Path(args.webhook_ca_file) if args.webhook_ca_file else None,
     )
-    asyncio.run(serve(Path(args.state_dir), args.listen, args.advertise_url, args.san, webhook))
+    if not 1 <= args.appliance_down_after <= 86400:
+        raise PlaneError("--appliance-down-after: expected seconds between 1 and 86400")
+    operate = OperateConfig(webhook=webhook, down_after=args.appliance_down_after)
+    asyncio.run(serve(Path(args.state_dir), args.listen, args.advertise_url, args.san, operate))
     return 0
 
 
@@ -237,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook-secret-file", metavar="FILE", help="the secret that signs events (HMAC-SHA256)")
     p.add_argument(
         "--webhook-ca-file", metavar="FILE", help="CA bundle for an https webhook (default: system)"
+    )
+    p.add_argument(
+        "--appliance-down-after",
+        type=float,
+        default=90.0,
+        metavar="SECONDS",
+        help="silence before appliance-down, at least 3 health intervals (%(default)s)",
     )
     p.set_defaults(func=cmd_serve)
 

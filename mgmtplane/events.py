@@ -275,10 +275,12 @@ def _target(ev: _Evaluation, name: str, target: Mapping[str, Any]) -> None:
         )
 
 
-def on_silence(gateway_id: str, state: GatewayState, now: float, since: float) -> list[Event]:
+def on_silence(
+    gateway_id: str, state: GatewayState, now: float, since: float, minimum: float = DOWN_AFTER_MIN
+) -> list[Event]:
     """No record since `since` (the last one, or the plane's start): appliance-down once the
-    silence passes max(DOWN_AFTER_INTERVALS x interval, DOWN_AFTER_MIN)."""
-    grace = max(DOWN_AFTER_INTERVALS * state.interval, DOWN_AFTER_MIN)
+    silence passes max(DOWN_AFTER_INTERVALS x interval, minimum)."""
+    grace = down_grace(state, minimum)
     if now - since < grace:
         return []
     ev = _Evaluation(gateway_id, state, now)
@@ -291,6 +293,6 @@ def on_silence(gateway_id: str, state: GatewayState, now: float, since: float) -
     return ev.events
 
 
-def down_grace(state: GatewayState) -> float:
-    """Seconds of silence after which a gateway is down (for staleness in the API)."""
-    return max(DOWN_AFTER_INTERVALS * state.interval, DOWN_AFTER_MIN)
+def down_grace(state: GatewayState, minimum: float = DOWN_AFTER_MIN) -> float:
+    """Seconds of silence after which a gateway is down (also its records' staleness)."""
+    return max(DOWN_AFTER_INTERVALS * state.interval, minimum)

@@ -49,12 +49,14 @@ class HealthStore:
         registry: Registry,
         webhook: WebhookSender | None = None,
         clock: Callable[[], float] = time.time,
+        down_after: float = events.DOWN_AFTER_MIN,
     ) -> None:
         self.dir = state_dir / HEALTH_DIR
         self.hub = hub
         self.registry = registry
         self.webhook = webhook
         self.clock = clock
+        self.down_after = down_after  # the shortest silence that makes an appliance down
         self.started = clock()
         self.latest: dict[str, tuple[dict[str, Any], float]] = {}
         self.states: dict[str, events.GatewayState] = {}
@@ -154,7 +156,7 @@ class HealthStore:
         found: list[events.Event] = []
         for gateway_id, state in self.states.items():
             since = max(state.last_seen or 0.0, self.started)
-            found += events.on_silence(gateway_id, state, now, since)
+            found += events.on_silence(gateway_id, state, now, since, self.down_after)
         return found
 
     async def watch(self) -> None:
@@ -179,7 +181,7 @@ class HealthStore:
             return {"status": status, "age_s": None, "conditions": conditions}
         record, received = latest
         age = now - received
-        stale = state is not None and age > events.down_grace(state)
+        stale = state is not None and age > events.down_grace(state, self.down_after)
         targets = record.get("targets") or []
         cert = record.get("certificate") or {}
         not_after = cert.get("not_after")
@@ -218,8 +220,8 @@ class HealthStore:
             "connected": bool(session is not None and session.connected),
             "received_at": latest[1] if latest else None,
             "age_s": round(now - latest[1], 1) if latest else None,
-            "stale_after_s": events.down_grace(state),
-            "stale": latest is None or now - latest[1] > events.down_grace(state),
+            "stale_after_s": events.down_grace(state, self.down_after),
+            "stale": latest is None or now - latest[1] > events.down_grace(state, self.down_after),
             "record": latest[0] if latest else None,
             "conditions": [{"key": k, **v} for k, v in sorted(state.conditions.items())],
             "summary": self.summary(gateway_id),
