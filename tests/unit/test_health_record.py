@@ -230,3 +230,14 @@ def test_the_clock_is_explained(kwargs: dict[str, object], expected: str | None)
         assert said is None
     else:
         assert said is not None and said.startswith(expected) and "network.ntp" in said
+
+
+def test_no_inventory_name_can_be_a_reserved_one() -> None:
+    """'@support' and its kind are the gateway's own: targets.yaml can never name one."""
+    from gateway.errors import GatewayError
+    from gateway.relay.targets import parse_targets
+
+    for name in (health.SUPPORT_TARGET, "@anything"):
+        doc = {"targets": [{"name": name, "url": "http://192.0.2.1", "kind": "http"}]}
+        with pytest.raises(GatewayError, match=r"^t: targets\[0\]\.name: expected a name"):
+            parse_targets(doc, "t")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mgmtplane import events
-from mgmtplane.webhook import signature, verify
+from mgmtplane.errors import PlaneError
+from mgmtplane.webhook import WebhookConfig, WebhookSender, load_webhook_config, signature, verify
 
 NOW = 1_700_000_000.0
 GW = "gw-1"
@@ -133,3 +135,32 @@ def test_webhook_signatures_verify_and_expire() -> None:
     assert not verify(b"another-secret-0123", header, body, NOW + 10)
     assert not verify(secret, header, body, NOW + 3600)  # a replay an hour later
     assert not verify(secret, "t=abc,v1=00", body, NOW)
+
+
+def test_the_outbox_is_bounded_and_survives_a_restart(tmp_path: Path) -> None:
+    config = WebhookConfig("http://127.0.0.1:9/hook", b"0123456789abcdef-secret")
+    sender = WebhookSender(config, tmp_path, max_queue=10, clock=lambda: NOW)
+    sender.enqueue([{"id": f"e{i}", "type": "target-down"} for i in range(13)])
+    assert sender.dropped == 3 and [e["id"] for e in sender.queue] == [f"e{i}" for i in range(3, 13)]
+    stored = json.loads((tmp_path / "events/outbox.json").read_text())
+    assert [e["id"] for e in stored] == [f"e{i}" for i in range(3, 13)]
+    assert (tmp_path / "events/outbox.json").stat().st_mode & 0o777 == 0o600
+    again = WebhookSender(config, tmp_path, clock=lambda: NOW)  # a plane restart
+    assert [e["id"] for e in again.queue] == [f"e{i}" for i in range(3, 13)]
+
+
+@pytest.mark.parametrize(
+    ("url", "secret", "problem"),
+    [
+        ("ftp://x/hook", "s" * 20, "must be an http:// or https:// URL"),
+        ("https://x/hook", None, "needs --webhook-secret-file"),
+        ("https://x/hook", "short", "at least 16 bytes"),
+    ],
+)
+def test_webhook_options_are_checked(tmp_path: Path, url: str, secret: str | None, problem: str) -> None:
+    secret_file = None
+    if secret is not None:
+        secret_file = tmp_path / "secret"
+        secret_file.write_text(secret + "\n")
+    with pytest.raises(PlaneError, match=problem):
+        load_webhook_config(url, secret_file, None)
