@@ -24,6 +24,7 @@ PKGS=(
   nftables                                            # nft checks the appliance's rule sets (in a netns)
   golang-go golang-github-vmware-govmomi-dev golang-github-kr-pretty-dev  # vcsim and govc (scripts/build-tools.sh)
   python3-keystone                                    # a real Keystone for openstacksdk through the relay
+  faketime                                            # a gateway with a skewed clock (libfaketime)
 )
 
 die() { echo "setup: $*" >&2; exit 1; }
