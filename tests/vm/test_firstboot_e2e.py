@@ -10,9 +10,11 @@ import base64
 import functools
 import json
 import re
+import secrets
 import shutil
 import signal
 import subprocess
+import tarfile
 import threading
 import time
 import urllib.request
@@ -31,6 +33,7 @@ from appliance.smoke import console_text
 from appliance.spec import Firmware, Spec
 from tests.integration.identity_support import set_lifetime, tunnels_up
 from tests.integration.plane_helpers import Plane, free_port
+from tests.integration.plane_helpers import run as run_cli
 
 from .conftest import BUILD
 
@@ -209,15 +212,73 @@ def relay_nova(plane: Plane, gateway_id: object) -> tuple[int, bytes, dict[str, 
 FIRST_LIFETIME = "180s"
 
 
+def password_hash() -> str:
+    """A sha512crypt hash of a random password (a secret of the seeds, as an operator's would be)."""
+    done = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=secrets.token_urlsafe(16),
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return done.stdout.strip()
+
+
+def check_health(plane: Plane, gw_id: str, spec_version: str) -> None:
+    """The plane shows the appliance's health and each target's state, from the gateway's own probes."""
+
+    def record() -> dict[str, Any] | None:
+        status, body, _ = admin_get(plane, f"/v1/gateways/{gw_id}/health")
+        assert status == 200, body
+        rec = json.loads(body)["record"]
+        # One made after the relayed call (records come every 30 s, and at once on connecting).
+        return rec if rec is not None and rec["targets"] and rec["filter"]["allowed"] else None
+
+    wait_for(lambda: record() is not None, 300, "a health record after the relayed call")
+    rec = record()
+    assert rec is not None
+    print(f"health record from the VM: {len(json.dumps(rec, separators=(',', ':')))} bytes, 1 target")
+    appliance = rec["appliance"]
+    assert appliance["image_version"] == spec_version and appliance["slot"]
+    (nova,) = rec["targets"]
+    assert nova["name"] == "nova" and nova["state"] == "up" and nova["kind"] == "openstack-nova", nova
+    assert isinstance(rec["failed_units"], list), rec["failed_units"]
+    assert 80 < (rec["certificate"]["not_after"] - time.time()) / 86400 < 91  # the renewed one
+    assert rec["system"]["var_percent"] is not None and rec["system"]["mem_total"]
+    assert rec["filter"]["policy_hash"].startswith("sha256:")
+    print(f"  failed units {rec['failed_units']}, clock {rec['clock']}")
+
+
+def check_support_bundle(plane: Plane, gw_id: str, tmp_path: Path, seeds: list[str]) -> None:
+    """A bundle comes back through the plane, built by the appliance's root helper, with the
+    daemon's own status file in it (written under its sandbox) and no secret from the seeds."""
+    out = tmp_path / "support.tar.gz"
+    start = time.monotonic()
+    done = run_cli("mgmtplane", "support-bundle", gw_id, "-o", str(out), "--state-dir", str(plane.state_dir),
+                   timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "built by the helper" in done.stdout, done.stdout
+    print(f"support bundle from the VM: {done.stdout.strip()} ({time.monotonic() - start:.0f}s)")
+    with tarfile.open(out) as tar:
+        blobs = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    assert b"gateway" in blobs["bundle/journal.txt"] and len(blobs["bundle/journal.txt"]) > 10_000
+    status = json.loads(blobs["bundle/run/gateway/status.json"])
+    assert status["state"] == "connected" and status["pid"] and status["target_states"][0]["name"] == "nova"
+    state = json.loads(blobs["bundle/var/lib/firstboot/state.json"])
+    assert state["settings"]["gateway.join_token"] == "<redacted>"
+    assert state["settings"]["admin.password_hash"] == "<redacted>"
+    assert not any("key.pem" in name for name in blobs)
+    everything = b"\n".join(blobs.values())
+    for secret in seeds:
+        assert secret.encode() not in everything, "a secret of the seeds is in the support bundle"
+
+
 def test_seeded_by_smbios_registers_relays_filtered_renews_and_survives_reboot(
-    artifacts: dict[str, Path], plane: Plane, target: int, tmp_path: Path
+    artifacts: dict[str, Path], plane: Plane, target: int, spec: Spec, tmp_path: Path
 ) -> None:
     disk = overlay(artifacts["qcow2"], tmp_path / "disk.qcow2")
     set_lifetime(plane.state_dir, FIRST_LIFETIME)
     try:
+        token, hashed = plane.token(), password_hash()
         creds = {
-            "gateway.join_token": plane.token(),
+            "gateway.join_token": token,
             "network.hostname": "gw-e2e",
+            "admin.password_hash": hashed,
             "tmpfiles.extra": targets_credential(target),
         }
         t0 = time.monotonic()
@@ -271,6 +332,8 @@ def test_seeded_by_smbios_registers_relays_filtered_renews_and_survives_reboot(
         signed = renewal_signed_at(plane, str(gw_id))
         print(f"renewal of the {FIRST_LIFETIME} certificate: new tunnel up {tunnels[1] - signed:.2f}s"
               f" after the plane signed; {len(calls)} relayed calls during it, all 200")  # fmt: skip
+        check_health(plane, str(gw_id), spec.version)
+        check_support_bundle(plane, str(gw_id), tmp_path, [token[5:], token[5:][-24:], hashed, hashed[-30:]])
     finally:
         stop(proc, tmp_path)
     registered = json.loads((plane.state_dir / "gateways.json").read_text())
