@@ -16,6 +16,7 @@ ORDER = [
     "plane_outage.py",
     "vmdk.py",
     "firstboot_wizard.py",
+    "health.py",
     "build.py",
 ]
 
