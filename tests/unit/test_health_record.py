@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import json
 import math
+from pathlib import Path
 
 import pytest
 import trustme
@@ -241,3 +242,35 @@ def test_no_inventory_name_can_be_a_reserved_one() -> None:
         doc = {"targets": [{"name": name, "url": "http://192.0.2.1", "kind": "http"}]}
         with pytest.raises(GatewayError, match=r"^t: targets\[0\]\.name: expected a name"):
             parse_targets(doc, "t")
+
+
+def test_filter_decisions_are_counted_per_kind_as_the_audit_log_sees_them(tmp_path: Path) -> None:
+    from gateway.filter import audit
+    from gateway.filter.metadata_filter import FilterRequest, FilterResponse, check_request, filter_response
+    from gateway.filter.policy import load_policies
+
+    (tmp_path / "p.yaml").write_text(
+        "kind: http\nrules:\n  - name: things\n    path: /things\n    json: ['[].id']\n"
+        "  - name: raw\n    path: /raw\n    passthrough: true\n"
+    )
+    policies = load_policies([tmp_path])
+    counts = audit.DecisionCounts()
+    req = FilterRequest("GET", "/things", {})
+    counts.count("http", check_request(policies, "http", req))  # filtered: counted at its response
+    body = b'[{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]'
+    counts.count("http", filter_response(policies, "http", req, FilterResponse(200, {"content-type":
+                 "application/json"}, body)))  # fmt: skip
+    counts.count("http", check_request(policies, "http", FilterRequest("GET", "/raw", {})))  # passthrough
+    counts.count("http", check_request(policies, "http", FilterRequest("DELETE", "/things", {})))
+    counts.count("redfish", check_request(policies, "redfish", req))  # no policy: denied
+    assert counts.snapshot() == {"http": (2, 1, 2), "redfish": (0, 1, 0)}
+    assert record.filter_section(counts.snapshot(), "sha256:x") == {
+        "policy_hash": "sha256:x",
+        "allowed": 2,
+        "denied": 2,
+        "removed": 2,
+        "policies": {
+            "http": {"allowed": 2, "denied": 1, "removed": 2},
+            "redfish": {"allowed": 0, "denied": 1, "removed": 0},
+        },
+    }
