@@ -145,11 +145,17 @@ def health_lines(report: status_file.TunnelReport, now: float) -> list[str]:
     if report.load1 is not None:
         system.append(f"load {report.load1:.2f}")
     if report.mem_available is not None and report.mem_total:
-        system.append(f"memory {_gib(report.mem_available)} of {_gib(report.mem_total)} GiB free")
+        system.append(f"{_gib(report.mem_available)}/{_gib(report.mem_total)} GiB free")
     if report.var_percent is not None:
-        system.append(f"/var {report.var_percent:.0f}% used")
-    system.append(f"failed units: {', '.join(report.failed_units[:3]) or 'none'}")
+        system.append(f"/var {report.var_percent:.0f}%")
+    # Short lines: the tty1 console may be 80 columns by 25 rows, menu included.
+    failed = report.failed_units
+    if not failed:
+        system.append("no failed units")
     lines.append(f"System:       {', '.join(system)}")
+    if failed:
+        more = f" (and {len(failed) - 2} more)" if len(failed) > 2 else ""
+        lines.append(f"Failed units: {', '.join(failed[:2])}{more}")
     lines.append(
         f"Filter:       {report.filter_allowed} allowed, {report.filter_denied} denied,"
         f" {report.filter_removed} fields removed"

@@ -344,3 +344,28 @@ def test_status_shows_the_identity(tmp_path: Path, fields: dict[str, object], li
     system = configured(tmp_path)
     write_report(system, **{"state": "connected", "updated_at": NOW - 1, **fields})
     assert identity_line(system) == line
+
+
+def test_status_shows_the_health_records_facts_in_short_lines(tmp_path: Path) -> None:
+    system = configured(tmp_path)
+    write_report(system, state="connected", since=NOW - 60, connects=1, targets=2, updated_at=NOW - 1,
+                 interval=15, health_at=NOW - 5, health_acked_at=NOW - 4, cert_not_after=NOW + 40 * 86400,
+                 clock_offset=-301.0, ntp_synced=False, load1=0.5, mem_available=2**30, mem_total=2 * 2**30,
+                 var_percent=91.4, failed_units=["a.service", "b.service", "c.service"], filter_allowed=7,
+                 filter_denied=1, filter_removed=30,
+                 clock_problem="the clock is 5 min behind the plane's (NTP not synchronised); check NTP",
+                 target_states=[{"name": "bmc", "state": "tls-error", "error": "tls-verify-failed: x",
+                                 "cert_changed": True}, {"name": "vc", "state": "up"}])  # fmt: skip
+    lines = tunnel_lines(system)
+    assert lines == [
+        "Tunnel:       connected since 2023-11-14 22:12:20 UTC (connection 1)",
+        "Targets:      2: 1 up; 1 not (bmc: tls-error (tls-verify-failed)); new TLS certificate: bmc",
+        "Relayed:      0 calls since the gateway started, 0 open",
+        "Clock:        PROBLEM: the clock is 5 min behind the plane's (NTP not synchronised); check NTP",
+        "Certificate:  valid until 2023-12-24 (40 days)",
+        "System:       load 0.50, 1.0/2.0 GiB free, /var 91%",
+        "Failed units: a.service, b.service (and 1 more)",
+        "Filter:       7 allowed, 1 denied, 30 fields removed",
+        "Health:       last taken by the plane 4 s ago",
+        "Last error:   none",
+    ]
