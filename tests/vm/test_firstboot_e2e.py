@@ -249,8 +249,9 @@ def check_support_bundle(plane: Plane, gw_id: str, tmp_path: Path, seeds: list[s
     daemon's own status file in it (written under its sandbox) and no secret from the seeds."""
     out = tmp_path / "support.tar.gz"
     start = time.monotonic()
+    # The plane advertises the guest's alias for the host; from the host it is 127.0.0.1.
     done = run_cli("mgmtplane", "support-bundle", gw_id, "-o", str(out), "--state-dir", str(plane.state_dir),
-                   timeout=600)  # fmt: skip
+                   "--url", f"https://127.0.0.1:{plane.port}", timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "built by the helper" in done.stdout, done.stdout
     print(f"support bundle from the VM: {done.stdout.strip()} ({time.monotonic() - start:.0f}s)")
