@@ -8,6 +8,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from typing import NamedTuple
 
 from gwcore.errors import UserError
 from gwcore.safeload import ParseError, loads_json
@@ -86,6 +87,18 @@ _STREAM_FRAMES = frozenset({FrameType.OPEN, FrameType.DATA, FrameType.END, Frame
 _TYPES: dict[int, FrameType] = {t.value: t for t in FrameType}
 # Byte 0 of a DATA frame, computed once: the mux writes DATA headers on its hot path.
 DATA_TYPE_BYTE = (VERSION << 4) | FrameType.DATA
+# What the decoder checks per frame, by byte 0 (version and type), decided once here rather than
+# per frame: (type, whether the stream id must be 0 (None: either), exact payload length or -1,
+# whether max_header_block (not max_frame_size) bounds the payload).
+_RULES: dict[int, tuple[FrameType, bool | None, int, bool]] = {
+    (VERSION << 4) | t: (
+        t,
+        True if t in _CONNECTION_FRAMES else False if t in _STREAM_FRAMES else None,
+        {FrameType.PING: 8, FrameType.PONG: 8, FrameType.WINDOW: 4, FrameType.END: 0}.get(t, -1),
+        t in (FrameType.OPEN, FrameType.CONTROL),
+    )
+    for t in FrameType
+}
 
 
 class ProtocolError(UserError):
@@ -96,9 +109,8 @@ class ProtocolError(UserError):
         self.code = code
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One decoded frame."""
+class Frame(NamedTuple):
+    """One decoded frame (a named tuple: the decoder makes one per frame on the hot path)."""
 
     type: FrameType
     flags: int
@@ -321,16 +333,24 @@ class Decoder:
         pos = 0
         end = len(view)
         unpack = HEADER.unpack_from
+        rules = _RULES
+        block, frame_max = self.max_header_block, self.max_frame_size
         try:
             while end - pos >= HEADER_SIZE:
                 vt, flags, sid, length = unpack(view, pos)
-                if length > self._limit_for(vt & 0x0F):
-                    self._fail(f"frame type {vt & 0x0F} payload of {length} bytes exceeds the limit")
+                rule = rules.get(vt)
+                if rule is None:
+                    self._check_slowly(vt, sid, length)  # names the fault and raises
+                    raise AssertionError
+                ftype, zero_sid, exact, head = rule
+                if (
+                    length > (block if head else frame_max)
+                    or (zero_sid is not None and (sid == 0) is not zero_sid)
+                    or (exact >= 0 and length != exact)
+                ):
+                    self._check_slowly(vt, sid, length)
                 if end - pos - HEADER_SIZE < length:
-                    # Check the header early so garbage fails fast instead of waiting for 4 GiB.
-                    self._check(vt, sid, length)
-                    break
-                ftype = self._check(vt, sid, length)
+                    break  # the header is checked already: garbage fails before 4 GiB arrive
                 start = pos + HEADER_SIZE
                 frames.append(Frame(ftype, flags, sid, bytes(view[start : start + length])))
                 pos = start + length
@@ -342,6 +362,11 @@ class Decoder:
         elif pos < end:
             buf += data[pos:]
         return frames
+
+    def _check_slowly(self, vt: int, sid: int, length: int) -> None:
+        if length > self._limit_for(vt & 0x0F):
+            self._fail(f"frame type {vt & 0x0F} payload of {length} bytes exceeds the limit")
+        self._check(vt, sid, length)
 
     def _limit_for(self, ftype: int) -> int:
         if ftype == FrameType.OPEN or ftype == FrameType.CONTROL:
@@ -422,8 +447,11 @@ def _check_values(headers: Sequence[tuple[str, str]], values: list[bytes]) -> No
         raise ProtocolError(f"invalid characters in header {bad[0][:40]!r}")
 
 
+_BAD_PATH_CHAR = re.compile(rb"[\r\n\x00 ]").search
+
+
 def _bad_path(path: bytes) -> bool:
-    return not path.startswith(b"/") or _BAD_CHAR(path) is not None or b" " in path
+    return not path.startswith(b"/") or _BAD_PATH_CHAR(path) is not None
 
 
 def _name_text(name: bytes) -> str:
