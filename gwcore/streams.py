@@ -44,11 +44,11 @@ class Stream:
     """
 
     __slots__ = (
-        "_credit_event",
         "_error",
         "_head",
         "_inbox",
-        "_rx_event",
+        "_rx_waiter",
+        "_tx_waiter",
         "_unacked",
         "has_body",
         "id",
@@ -71,8 +71,10 @@ class Stream:
         self.rx_fin = False  # the peer has finished sending (its body may still be buffered)
         self.tx_fin = False
         self._inbox: deque[bytes] = deque()
-        self._rx_event = asyncio.Event()
-        self._credit_event = asyncio.Event()
+        # One reader and one writer at most wait on a stream; their futures are made only when one
+        # waits (most small exchanges never do), and set by _wake_rx / _wake_tx.
+        self._rx_waiter: asyncio.Future[None] | None = None
+        self._tx_waiter: asyncio.Future[None] | None = None
         self._unacked = 0
         self._error: StreamReset | None = None
         self._head: asyncio.Future[p.ResponseHead] | None = None
@@ -88,8 +90,11 @@ class Stream:
                 raise self._error
             if self.rx_fin:
                 return b""
-            self._rx_event.clear()
-            await self._rx_event.wait()
+            self._rx_waiter = waiter = self.mux._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._rx_waiter = None
         inbox = self._inbox
         if len(inbox) == 1:
             chunk = inbox.popleft()
@@ -97,6 +102,17 @@ class Stream:
             # Hand over everything buffered at once: one write downstream instead of one per frame.
             chunk = b"".join(inbox)
             inbox.clear()
+        self._consumed(len(chunk))
+        return chunk
+
+    def read_nowait(self) -> bytes:
+        """Whatever body bytes are buffered now (b"" if none), without waiting; read() says when
+        the body has ended. Lets a response's head go out with its first bytes in one write."""
+        inbox = self._inbox
+        if not inbox or self._error is not None:
+            return b""
+        chunk = inbox.popleft() if len(inbox) == 1 else b"".join(inbox)
+        inbox.clear()
         self._consumed(len(chunk))
         return chunk
 
@@ -186,12 +202,25 @@ class Stream:
 
     async def _wait_credit(self) -> None:
         self._check_writable()
-        self._credit_event.clear()
         mux = self.mux
         if mux.send_credit <= 0:
             mux._credit_waiters.add(self)
-        await self._credit_event.wait()
+        self._tx_waiter = waiter = mux._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._tx_waiter = None
         self._check_writable()
+
+    def _wake_rx(self) -> None:
+        waiter = self._rx_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_tx(self) -> None:
+        waiter = self._tx_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _check_writable(self) -> None:
         if self._error is not None:
@@ -217,8 +246,8 @@ class Stream:
         if self._head is not None and not self._head.done():
             self._head.set_exception(error)
             self._head.exception()  # mark retrieved: nobody may be waiting any more
-        self._rx_event.set()
-        self._credit_event.set()
+        self._wake_rx()
+        self._wake_tx()
         self.mux._forget(self)
         if self.on_abort is not None:
             callback, self.on_abort = self.on_abort, None
@@ -229,7 +258,7 @@ class Stream:
             self._inbox.append(payload)
         if fin:
             self.rx_fin = True
-        self._rx_event.set()
+        self._wake_rx()
         if fin and self.tx_fin:
             self.mux._forget(self)
 
@@ -563,7 +592,7 @@ class Mux:
                 raise p.ProtocolError("connection window above 2^31-1", p.ErrorCode.FLOW_CONTROL)
             waiters, self._credit_waiters = self._credit_waiters, set()
             for stream in waiters:
-                stream._credit_event.set()
+                stream._wake_tx()
             return
         target = self.streams.get(sid)
         if target is None:
@@ -573,7 +602,7 @@ class Mux:
         if stream.send_credit > _MAX_WINDOW:
             stream.reset(p.ErrorCode.FLOW_CONTROL, "stream window above 2^31-1")
             return
-        stream._credit_event.set()
+        stream._wake_tx()
 
     def _on_open_frame(self, f: p.Frame) -> None:
         fin = bool(f.flags & p.FLAG_FIN)
