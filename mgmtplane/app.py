@@ -26,6 +26,7 @@ from gwcore.safeload import loads_json
 from mgmtplane import tls_alerts
 from mgmtplane.ca import CSRError, cert_fingerprint, load_csr
 from mgmtplane.errors import PlaneError
+from mgmtplane.front import RELAY_AUTH_KEY, Refusal, RelayAuth
 from mgmtplane.hub import HUB_KEY, setup_hub
 from mgmtplane.identity import IDENTITY_KEY, PlaneIdentity, build_server_context, setup_identity
 from mgmtplane.operate import OperateConfig, health_summary, setup_operate
@@ -107,11 +108,27 @@ def json_error(status: int, code: str, message: str) -> web.Response:
 
 
 def _admin_authorized(request: web.Request) -> bool:
-    header = request.headers.get("Authorization", "")
+    return _bearer_ok(request.headers.get("Authorization", ""), request.app[ADMIN_TOKEN_KEY])
+
+
+def _bearer_ok(header: str, token: str) -> bool:
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented:
         return False
-    return hmac.compare_digest(presented.strip().encode(), request.app[ADMIN_TOKEN_KEY].encode())
+    return hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
+_UNAUTHORIZED = "admin API needs 'Authorization: Bearer <admin token>'"
+_CHALLENGE = ("WWW-Authenticate", 'Bearer realm="mgmtplane"')
+
+
+def relay_auth(token: str) -> RelayAuth:
+    """admin_auth for the relay route on the lean public path (mgmtplane.front): the same rule and answer."""
+
+    def check(header: str) -> Refusal | None:
+        return None if _bearer_ok(header, token) else (401, "unauthorized", _UNAUTHORIZED, (_CHALLENGE,))
+
+    return check
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -122,8 +139,8 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     """Every route under /v1/gateways (the hub's relay route included) needs the admin bearer token."""
     path = request.path
     if (path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")) and not _admin_authorized(request):
-        resp = json_error(401, "unauthorized", "admin API needs 'Authorization: Bearer <admin token>'")
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="mgmtplane"'
+        resp = json_error(401, "unauthorized", _UNAUTHORIZED)
+        resp.headers[_CHALLENGE[0]] = _CHALLENGE[1]
         return resp
     return await handler(request)
 
@@ -282,6 +299,7 @@ def create_app(config: PlaneConfig) -> web.Application:
     app.router.add_post("/v1/register", post_register)
     app.router.add_get("/v1/gateways", list_gateways)
     app.router.add_get("/v1/gateways/{gateway_id}", get_gateway)
+    app[RELAY_AUTH_KEY] = relay_auth(app[ADMIN_TOKEN_KEY])
     setup_hub(app)
     identity = PlaneIdentity(
         config.state_dir, config.server_hosts, app[REGISTRY_KEY], functools.partial(_state_io, app)

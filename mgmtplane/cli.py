@@ -23,6 +23,7 @@ from gwcore.errors import UserError
 from mgmtplane.app import PlaneConfig, create_app, load_or_create_admin_token, server_ssl_context
 from mgmtplane.ca import server_cert_covers
 from mgmtplane.errors import PlaneError
+from mgmtplane.front import FrontSite
 from mgmtplane.hub import HUB_KEY
 from mgmtplane.identity_cli import add_parsers as add_identity_parsers
 from mgmtplane.operate import OperateConfig
@@ -114,7 +115,7 @@ async def serve(
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
-        await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()
+        await FrontSite(runner, sock=sock, ssl_context=ssl_ctx).start()
         # One machine-readable line: tests and scripts wait for it (port 0 is resolved here).
         print(f"mgmtplane: listening on {advertise}", flush=True)
         stop = asyncio.Event()

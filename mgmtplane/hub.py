@@ -10,7 +10,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 
 from gwcore import protocol as p
 from gwcore.control import ControlChannel, Message
-from gwcore.httpwire import TUNNEL_ERROR_HEADER, strip_hop_headers
+from gwcore.httpwire import HOP_BY_HOP, TUNNEL_ERROR_HEADER, strip_hop_headers
 from gwcore.streams import WS_MAX_MESSAGE, Mux, StreamReset, end_connection, until_either
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ READ_CHUNK = 256 * 1024
 # Expect: 100-continue is answered by the plane's own HTTP server, never forwarded.
 _PLANE_ONLY = frozenset({"authorization", "cookie", "x-forwarded-for", "x-real-ip", "expect"})
 _TARGET_CREDENTIALS = {"x-target-authorization": "Authorization", "x-target-cookie": "Cookie"}
+_DROP_REQUEST = _PLANE_ONLY | HOP_BY_HOP
 
 STATUS_FOR_CODE: dict[p.ErrorCode, int] = {
     p.ErrorCode.TARGET_UNKNOWN: 404,
@@ -241,29 +242,36 @@ class Hub:
                 mux.close(p.ErrorCode.PROTOCOL_ERROR, f"unexpected {msg.type.name} message")
                 return
 
-    async def handle_relay(self, request: web.Request) -> web.StreamResponse:
-        """ANY /v1/gateways/{id}/targets/{target}/{path}: stream a request through the gateway's tunnel."""
-        gateway_id = request.match_info["gateway_id"]
+    def route(self, gateway_id: str) -> tuple[GatewaySession, Mux] | None:
+        """The session and tunnel that serve a relay call for `gateway_id`; None when it is offline.
+
+        The one place that picks the tunnel for a call (both public paths ask it): a site of
+        several gateways routes and fails over here, without touching the relay paths.
+        """
         session = self._sessions.get(gateway_id)
         # The hub cannot tell "never registered" from "registered, not connected yet": both are 503.
         mux = session.mux if session is not None else None
         if session is None or mux is None or mux.closed or not session.connected:
-            return _json_error(503, "gateway-offline", f"gateway {gateway_id} is not connected")
+            return None
+        return session, mux
+
+    async def handle_relay(self, request: web.Request) -> web.StreamResponse:
+        """ANY /v1/gateways/{id}/targets/{target}/{path}: stream a request through the gateway's tunnel.
+
+        The aiohttp path, for connections aiohttp already serves; `mgmtplane.front` serves the
+        same route on its lean path with the same rules (request_head, error_body, STATUS_FOR_CODE).
+        """
+        gateway_id = request.match_info["gateway_id"]
+        routed = self.route(gateway_id)
+        if routed is None:
+            return _json_error(503, *offline(gateway_id))
+        session, mux = routed
         if not mux.ready.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(mux.ready.wait(), 5.0)
-        # raw_path keeps the caller's percent-encoding and query exactly as sent.
-        parts = request.raw_path.split("/", 6)
-        path = "/" + (parts[6] if len(parts) > 6 else "")
-        headers = []
-        for key, value in strip_hop_headers(request.headers.items()):
-            lower = key.lower()
-            if lower in _TARGET_CREDENTIALS:
-                headers.append((_TARGET_CREDENTIALS[lower], value))
-            elif lower not in _PLANE_ONLY:
-                headers.append((key, value))
+            await wait_ready(mux)
         has_body = request.body_exists
-        head = p.RequestHead(request.method, request.match_info["target"], path, tuple(headers))
+        head = request_head(
+            request.method, request.match_info["target"], request.raw_path, request.headers.items()
+        )
         try:
             stream = mux.open(head, fin=not has_body)
         except StreamReset as exc:
@@ -278,7 +286,7 @@ class Hub:
             except StreamReset as exc:
                 return _json_error(STATUS_FOR_CODE.get(exc.code, 502), str(exc.code), exc.detail)
             headers = strip_hop_headers(rhead.headers)
-            body = stream.read_complete() if _whole_body_ok(request.method, rhead.status) else None
+            body = stream.read_complete() if whole_body_ok(request.method, rhead.status) else None
             if body is not None:
                 # The response ended in the same tunnel read: send head and body in one write.
                 whole = web.Response(status=rhead.status, body=body)
@@ -344,10 +352,58 @@ class Hub:
         await asyncio.gather(*(close(s.ws) for s, _mux in live if s.ws is not None))
 
 
-def _whole_body_ok(method: str, status: int) -> bool:
-    # HEAD, 1xx, 204 and 304 carry no body but may carry the entity's Content-Length: those keep
-    # the target's headers as they are (the streaming path).
+def whole_body_ok(method: str, status: int) -> bool:
+    """Whether a response may go out as one piece with its Content-Length set from the body.
+
+    HEAD, 1xx, 204 and 304 carry no body but may carry the entity's Content-Length: those keep
+    the target's headers as they are (the streaming path)."""
     return method != "HEAD" and status >= 200 and status not in (204, 304)
+
+
+def request_head(
+    method: str, target: str, raw_path: str, headers: Iterable[tuple[str, str]]
+) -> p.RequestHead:
+    """The OPEN head for a relay call: the path after the target as sent (raw_path keeps the
+    caller's percent-encoding and query), the plane-only headers dropped, X-Target-* renamed."""
+    parts = raw_path.split("/", 6)
+    path = "/" + (parts[6] if len(parts) > 6 else "")
+    items = list(headers)
+    out = []
+    connection = False
+    # One pass with one lower() per header: this runs for every relayed call.
+    for key, value in items:
+        lower = key.lower()
+        if lower in _DROP_REQUEST:
+            connection = connection or lower == "connection"
+            continue
+        renamed = _TARGET_CREDENTIALS.get(lower)
+        out.append((renamed, value) if renamed is not None else (key, value))
+    if connection:
+        # Connection may name more headers to drop (RFC 9110 7.6.1): the general rule, in full.
+        out = []
+        for key, value in strip_hop_headers(items):
+            lower = key.lower()
+            if lower in _TARGET_CREDENTIALS:
+                out.append((_TARGET_CREDENTIALS[lower], value))
+            elif lower not in _PLANE_ONLY:
+                out.append((key, value))
+    return p.RequestHead(method, target, path, tuple(out))
+
+
+def offline(gateway_id: str) -> tuple[str, str]:
+    """The error code and message of a relay call for a gateway without a live tunnel."""
+    return "gateway-offline", f"gateway {gateway_id} is not connected"
+
+
+async def wait_ready(mux: Mux) -> None:
+    """Wait (bounded) for the gateway's HELLO on a tunnel that has just come up."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(mux.ready.wait(), 5.0)
+
+
+def error_body(code: str, message: str) -> bytes:
+    """The JSON body of every plane refusal (docs/protocol.md §9)."""
+    return json.dumps({"error": code, "message": message}).encode()
 
 
 async def _pump_body(request: web.Request, stream: Any) -> None:
@@ -371,9 +427,7 @@ def _refusal(status: int, code: str, message: str) -> web.Response:
 
 def _json_error(status: int, code: str, message: str) -> web.Response:
     return web.Response(
-        status=status,
-        text=json.dumps({"error": code, "message": message}),
-        content_type="application/json",
+        status=status, text=error_body(code, message).decode(), content_type="application/json"
     )
 
 

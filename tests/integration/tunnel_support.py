@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -32,6 +33,7 @@ from gateway.tunnel.backoff import Backoff
 from gateway.tunnel.client import TunnelClient, client_ssl_context
 from gwcore import protocol as p
 from mgmtplane import tls_alerts
+from mgmtplane.front import FrontSite
 from mgmtplane.hub import PLANE_LIMITS, Hub, setup_hub
 
 if TYPE_CHECKING:
@@ -126,7 +128,8 @@ async def running_plane(pki: Pki, port: int = 0) -> AsyncIterator[tuple[URL, Hub
     runner = web.AppRunner(app, shutdown_timeout=2.0)
     await runner.setup()
     port = port or free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=plane_ssl_context(pki.plane_dir))
+    # The plane's public listener as `mgmtplane serve` runs it: relay calls on the lean path.
+    site = FrontSite(runner, "127.0.0.1", port, ssl_context=plane_ssl_context(pki.plane_dir))
     await site.start()
     try:
         yield URL(f"https://127.0.0.1:{port}"), hub, runner
@@ -314,14 +317,21 @@ def _main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     app, _hub = plane_app()
-    web.run_app(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        ssl_context=plane_ssl_context(args.dir),
-        print=None,
-        shutdown_timeout=2.0,
-    )
+
+    async def serve() -> None:
+        runner = web.AppRunner(app, shutdown_timeout=2.0)
+        await runner.setup()
+        ssl_context = plane_ssl_context(args.dir)
+        await FrontSite(runner, "127.0.0.1", args.port, ssl_context=ssl_context, shutdown_timeout=2.0).start()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(serve())
 
 
 if __name__ == "__main__":
