@@ -1,17 +1,25 @@
-"""Relay benchmark: direct vs our tunnel vs `ssh -R`, interleaved, against nginx on loopback.
+"""Relay benchmark: the product as shipped beside `ssh -R` and a yardstick, interleaved, on loopback.
 
-Prints req/s for a 1 KiB JSON at c=1/16/64, p50/p99 at c=1, MB/s for a 64 MiB body, peak RSS of
-gateway + plane, and ratios against `ssh -R`. Bounded: fixed rounds and durations (< 5 minutes).
-The load comes from wrk (requests) and curl (the large body), so the client is never the bottleneck.
+Four paths to one nginx, each entered over plain HTTP on loopback so the load client costs the same:
 
-A fourth path, "plain", is the yardstick the issue names: the plainest aiohttp WebSocket relay
-(bench/plain_relay.py), so the figures also show what a minimal Python relay does on the same machine.
+- direct:    wrk -> nginx
+- ours:      wrk -> the real plane app (mgmtplane.app.create_app on its public listener,
+             mgmtplane.front) -> mTLS WebSocket -> `gateway run` -> nginx. The gateway is enrolled
+             with the project's own CLIs and filters with a real policy: the 1 KiB JSON field by
+             field, the 64 MiB body an explicit passthrough (the policy of issue 14's harness).
+- yardstick: bench/plain_relay.py, a plain multiplexed aiohttp WebSocket relay (per-stream credit,
+             no filter, no auth, no batching): what a small Python relay of our shape does here.
+- ssh -R:    wrk -> sshd's forwarded port -> SSH -> `ssh` -> nginx
 
-    .venv/bin/python bench/relay.py [--rounds 3] [--seconds 2]
+It prints req/s at c=1/16/64 with p50/p99, MB/s for the 64 MiB body, the CPU per request of each
+relay's processes (ours: plane and gateway apart), the machine's busy share, peak RSS, then one
+line per figure with its target, e.g. `c=64 req/s: 2.05x ssh -R`. The machine is shared: read the
+ratios from one run, and the CPU per request (less sensitive to other load) for decisions.
+Bounded: fixed rounds, durations and counts (about 3 minutes with the defaults).
 
-Everything runs on 127.0.0.1; every process is started and stopped by this script. The plane
-runs in its own process (`bench/relay.py --role plane`), with the hub's relay route also on a
-plain-HTTP loopback port so the load client pays the same per-request cost on every path.
+    .venv/bin/python bench/relay.py [--rounds 3] [--seconds 3] [--big-reps 3]
+
+Everything runs on 127.0.0.1; every process is started and stopped by this script.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -37,7 +46,30 @@ sys.path.insert(0, str(REPO))
 
 NGINX = "/usr/sbin/nginx"
 SSHD = "/usr/sbin/sshd"
-SMALL = b'{"items": [' + b",".join(b'{"id": %d, "name": "vm-%04d"}' % (i, i) for i in range(34)) + b"]}"
+# The issue's harness body: a status and 17 items of four fields, padded to 1 KiB with spaces.
+SMALL = json.dumps(
+    {
+        "status": "ok",
+        "items": [{"id": i, "name": f"item-{i:03d}", "ok": i % 2 == 0, "score": i * 1.5} for i in range(17)],
+    },
+    separators=(",", ":"),
+).encode()
+# What the gateway applies (the harness's policy): the small body parsed and filtered field by field.
+POLICY = """\
+kind: http
+rules:
+  - name: bench-small
+    path: /small.json
+    json:
+      - status
+      - items[].id
+      - items[].name
+      - items[].ok
+      - items[].score
+  - name: bench-big
+    path: /big.bin
+    passthrough: true
+"""
 BIG_SIZE = 64 * 1024 * 1024
 CONCURRENCY = (1, 16, 64)
 
@@ -93,7 +125,11 @@ def peak_rss_mib(pid: int) -> float:
 class Procs:
     items: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    log: Path | None = None  # children's stderr goes here, not over the figures
+
     def start(self, args: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        if self.log is not None and "stderr" not in kw:
+            kw["stderr"] = self.log.open("ab")
         proc: subprocess.Popen[bytes] = subprocess.Popen(args, stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
         self.items.append(proc)
         return proc
@@ -205,12 +241,12 @@ def start_plain_relay(work: Path, procs: Procs, nginx_port: int) -> tuple[int, l
     return http_port, [plane.pid, gateway.pid]
 
 
-def wait_relay(path: str, port: int, proc: subprocess.Popen[bytes]) -> None:
+def wait_relay(path: str, port: int, proc: subprocess.Popen[bytes], header: str = "") -> None:
     """Wait until a relay answers GET `path` with 200: relays answer 503 until their tunnel is up."""
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+            s.sendall(f"GET {path} HTTP/1.0\r\n{header}\r\n".encode())
             if s.recv(12).endswith(b"200"):
                 return
         if proc.poll() is not None:
@@ -220,21 +256,61 @@ def wait_relay(path: str, port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 @dataclass
-class Tunnel:
+class Ours:
     http_port: int
-    gateway_id: str
+    prefix: str  # /v1/gateways/{id}/targets/nginx
+    header: str  # Authorization: Bearer <admin token>
     plane: subprocess.Popen[bytes]
     gateway: subprocess.Popen[bytes]
 
 
-def start_our_tunnel(work: Path, procs: Procs, nginx_port: int) -> Tunnel:
-    from tests.integration.tunnel_support import make_pki, write_policies
+def _cli(module: str, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{module} {args[0]}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout.strip()
 
-    pki = make_pki(work / "pki")
+
+def enrol(work: Path, procs: Procs) -> tuple[Path, Path, str]:
+    """A plane state dir and a gateway identity, made by the project's own CLIs as an operator
+    would: `mgmtplane serve`, `mgmtplane token create`, `firstboot register`. Returns both dirs and
+    the gateway id."""
+    plane_dir, gw_dir = work / "plane", work / "gw"
+    port = free_port()
+    serve = procs.start(
+        [
+            sys.executable,
+            "-m",
+            "mgmtplane",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--state-dir",
+            str(plane_dir),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert serve.stdout is not None
+    if b"listening on" not in serve.stdout.readline():
+        raise RuntimeError("mgmtplane serve did not start")
+    token = _cli("mgmtplane", "token", "create", "--state-dir", str(plane_dir), "--ttl", "10m")
+    _cli("firstboot", "register", "--token", token, "--state-dir", str(gw_dir), "--hostname", "bench")
+    serve.send_signal(signal.SIGTERM)
+    serve.wait(timeout=15)
+    gateway_id = json.loads((gw_dir / "identity.json").read_text())["gateway_id"]
+    return plane_dir, gw_dir, str(gateway_id)
+
+
+def start_ours(work: Path, procs: Procs, nginx_port: int) -> Ours:
+    plane_dir, gw_dir, gateway_id = enrol(work, procs)
     tls_port, http_port = free_port(), free_port()
     plane = procs.start(
         [
-            sys.executable, str(Path(__file__).resolve()), "--role", "plane", "--dir", str(pki.plane_dir),
+            sys.executable, str(Path(__file__).resolve()), "--role", "plane", "--dir", str(plane_dir),
             "--tls-port", str(tls_port), "--http-port", str(http_port),
         ],
         cwd=REPO,
@@ -245,28 +321,37 @@ def start_our_tunnel(work: Path, procs: Procs, nginx_port: int) -> Tunnel:
         f"targets:\n  - name: nginx\n    url: http://127.0.0.1:{nginx_port}\n    kind: http\n"
         "    allow_private: [127.0.0.1]\n"
     )
+    policies = work / "policies"
+    policies.mkdir()
+    (policies / "bench.yaml").write_text(POLICY)
     config = work / "gateway.yaml"
     config.write_text(
-        f"plane_url: https://127.0.0.1:{tls_port}\nstate_dir: {pki.state_dir}\ntargets: {targets}\n"
-        f"policy_dirs: [{write_policies(work)}]\n"
+        f"plane_url: https://127.0.0.1:{tls_port}\nstate_dir: {gw_dir}\ntargets: {targets}\n"
+        f"policy_dirs: [{policies}]\n"
     )
     gateway = procs.start([sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=REPO)
-    wait_relay(f"/v1/gateways/{pki.gateway_id}/targets/nginx/small.json", http_port, gateway)
-    return Tunnel(http_port, pki.gateway_id, plane, gateway)
+    token = (plane_dir / "admin-token").read_text().strip()
+    prefix = f"/v1/gateways/{gateway_id}/targets/nginx"
+    header = f"Authorization: Bearer {token}"
+    wait_relay(f"{prefix}/small.json", http_port, gateway, header + "\r\n")
+    return Ours(http_port, prefix, header, plane, gateway)
 
 
 def run_plane(plane_dir: Path, tls_port: int, http_port: int) -> None:
-    """--role plane: the hub on TLS (for the gateway) and plain HTTP on loopback (for the load client)."""
+    """--role plane: the real plane app on its public listener, TLS for the gateway and plain HTTP
+    on loopback for the load client (the only difference from `mgmtplane serve`)."""
     from aiohttp import web
 
-    from tests.integration.tunnel_support import plane_app, plane_ssl_context
+    from mgmtplane.app import PlaneConfig, create_app, server_ssl_context
+    from mgmtplane.front import FrontSite
 
     async def main() -> None:
-        app, _hub = plane_app()
-        runner = web.AppRunner(app, shutdown_timeout=1)
+        config = PlaneConfig(state_dir=plane_dir, server_hosts=("127.0.0.1",))
+        app = create_app(config)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", tls_port, ssl_context=plane_ssl_context(plane_dir)).start()
-        await web.TCPSite(runner, "127.0.0.1", http_port).start()
+        await FrontSite(runner, "127.0.0.1", tls_port, ssl_context=server_ssl_context(config)).start()
+        await FrontSite(runner, "127.0.0.1", http_port, shutdown_timeout=1).start()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
@@ -288,16 +373,15 @@ def _seconds(text: str) -> float:
     raise ValueError(f"unknown latency unit in {text!r}")
 
 
-def run_small(url: str, concurrency: int, seconds: int) -> tuple[float, dict[int, float], int]:
+def run_small(
+    url: str, concurrency: int, seconds: int, header: str = ""
+) -> tuple[float, dict[int, float], int]:
     """Requests/s, wrk's latency percentiles {50: s, 99: s} and the number of requests, for GETs
-    of `url` at `concurrency`.
-
-    wrk (C, epoll, keep-alive) drives the load: the Python client this bench used first spent
-    more CPU per request than nginx and `ssh -R` together, so every path measured the client.
-    """
+    of `url` at `concurrency`."""
     threads = min(concurrency, os.cpu_count() or 1, 2)
+    extra = ["-H", header] if header else []
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", url],
+        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", *extra, url],
         capture_output=True, text=True, check=True, timeout=seconds + 30,
     ).stdout  # fmt: skip
     rate, lat, count = 0.0, {}, 0
@@ -316,15 +400,23 @@ def run_small(url: str, concurrency: int, seconds: int) -> tuple[float, dict[int
     return rate, lat, count
 
 
-def run_big(url: str) -> float:
+def run_big(url: str, header: str = "") -> float:
     """MB/s for one download of the 64 MiB file (curl, written to /dev/null)."""
+    extra = ["-H", header] if header else []
+    form = "%{http_code} %{size_download} %{speed_download}"
     out = subprocess.run(
-        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{speed_download}", url],
+        ["curl", "-sS", *extra, "-o", "/dev/null", "-w", form, url],
         capture_output=True, text=True, check=True, timeout=120,
     ).stdout.split()  # fmt: skip
     if out[0] != "200" or int(out[1]) != BIG_SIZE:
         raise RuntimeError(f"{url}: HTTP {out[0]}, {out[1]} bytes")
     return float(out[2]) / 1e6
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(all, idle + iowait) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4]
 
 
 @contextlib.contextmanager
@@ -336,99 +428,134 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def bench(rounds: int, seconds: int, big_reps: int) -> None:
+MODES = ("direct", "ours", "yardstick", "ssh -R")
+
+
+@dataclass
+class Figures:
+    rps: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    lat: dict[tuple[str, int, int], list[float]] = field(default_factory=dict)  # (mode, c, q) -> s
+    busy: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    cpu: dict[tuple[str, str, int], list[float]] = field(default_factory=dict)  # (mode, part, c) -> [s, n]
+    mbs: dict[str, list[float]] = field(default_factory=dict)
+    rss: dict[str, float] = field(default_factory=dict)
+
+
+def bench(rounds: int, seconds: int, big_reps: int) -> Figures:
+    figures = Figures()
     with workdir() as work:
-        procs = Procs()
+        procs = Procs(log=work / "relays.log")
         try:
             nginx = start_nginx(work, procs)
             ssh_port, ssh_pids = start_ssh_tunnel(work, procs, nginx)
-            tunnel = start_our_tunnel(work, procs, nginx)
+            ours = start_ours(work, procs, nginx)
             plain_port, plain_pids = start_plain_relay(work, procs, nginx)
             base = {
                 "direct": f"http://127.0.0.1:{nginx}",
-                "tunnel": f"http://127.0.0.1:{tunnel.http_port}/v1/gateways/{tunnel.gateway_id}/targets/nginx",
-                "plain": f"http://127.0.0.1:{plain_port}/r",
+                "ours": f"http://127.0.0.1:{ours.http_port}{ours.prefix}",
+                "yardstick": f"http://127.0.0.1:{plain_port}/r",
                 "ssh -R": f"http://127.0.0.1:{ssh_port}",
             }
-            relay_pids = {
-                "tunnel": [tunnel.gateway.pid, tunnel.plane.pid],
-                "plain": plain_pids,
-                "ssh -R": ssh_pids,
+            headers = {"ours": ours.header}
+            # The processes whose CPU each relay costs, by part.
+            parts = {
+                "ours": {"plane": [ours.plane.pid], "gateway": [ours.gateway.pid]},
+                "yardstick": {"plane": plain_pids[:1], "gateway": plain_pids[1:]},
+                "ssh -R": {"sshd": ssh_pids[:1], "ssh": ssh_pids[1:]},
             }
-            cpu: dict[tuple[str, int], list[float]] = {}  # CPU seconds and requests, summed
-            rps: dict[tuple[str, int], list[float]] = {}
-            lat: dict[tuple[str, int], list[float]] = {}
-            mbs: dict[str, list[float]] = {m: [] for m in base}
             t_start = time.monotonic()
             for rnd in range(rounds):
                 for c in CONCURRENCY:
                     for mode, url in base.items():  # interleaved: drift hits every path alike
-                        before = cpu_seconds(relay_pids.get(mode, []))
-                        value, percentiles, count = run_small(f"{url}/small.json", c, seconds)
-                        used = cpu_seconds(relay_pids.get(mode, [])) - before
-                        acc = cpu.setdefault((mode, c), [0.0, 0])
-                        acc[0], acc[1] = acc[0] + used, acc[1] + count
-                        rps.setdefault((mode, c), []).append(value)
-                        if c == 1:
-                            for q, v in percentiles.items():
-                                lat.setdefault((mode, q), []).append(v)
+                        before = {part: cpu_seconds(pids) for part, pids in parts.get(mode, {}).items()}
+                        ticks = machine_ticks()
+                        rate, percentiles, count = run_small(
+                            f"{url}/small.json", c, seconds, headers.get(mode, "")
+                        )
+                        total, idle = (a - b for a, b in zip(machine_ticks(), ticks, strict=True))
+                        for part, pids in parts.get(mode, {}).items():
+                            acc = figures.cpu.setdefault((mode, part, c), [0.0, 0])
+                            acc[0] += cpu_seconds(pids) - before[part]
+                            acc[1] += count
+                        figures.rps.setdefault((mode, c), []).append(rate)
+                        figures.busy.setdefault((mode, c), []).append(
+                            100 * (1 - idle / total) if total else 0.0
+                        )
+                        for q, v in percentiles.items():
+                            figures.lat.setdefault((mode, c, q), []).append(v)
                 print(f"round {rnd + 1}/{rounds} done ({time.monotonic() - t_start:.0f}s)", flush=True)
             for _ in range(big_reps):
                 for mode, url in base.items():
-                    mbs[mode].append(run_big(f"{url}/big.bin"))
-            rss = peak_rss_mib(tunnel.gateway.pid) + peak_rss_mib(tunnel.plane.pid)
+                    figures.mbs.setdefault(mode, []).append(run_big(f"{url}/big.bin", headers.get(mode, "")))
+            figures.rss = {
+                "ours": peak_rss_mib(ours.gateway.pid) + peak_rss_mib(ours.plane.pid),
+                "yardstick": sum(peak_rss_mib(pid) for pid in plain_pids),
+            }
+        except Exception:
+            log = (work / "relays.log").read_text(errors="replace").splitlines()
+            print("\n".join(["the relays' last log lines:", *log[-20:]]), file=sys.stderr)
+            raise
         finally:
             procs.stop_all()
-    report(rps, lat, mbs, rss, {k: v[0] / v[1] * 1e6 for k, v in cpu.items() if v[1]})
+    return figures
 
 
-MODES = ("direct", "tunnel", "plain", "ssh -R")
+def report(f: Figures) -> None:
+    """Medians over the rounds: a table, then one line per figure with its target."""
+    med = statistics.median
+    rps = {k: med(v) for k, v in f.rps.items()}
+    ms = {k: med(v) * 1000 for k, v in f.lat.items()}
+    busy = {k: med(v) for k, v in f.busy.items()}
+    big = {k: med(v) for k, v in f.mbs.items()}
+    cpu = {k: v[0] / v[1] * 1e6 for k, v in f.cpu.items() if v[1]}
 
+    def cpu_sum(mode: str, c: int) -> float:
+        return sum(v for (m, _p, cc), v in cpu.items() if m == mode and cc == c)
 
-def report(
-    rps: dict[tuple[str, int], list[float]],
-    lat: dict[tuple[str, int], list[float]],
-    mbs: dict[str, list[float]],
-    rss: float,
-    cpu_us: dict[tuple[str, int], float],
-) -> None:
-    """Medians over the rounds: a table, then one summary line per figure."""
-    med = {k: statistics.median(v) for k, v in rps.items()}
-    ms = {k: statistics.median(v) * 1000 for k, v in lat.items()}
-    big = {k: statistics.median(v) for k, v in mbs.items()}
-
-    def row(name: str, values: dict[str, float], fmt: str, skip: tuple[str, ...] = ()) -> None:
-        cells = "".join(f"{'' if m in skip else format(values[m], fmt):>10}" for m in MODES)
-        ratios = "".join(f"{values[m] / values['ssh -R']:>13.2f}x" for m in ("tunnel", "plain"))
-        print(f"{name:<20}{cells}{ratios}")
+    def row(name: str, values: dict[str, float | None], fmt: str) -> None:
+        cells = "".join(f"{'' if values.get(m) is None else format(values[m], fmt):>11}" for m in MODES)
+        print(f"{name:<26}{cells}")
 
     print()
-    print(f"{'figure':<20}" + "".join(f"{m:>10}" for m in MODES) + f"{'tunnel/ssh':>14}{'plain/ssh':>14}")
+    print(f"{'figure':<26}" + "".join(f"{m:>11}" for m in MODES))
     for c in CONCURRENCY:
-        row(f"c={c} req/s", {m: med[(m, c)] for m in MODES}, ".0f")
-    for q in (50, 99):
-        row(f"c=1 p{q} ms", {m: ms[(m, q)] for m in MODES}, ".3f")
-    row("64 MiB MB/s", big, ".1f")
-    for c in CONCURRENCY:  # the relays' own processes: gateway + plane, ssh + sshd
-        row(f"c={c} CPU us/req", {m: cpu_us.get((m, c), 0.0) for m in MODES}, ".0f", skip=("direct",))
-    print(f"{'peak RSS gw+plane':<20}{rss:>20.1f} MiB")
+        row(f"c={c} req/s", {m: rps[(m, c)] for m in MODES}, ".0f")
+    for c in CONCURRENCY:
+        cells = "".join(f"{ms[(m, c, 50)]:>5.2f}/{ms[(m, c, 99)]:<5.1f}" for m in MODES)
+        print(f"{f'c={c} p50/p99 ms':<26}{cells}")
+    row("64 MiB MB/s", dict(big), ".0f")
+    for c in CONCURRENCY:
+        row(f"c={c} CPU us/req", {m: cpu_sum(m, c) if m != "direct" else None for m in MODES}, ".0f")
+        for part in ("plane", "gateway"):
+            row(f"  {part}", {m: cpu.get((m, part, c)) for m in MODES}, ".0f")
+    for c in CONCURRENCY:
+        row(f"c={c} machine busy %", {m: busy[(m, c)] for m in MODES}, ".0f")
+    row("peak RSS MiB", {m: f.rss.get(m) for m in MODES}, ".1f")
     print()
+    ssh, yard = "ssh -R", "yardstick"
     for c in CONCURRENCY:
-        print(f"c={c} req/s: {med[('tunnel', c)] / med[('ssh -R', c)]:.2f}x ssh -R")
-    for q in (50, 99):
-        print(f"c=1 p{q}: {ms[('tunnel', q)]:.2f} ms (ssh -R {ms[('ssh -R', q)]:.2f} ms)")
-    print(f"large MB/s: {big['tunnel'] / big['ssh -R']:.2f}x ssh -R")
-    print(f"peak RSS gateway+plane: {rss:.1f} MiB")
+        goal = " (targets: >= 2.0x ssh -R, >= 1.0x yardstick)" if c == 64 else ""
+        vs_ssh, vs_yard = rps[("ours", c)] / rps[(ssh, c)], rps[("ours", c)] / rps[(yard, c)]
+        print(f"c={c} req/s: {vs_ssh:.2f}x ssh -R, {vs_yard:.2f}x yardstick{goal}")
+    plane, gateway = cpu.get(("ours", "plane", 64), 0.0), cpu.get(("ours", "gateway", 64), 0.0)
+    print(f"c=64 CPU us/request: {plane + gateway:.0f} (plane {plane:.0f}, gateway {gateway:.0f};", end="")
+    print(" target <= 150)")
+    print(f"c=1 p99: {ms[('ours', 1, 99)]:.2f} ms (target <= 2 ms; ssh -R {ms[(ssh, 1, 99)]:.2f} ms)")
+    print(f"large MB/s: {big['ours'] / big[ssh]:.2f}x ssh -R (target >= 1.5x)")
+    print(f"peak RSS gateway+plane: {f.rss['ours']:.1f} MiB (target <= 100 MiB)")
+    shares = ", ".join(f"{m} {busy[(m, 64)]:.0f}%" for m in ("ours", yard, ssh))
+    print(f"c=64 machine busy: {shares}")
+    yard_cpu = cpu_sum(yard, 64)
     print(
-        f"yardstick, plain aiohttp relay: c=64 req/s {med[('plain', 64)] / med[('ssh -R', 64)]:.2f}x ssh -R, "
-        f"large MB/s {big['plain'] / big['ssh -R']:.2f}x ssh -R"
+        f"yardstick: c=64 req/s {rps[(yard, 64)] / rps[(ssh, 64)]:.2f}x ssh -R, CPU us/request {yard_cpu:.0f}"
     )
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--big-reps", type=int, default=3)
     parser.add_argument("--role", choices=["bench", "plane"], default="bench")
     parser.add_argument("--dir", type=Path)
@@ -441,7 +568,8 @@ def main() -> None:
     for tool in (NGINX, SSHD, "ssh", "ssh-keygen", "wrk", "curl"):
         if shutil.which(tool) is None:
             sys.exit(f"error: {tool} not found (needed for the relay benchmark)")
-    bench(args.rounds, args.seconds, args.big_reps)
+    print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    report(bench(args.rounds, args.seconds, args.big_reps))
 
 
 if __name__ == "__main__":
