@@ -504,15 +504,22 @@ class _Conn(BaseProtocol):
                 while await stream.read():
                     pass  # no body may follow this head; wait for the gateway's end of stream
                 return keep
-            # Whatever body is already buffered goes out with the head, in one write.
-            first = stream.read_nowait()
-            self._write(head + (b"%x\r\n%b\r\n" % (len(first), first) if chunked and first else first))
-            while chunk := await stream.read():
-                await self._send(chunk, chunked)
+            # Whatever is buffered goes out with the head, and the body's end with its last bytes:
+            # one write (one send) per tunnel read, however the response was cut into messages.
+            frame = _chunk if chunked else _raw
+            out = head + frame(stream.read_nowait())
+            while True:
+                rest = stream.read_complete()  # None until the gateway has ended the body
+                if rest is not None:
+                    self._write(out + frame(rest) + (b"0\r\n\r\n" if chunked else b""))
+                    break
+                self._write(out)
+                if self._paused:
+                    with contextlib.suppress(ConnectionError):
+                        await self._drain_helper()
                 if self.transport is None:
                     return False
-            if chunked:
-                self._write(b"0\r\n\r\n")
+                out = frame(await stream.read())
         except StreamReset as exc:
             # The head is gone already: the only honest signal left is an aborted connection.
             log.info("stream %d reset mid-body: %s", stream.id, exc)
@@ -525,13 +532,6 @@ class _Conn(BaseProtocol):
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-
-    async def _send(self, chunk: bytes, chunked: bool) -> None:
-        # One write (one send) per chunk: the copy costs less than two more system calls.
-        self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-        if self._paused:
-            with contextlib.suppress(ConnectionError):
-                await self._drain_helper()
 
     def _write_error(
         self,
@@ -573,6 +573,15 @@ async def _discard(payload: StreamReader, limit: float = 2.0) -> bool:
     except Exception:  # timed out, connection lost, bad chunking
         return False
     return True
+
+
+def _chunk(data: bytes) -> bytes:
+    # An empty chunk would end a chunked body: nothing is written for no bytes.
+    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+
+
+def _raw(data: bytes) -> bytes:
+    return data
 
 
 class FrontSite(web.BaseSite):
