@@ -423,19 +423,22 @@ class _Conn(BaseProtocol):
     ) -> bool:
         front = self.front
         gateway_id, target = unquote(route[0]), unquote(route[1])
+        # A refusal before 100 Continue means the caller will not send its body: the connection,
+        # its parser mid-request, closes after the answer (the caller learns it from the answer).
+        refused_keep = keep and (payload.is_eof() or not _expects_continue(msg))
         if front.auth is not None:
             refused = front.auth(msg.headers.get("Authorization", ""))
             if refused is not None:
                 status, code, message, extra = refused
-                self._write_error(status, code, message, keep, msg.method, extra)
-                return keep
+                self._write_error(status, code, message, refused_keep, msg.method, extra)
+                return refused_keep
         if "/" in gateway_id or "/" in target:
-            self._write_error(404, "not-found", "no such route", keep, msg.method)
-            return keep
+            self._write_error(404, "not-found", "no such route", refused_keep, msg.method)
+            return refused_keep
         routed = front.hub.route(gateway_id)
         if routed is None:
-            self._write_error(503, *offline(gateway_id), keep, msg.method)
-            return keep
+            self._write_error(503, *offline(gateway_id), refused_keep, msg.method)
+            return refused_keep
         session, mux = routed
         if not mux.ready.is_set():
             await wait_ready(mux)
@@ -444,17 +447,19 @@ class _Conn(BaseProtocol):
         try:
             stream = mux.open(head, fin=not has_body)
         except StreamReset as exc:
-            self._write_error(STATUS_FOR_CODE.get(exc.code, 502), str(exc.code), exc.detail, keep, msg.method)
-            return keep
+            self._write_error(
+                STATUS_FOR_CODE.get(exc.code, 502), str(exc.code), exc.detail, refused_keep, msg.method
+            )
+            return refused_keep
         except p.ProtocolError as exc:
-            self._write_error(400, "bad-request", exc.message, keep, msg.method)
-            return keep
+            self._write_error(400, "bad-request", exc.message, refused_keep, msg.method)
+            return refused_keep
         session.relayed += 1
         self._current = stream
         pump = None
         if has_body:
             self._payload = payload
-            if msg.version >= (1, 1) and msg.headers.get("Expect", "").lower() == "100-continue":
+            if _expects_continue(msg):
                 self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
             pump = self._loop.create_task(_pump_body(payload, stream))
         try:
@@ -573,6 +578,10 @@ async def _discard(payload: StreamReader, limit: float = 2.0) -> bool:
     except Exception:  # timed out, connection lost, bad chunking
         return False
     return True
+
+
+def _expects_continue(msg: RawRequestMessage) -> bool:
+    return msg.version >= (1, 1) and msg.headers.get("Expect", "").lower() == "100-continue"
 
 
 def _chunk(data: bytes) -> bytes:

@@ -307,3 +307,22 @@ async def test_shutdown_closes_idle_lean_connections(tmp_path: Path) -> None:
         await asyncio.wait_for(site.stop(), 5)
         assert await conn.closed()
         conn.close()
+
+
+async def test_refusal_before_100_continue_closes_at_once(env: Env) -> None:
+    # The caller waits for 100 Continue before it sends the body; a refusal answers instead, so
+    # no body follows and the connection (its parser mid-request) must end now, not after a wait.
+    conn = await env.connect()
+    try:
+        await conn.send(
+            b"POST /v1/gateways/nobody/targets/t1/echo HTTP/1.1\r\nHost: p\r\nContent-Length: 100000\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        resp = await conn.response()
+        assert resp.status == 503 and resp.headers["connection"] == "close"
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await conn.closed()
+        assert loop.time() - start < 1.0
+    finally:
+        conn.close()
