@@ -11,7 +11,7 @@ The lean path parses with aiohttp's own C parser (llhttp, the same limits and st
 aiohttp server it replaces), reads request bodies through aiohttp's StreamReader (flow control),
 writes each response head together with its body when the body is already there, and keeps one
 idle deadline per connection. The relay rules (header mapping, error codes, the choice of tunnel)
-are the hub's, shared with `Hub.handle_relay` (docs/relay-performance.md, "The public path").
+are the hub's, shared with `Hub.handle_relay` (docs/relay-performance.md, issue 14).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from email.utils import formatdate
-from http import HTTPStatus
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -35,8 +33,8 @@ from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from gwcore import protocol as p
-from gwcore.httpwire import HOP_BY_HOP, strip_hop_headers
 from gwcore.streams import Stream, StreamReset
+from mgmtplane import front_wire as wire
 from mgmtplane.hub import (
     HUB_KEY,
     STATUS_FOR_CODE,
@@ -60,74 +58,6 @@ KEEPALIVE_S = 75.0  # aiohttp's default, kept: an idle keep-alive connection is 
 MAX_QUEUED = 16  # pipelined requests parsed ahead of the one being served, before reading pauses
 _LINE_LIMIT = 8190  # aiohttp's request-line limit: longer lines go to aiohttp, which refuses them
 _PREFIX = b"/v1/gateways/"
-_STATUS_LINES: dict[int, bytes] = {}
-
-
-def is_relay_target(target: str) -> bool:
-    """Whether a request-target is the relay route (`/v1/gateways/{id}/targets/{target}/...`),
-    judged on the path before any query, as aiohttp's router would."""
-    return _route(target) is not None
-
-
-def _route(target: str) -> tuple[str, str] | None:
-    """The (gateway id, target name) of a relay route's request-target, still percent-encoded."""
-    parts = target.split("?", 1)[0].split("/", 6)
-    if len(parts) != 7 or parts[1] != "v1" or parts[2] != "gateways" or parts[4] != "targets":
-        return None
-    return (parts[3], parts[5]) if parts[3] and parts[5] else None
-
-
-def _response_headers(headers: tuple[tuple[str, str], ...]) -> tuple[list[tuple[str, str]], bool, bool]:
-    """The target's headers without hop-by-hop ones, and whether they carry Date and Content-Length,
-    in one pass (strip_hop_headers' rules; a Connection header takes its slower, general path)."""
-    out = []
-    date = length = False
-    for key, value in headers:
-        lower = key.lower()
-        if lower in HOP_BY_HOP:
-            if lower == "connection":
-                return _response_headers(tuple(strip_hop_headers(headers)))
-            continue
-        if lower == "date":
-            date = True
-        elif lower == "content-length":
-            length = True
-        out.append((key, value))
-    return out, date, length
-
-
-def _status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = ""
-        line = f"HTTP/1.1 {status} {reason}\r\n".encode()
-        if len(_STATUS_LINES) < 256:
-            _STATUS_LINES[status] = line
-    return line
-
-
-class _Date:
-    """The Date header's value, formatted once a second rather than once a response."""
-
-    second = 0
-    text = ""
-
-    @classmethod
-    def now(cls) -> str:
-        now = int(time.time())
-        if now != cls.second:
-            cls.second, cls.text = now, formatdate(now, usegmt=True)
-        return cls.text
-
-
-def _head(status: int, headers: list[tuple[str, str]], extra: str) -> bytes:
-    # Names are tokens and values hold no CR, LF or NUL: the tunnel's decoder checked both.
-    # surrogateescape gives back the exact bytes the target sent.
-    lines = "".join([f"{k}: {v}\r\n" for k, v in headers])
-    return _status_line(status) + (lines + extra + "\r\n").encode("utf-8", "surrogateescape")
 
 
 class Front:
@@ -283,7 +213,7 @@ class _Conn(BaseProtocol):
         target = words[1] if len(words) == 3 else b""
         if (
             not target.startswith(_PREFIX)
-            or not is_relay_target(target.decode("latin-1"))
+            or not wire.is_relay_target(target.decode("latin-1"))
             or self.front.closing
         ):
             self._hand_over(pending)
@@ -385,7 +315,7 @@ class _Conn(BaseProtocol):
                 msg, payload = self._queue.popleft()
                 if self._reading_paused and len(self._queue) < MAX_QUEUED // 2:
                     self.resume_reading()
-                route = _route(msg.path) if self._handler is None else None
+                route = wire.route(msg.path) if self._handler is None else None
                 if route is None:
                     self._busy = True
                     try:
@@ -425,7 +355,7 @@ class _Conn(BaseProtocol):
         gateway_id, target = unquote(route[0]), unquote(route[1])
         # A refusal before 100 Continue means the caller will not send its body: the connection,
         # its parser mid-request, closes after the answer (the caller learns it from the answer).
-        refused_keep = keep and (payload.is_eof() or not _expects_continue(msg))
+        refused_keep = keep and (payload.is_eof() or not wire.expects_continue(msg))
         if front.auth is not None:
             refused = front.auth(msg.headers.get("Authorization", ""))
             if refused is not None:
@@ -459,7 +389,7 @@ class _Conn(BaseProtocol):
         pump = None
         if has_body:
             self._payload = payload
-            if _expects_continue(msg):
+            if wire.expects_continue(msg):
                 self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
             pump = self._loop.create_task(_pump_body(payload, stream))
         try:
@@ -481,8 +411,8 @@ class _Conn(BaseProtocol):
     async def _respond(
         self, msg: RawRequestMessage, stream: Stream, rhead: p.ResponseHead, keep: bool
     ) -> bool:
-        headers, dated, sized = _response_headers(rhead.headers)
-        extra = "" if dated else f"Date: {_Date.now()}\r\n"
+        headers, dated, sized = wire.response_headers(rhead.headers)
+        extra = "" if dated else f"Date: {wire.Date.now()}\r\n"
         if msg.version < (1, 1) and keep:
             extra += "Connection: keep-alive\r\n"
         body = stream.read_complete() if whole_body_ok(msg.method, rhead.status) else None
@@ -492,7 +422,7 @@ class _Conn(BaseProtocol):
             extra += f"Content-Length: {len(body)}\r\n"
             if not keep:
                 extra += "Connection: close\r\n"
-            self._write(_head(rhead.status, headers, extra) + body)
+            self._write(wire.head(rhead.status, headers, extra) + body)
             return keep
         bodiless = not whole_body_ok(msg.method, rhead.status)  # HEAD, 1xx, 204, 304
         chunked = not bodiless and not sized and msg.version >= (1, 1)
@@ -502,7 +432,7 @@ class _Conn(BaseProtocol):
             keep = False  # HTTP/1.0 without a length: the body ends with the connection
         if not keep:
             extra += "Connection: close\r\n"
-        head = _head(rhead.status, headers, extra)
+        head = wire.head(rhead.status, headers, extra)
         try:
             if bodiless:
                 self._write(head)
@@ -511,7 +441,7 @@ class _Conn(BaseProtocol):
                 return keep
             # Whatever is buffered goes out with the head, and the body's end with its last bytes:
             # one write (one send) per tunnel read, however the response was cut into messages.
-            frame = _chunk if chunked else _raw
+            frame = wire.chunk if chunked else wire.raw
             out = head + frame(stream.read_nowait())
             while True:
                 rest = stream.read_complete()  # None until the gateway has ended the body
@@ -549,12 +479,12 @@ class _Conn(BaseProtocol):
     ) -> None:
         body = error_body(code, message)
         headers = [("Content-Type", "application/json; charset=utf-8"), *extra_headers]
-        extra = f"Content-Length: {len(body)}\r\nDate: {_Date.now()}\r\n"
+        extra = f"Content-Length: {len(body)}\r\nDate: {wire.Date.now()}\r\n"
         if method == "HEAD":
             body = b""
         if not keep:
             extra += "Connection: close\r\n"
-        self._write(_head(status, headers, extra) + body)
+        self._write(wire.head(status, headers, extra) + body)
 
 
 async def _pump_body(payload: StreamReader, stream: Stream) -> None:
@@ -578,19 +508,6 @@ async def _discard(payload: StreamReader, limit: float = 2.0) -> bool:
     except Exception:  # timed out, connection lost, bad chunking
         return False
     return True
-
-
-def _expects_continue(msg: RawRequestMessage) -> bool:
-    return msg.version >= (1, 1) and msg.headers.get("Expect", "").lower() == "100-continue"
-
-
-def _chunk(data: bytes) -> bytes:
-    # An empty chunk would end a chunked body: nothing is written for no bytes.
-    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
-
-
-def _raw(data: bytes) -> bytes:
-    return data
 
 
 class FrontSite(web.BaseSite):

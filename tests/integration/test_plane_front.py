@@ -19,7 +19,8 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from mgmtplane.front import FrontSite, is_relay_target
+from mgmtplane.front import FrontSite
+from mgmtplane.front_wire import is_relay_target
 from mgmtplane.hub import Hub
 from tests.integration.tunnel_support import (
     Pki,

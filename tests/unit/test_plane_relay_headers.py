@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gwcore.httpwire import strip_hop_headers
-from mgmtplane.front import _response_headers
+from mgmtplane.front_wire import response_headers
 from mgmtplane.hub import request_head
 
 pytestmark = pytest.mark.unit
@@ -53,7 +53,7 @@ def test_request_headers_follow_the_general_rule(items: list[tuple[str, str]]) -
     ],
 )
 def test_response_headers_follow_the_general_rule(headers: tuple[tuple[str, str], ...]) -> None:
-    out, dated, sized = _response_headers(headers)
+    out, dated, sized = response_headers(headers)
     assert out == strip_hop_headers(headers)
     assert dated == any(k.lower() == "date" for k, _ in out)
     assert sized == any(k.lower() == "content-length" for k, _ in out)
