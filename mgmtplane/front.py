@@ -58,6 +58,7 @@ KEEPALIVE_S = 75.0  # aiohttp's default, kept: an idle keep-alive connection is 
 MAX_QUEUED = 16  # pipelined requests parsed ahead of the one being served, before reading pauses
 _LINE_LIMIT = 8190  # aiohttp's request-line limit: longer lines go to aiohttp, which refuses them
 _PREFIX = b"/v1/gateways/"
+_RAW_LIMIT = 64 * 1024  # bytes after a bridged Upgrade request held until it has gone to aiohttp
 
 
 class Front:
@@ -168,7 +169,9 @@ class _Conn(BaseProtocol):
             if self._raw is not None:  # after a bridged Upgrade: the bytes are aiohttp's
                 self._raw += data
                 self._flush_raw()
-            return  # else: after a refused or lean Upgrade request, the connection closes
+                if self._raw and len(self._raw) > _RAW_LIMIT:
+                    self.pause_reading()  # until the Upgrade request itself has gone to aiohttp
+            return  # else: dropped; after a lean or refused request, the connection closes
         try:
             messages, upgraded, tail = self._parser.feed_data(data)
         except BadHttpMessage as exc:
@@ -180,8 +183,12 @@ class _Conn(BaseProtocol):
                 self.pause_reading()
             self._wakeup()
         if upgraded:
+            # What follows an Upgrade request is not HTTP. Kept for aiohttp if that request will be
+            # bridged (another route); after a relay call, which does not upgrade, it is dropped.
             self._upgraded = True
-            self._raw = bytearray(tail)
+            last = messages[-1][0] if messages else None
+            if last is not None and (self._handler is not None or wire.route(last.path) is None):
+                self._raw = bytearray(tail)
 
     def eof_received(self) -> bool:
         if self._handler is not None:
@@ -283,9 +290,12 @@ class _Conn(BaseProtocol):
             self._flush_raw()
 
     def _flush_raw(self) -> None:
-        if self._handler is not None and self._raw_open and self._raw:
+        if self._handler is not None and self._raw_open and self._raw is not None:
             data, self._raw = bytes(self._raw), bytearray()
-            self._handler.data_received(data)
+            if self._reading_paused:
+                self.resume_reading()
+            if data:
+                self._handler.data_received(data)
 
     def _wakeup(self) -> None:
         wake = self._wake

@@ -327,3 +327,35 @@ async def test_refusal_before_100_continue_closes_at_once(env: Env) -> None:
         assert loop.time() - start < 1.0
     finally:
         conn.close()
+
+
+async def test_upgrade_request_on_the_relay_route_is_answered_and_what_follows_dropped(env: Env) -> None:
+    # The relay does not upgrade: the call goes through as a plain GET (Upgrade is hop-by-hop),
+    # the bytes after it are not HTTP and are not kept, and the connection ends after the answer.
+    conn = await env.connect()
+    try:
+        await conn.send(get(f"{env.prefix}/slow?s=1", "Connection: Upgrade\r\nUpgrade: websocket\r\n"))
+        await conn.send(b"\x00junk" * 200_000)  # 1 MB while the call is in flight
+        await asyncio.sleep(0.3)
+        (site,) = env.runner.sites
+        assert isinstance(site, FrontSite) and site._front is not None
+        held = [len(c._raw or b"") for c in site._front.conns]
+        assert held and max(held) == 0, held  # nothing of it is kept
+        resp = await conn.response()
+        assert resp.status == 200 and resp.body == b"late"
+        assert await conn.closed()
+    finally:
+        conn.close()
+
+
+async def test_upgrade_request_for_another_route_after_a_relay_call_goes_to_aiohttp(env: Env) -> None:
+    conn = await env.connect()
+    try:
+        await conn.send(get(f"{env.prefix}/small"))
+        assert (await conn.response()).status == 200
+        upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        await conn.send(get("/v1/tunnel", upgrade + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"))
+        refused = await conn.response()  # the hub's answer: no client certificate on this connection
+        assert refused.status == 401 and json.loads(refused.body)["error"] == "client-certificate-required"
+    finally:
+        conn.close()
