@@ -58,6 +58,9 @@ KEEPALIVE_S = 75.0  # aiohttp's default, kept: an idle keep-alive connection is 
 MAX_QUEUED = 16  # pipelined requests parsed ahead of the one being served, before reading pauses
 _LINE_LIMIT = 8190  # aiohttp's request-line limit: longer lines go to aiohttp, which refuses them
 _PREFIX = b"/v1/gateways/"
+# A request head (every header line) larger than this is refused while it arrives. llhttp bounds
+# each line (8 KiB) but not their number; the tunnel takes 64 KiB of head at most anyway.
+_HEAD_LIMIT = 256 * 1024
 _RAW_LIMIT = 64 * 1024  # bytes after a bridged Upgrade request held until it has gone to aiohttp
 
 
@@ -102,6 +105,8 @@ class _Conn(BaseProtocol):
         self._closing = False
         self._upgraded = False
         self._bad: str | None = None
+        self._head_bytes = 0  # fed since the last complete head, outside any body
+        self._last_payload: StreamReader | None = None
         self._current: Stream | None = None
         self._payload: StreamReader | None = None
         self._last_use = 0.0
@@ -172,12 +177,21 @@ class _Conn(BaseProtocol):
                 if self._raw and len(self._raw) > _RAW_LIMIT:
                     self.pause_reading()  # until the Upgrade request itself has gone to aiohttp
             return  # else: dropped; after a lean or refused request, the connection closes
+        last = self._last_payload
+        in_body = last is not None and not last.is_eof()
         try:
             messages, upgraded, tail = self._parser.feed_data(data)
         except BadHttpMessage as exc:
-            self._refuse_bad(exc)
+            self._refuse_bad(exc.message)
             return
+        if not messages and not in_body:
+            self._head_bytes += len(data)
+            if self._head_bytes > _HEAD_LIMIT:
+                self._refuse_bad(f"request head over {_HEAD_LIMIT // 1024} KiB")
+                return
         if messages:
+            self._head_bytes = 0
+            self._last_payload = messages[-1][1]
             self._queue.extend(messages)
             if len(self._queue) > MAX_QUEUED:
                 self.pause_reading()
@@ -186,8 +200,8 @@ class _Conn(BaseProtocol):
             # What follows an Upgrade request is not HTTP. Kept for aiohttp if that request will be
             # bridged (another route); after a relay call, which does not upgrade, it is dropped.
             self._upgraded = True
-            last = messages[-1][0] if messages else None
-            if last is not None and (self._handler is not None or wire.route(last.path) is None):
+            request = messages[-1][0] if messages else None
+            if request is not None and (self._handler is not None or wire.route(request.path) is None):
                 self._raw = bytearray(tail)
 
     def eof_received(self) -> bool:
@@ -246,10 +260,11 @@ class _Conn(BaseProtocol):
         if pending:
             handler.data_received(pending)
 
-    def _refuse_bad(self, exc: BadHttpMessage) -> None:
+    def _refuse_bad(self, message: object) -> None:
         # Stop parsing (the byte stream has lost its framing); answered after the queued requests.
         self._upgraded = True
-        self._bad = str(exc.message)[:200]
+        self._raw = None
+        self._bad = str(message)[:200]
         self._wakeup()
 
     async def _bridge(self, msg: RawRequestMessage, payload: StreamReader) -> None:

@@ -359,3 +359,19 @@ async def test_upgrade_request_for_another_route_after_a_relay_call_goes_to_aioh
         assert refused.status == 401 and json.loads(refused.body)["error"] == "client-certificate-required"
     finally:
         conn.close()
+
+
+async def test_a_request_head_of_endless_header_lines_is_refused_while_it_arrives(env: Env) -> None:
+    conn = await env.connect()
+    try:
+        await conn.send(f"GET {env.prefix}/small HTTP/1.1\r\nHost: p\r\n".encode())
+        try:
+            for i in range(400):  # 400 KiB of 1 KiB header lines, never ending the head
+                await conn.send(b"X-Pad-%d: %s\r\n" % (i, b"v" * 1000))
+        except ConnectionError:
+            pass  # refused and closed while we were still sending: what is asserted next
+        resp = await conn.response()
+        assert resp.status == 400 and "head over" in json.loads(resp.body)["message"]
+        assert await conn.closed()
+    finally:
+        conn.close()
