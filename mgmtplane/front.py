@@ -62,6 +62,7 @@ _PREFIX = b"/v1/gateways/"
 # each line (8 KiB) but not their number; the tunnel takes 64 KiB of head at most anyway.
 _HEAD_LIMIT = 256 * 1024
 _RAW_LIMIT = 64 * 1024  # bytes after a bridged Upgrade request held until it has gone to aiohttp
+_JOIN_LIMIT = 64 * 1024  # response pieces up to this size are joined into one write
 
 
 class Front:
@@ -467,19 +468,20 @@ class _Conn(BaseProtocol):
             # Whatever is buffered goes out with the head, and the body's end with its last bytes:
             # one write (one send) per tunnel read, however the response was cut into messages.
             frame = wire.chunk if chunked else wire.raw
-            out = head + frame(stream.read_nowait())
+            parts = [head, *frame(stream.read_nowait())]
             while True:
                 rest = stream.read_complete()  # None until the gateway has ended the body
                 if rest is not None:
-                    self._write(out + frame(rest) + (b"0\r\n\r\n" if chunked else b""))
+                    parts += frame(rest)
+                    self._write_parts([*parts, b"0\r\n\r\n"] if chunked else parts)
                     break
-                self._write(out)
+                self._write_parts(parts)
                 if self._paused:
                     with contextlib.suppress(ConnectionError):
                         await self._drain_helper()
                 if self.transport is None:
                     return False
-                out = frame(await stream.read())
+                parts = frame(await stream.read())
         except StreamReset as exc:
             # The head is gone already: the only honest signal left is an aborted connection.
             log.info("stream %d reset mid-body: %s", stream.id, exc)
@@ -488,6 +490,16 @@ class _Conn(BaseProtocol):
         return keep
 
     # --- output ---------------------------------------------------------------------------------
+
+    def _write_parts(self, parts: list[bytes]) -> None:
+        # Small pieces are joined into one write (one send); large ones are written as they are,
+        # since copying megabytes to save a system call costs memory and time.
+        if sum(len(part) for part in parts) <= _JOIN_LIMIT:
+            self._write(b"".join(parts))
+            return
+        for part in parts:
+            if part:
+                self._write(part)
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

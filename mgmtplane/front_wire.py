@@ -88,10 +88,12 @@ def expects_continue(msg: RawRequestMessage) -> bool:
     return msg.version >= (1, 1) and msg.headers.get("Expect", "").lower() == "100-continue"
 
 
-def chunk(data: bytes) -> bytes:
-    # An empty chunk would end a chunked body: nothing is written for no bytes.
-    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+def chunk(data: bytes) -> list[bytes]:
+    """`data` as one chunk of a chunked body, in pieces (the data itself is not copied); none for
+    no bytes, since an empty chunk would end the body."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"] if data else []
 
 
-def raw(data: bytes) -> bytes:
-    return data
+def raw(data: bytes) -> list[bytes]:
+    """`data` as it is, for a body of declared length."""
+    return [data] if data else []
