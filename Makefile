@@ -7,7 +7,7 @@ SPEC ?= appliance.yaml
 BUILD ?= build
 PYTEST := $(BIN)/pytest
 
-.PHONY: setup host tools venv ova image verify check lint unit integration vm bench clean distclean
+.PHONY: setup host tools venv ova bundle image verify check lint unit integration vm bench clean distclean
 
 setup: host venv tools
 
@@ -35,6 +35,10 @@ verify: venv
 	$(BIN)/appliance verify $(BUILD)
 
 image: ova
+
+# The signed update bundle (build/NAME-VERSION.raucb) of the same image: `appliance build` makes it
+# with the OVA, from the raw disk's root slot, and SHA256SUMS covers it (docs/updates.md).
+bundle: ova
 
 lint: venv
 	$(BIN)/ruff check .

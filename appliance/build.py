@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.bundle import build_bundle, write_update_config
 from appliance.errors import ApplianceError
 from appliance.lock import load_lock
 from appliance.log import complete_step
@@ -20,6 +21,7 @@ from appliance.provenance import DPKG_STATUS, record_build
 from appliance.render import BuildPaths, render_mkosi
 from appliance.repro import apply_build_environment, cache_key, prune_caches, reproducible_environment
 from appliance.run import find_tool, run
+from appliance.signing import resolve_signer, sign_file
 from appliance.spec import Spec
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,13 @@ class Artifacts:
     lock: Path
     sbom: Path
     wheel: Path
+    bundle: Path | None = None  # the signed update bundle (appliance/bundle.py)
+    sums_sig: Path | None = None
 
 
 def check_host() -> None:
     """Fail early, in one line, when the build host lacks a tool or the right mkosi."""
-    for tool in ("mkosi", "qemu-img", "sfdisk", "grub-bios-setup"):
+    for tool in ("mkosi", "qemu-img", "sfdisk", "grub-bios-setup", "rauc", "mksquashfs", "openssl"):
         find_tool(tool)
     version = run(["mkosi", "--version"], capture=True).stdout.strip()
     match = re.search(r"mkosi (\d+)", version)
@@ -136,8 +140,10 @@ def build(spec: Spec, output: Path, *, lock: Path | None = None, incremental: bo
         locked = load_lock(lock) if lock else None
         paths = BuildPaths(output.resolve(), cache_key=cache_key(epoch, locked or ()))
         prune_caches(paths.incremental_cache(spec))
+        signer = resolve_signer(spec, paths.cache)
         with complete_step("Building the project wheel"):
             wheel = build_wheel(paths)
+            write_update_config(spec, paths.work, signer)
         with complete_step("Rendering the mkosi configuration"):
             conf = render_mkosi(spec, paths, environment=reproducible_environment(), pins=locked or ())
         with complete_step("Building the image with mkosi"):
@@ -155,10 +161,17 @@ def build(spec: Spec, output: Path, *, lock: Path | None = None, incremental: bo
             run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow2], capture=True)
         with complete_step("Packing the OVA"), TerminalProgress() as progress:
             ova = build_ova(spec, raw, paths.output, progress)
+        with complete_step("Building the signed update bundle"):
+            bundle = build_bundle(spec, raw, paths.output, signer)
         with complete_step("Writing SHA256SUMS"), TerminalProgress() as progress:
             listed = [raw, qcow2, ova, records.wheel, records.lock, records.sbom]
             sums = write_sha256sums(listed, paths.output / "SHA256SUMS", progress=progress)
-    for path in (raw, qcow2, ova):
+        with complete_step("Signing SHA256SUMS"):
+            # The bundle is not listed: SHA256SUMS names what two builds make byte for byte, and
+            # RAUC salts a bundle's verity tree at random and dates its signature (docs/updates.md).
+            sums_sig = sign_file(sums, signer)
+    for path in (raw, qcow2, ova, bundle):
         log.info("%s: %.1f MiB on disk", path, path.stat().st_blocks * 512 / 2**20)
     return Artifacts(raw=raw, qcow2=qcow2, ova=ova, kernel=kernel, sums=sums,
-                     lock=records.lock, sbom=records.sbom, wheel=records.wheel)  # fmt: skip
+                     lock=records.lock, sbom=records.sbom, wheel=records.wheel,
+                     bundle=bundle, sums_sig=sums_sig)  # fmt: skip

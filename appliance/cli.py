@@ -58,11 +58,38 @@ def cmd_build(args: argparse.Namespace) -> int:
         artifacts.raw,
         artifacts.qcow2,
         artifacts.ova,
+        artifacts.bundle,
         artifacts.sbom,
         artifacts.lock,
         artifacts.sums,
+        artifacts.sums_sig,
     ):
-        print(path)
+        if path is not None:
+            print(path)
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from appliance.bundle import build_bundle
+    from appliance.render import DEFAULT_CACHE
+    from appliance.signing import resolve_signer
+    from appliance.spec import load_spec
+
+    spec = load_spec(args.spec)
+    raw = args.raw or args.output / f"{spec.artifact_stem}.raw"
+    if not raw.is_file():
+        raise ApplianceError(f"{raw}: no such disk image", hint="run 'make ova' first, or pass --raw")
+    print(build_bundle(spec, raw, args.output, resolve_signer(spec, DEFAULT_CACHE)))
+    return 0
+
+
+def cmd_verify_signature(args: argparse.Namespace) -> int:
+    from appliance.render import DEFAULT_CACHE
+    from appliance.signing import DEV_DIR, verify_file
+
+    args.keyring = args.keyring or DEFAULT_CACHE / DEV_DIR / "keyring.pem"
+    verify_file(args.file, args.keyring)
+    print(f"{args.file}: signature OK ({args.keyring})")
     return 0
 
 
@@ -171,6 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("first", type=Path, help="output directory of one build (its SHA256SUMS names the files)")
     p.add_argument("second", type=Path, help="output directory of the other build")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("bundle", help="sign the update bundle of an already built raw disk")
+    p.add_argument("--spec", type=Path, default=Path("appliance.yaml"))
+    p.add_argument("--output", type=Path, default=Path("build"))
+    p.add_argument("--raw", type=Path, help="the disk image (default: OUTPUT/NAME-VERSION.raw)")
+    p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("verify-signature", help="check a file's detached signature (FILE.sig)")
+    p.add_argument("file", type=Path, help="e.g. build/SHA256SUMS")
+    p.add_argument("--keyring", type=Path, help="CA certificate (default: the development build's)")
+    p.set_defaults(func=cmd_verify_signature)
 
     p = sub.add_parser("summary", help="print the resolved spec")
     p.add_argument("--spec", type=Path, default=Path("appliance.yaml"))

@@ -23,6 +23,9 @@ TOOLS: dict[str, tuple[str, str]] = {
     "sfdisk": ("resizing the partition table", "fdisk"),
     "xorriso": ("making the OVF environment ISO", "xorriso"),
     "socat": ("letting a guest reach host loopback ports", "socat"),
+    "rauc": ("building the signed update bundle", "rauc"),
+    "mksquashfs": ("building the update bundle's payload", "squashfs-tools"),
+    "openssl": ("signing SHA256SUMS", "openssl"),
 }
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "Product",
     "Property",
     "PropertyType",
+    "Signing",
     "Spec",
     "format_summary",
     "load_spec",
@@ -117,6 +118,15 @@ class Product:
 
 
 @dataclass(frozen=True)
+class Signing:
+    """Paths of the vendor's update signing key and certificates (empty: a development build)."""
+
+    key: str
+    cert: str
+    keyring: str
+
+
+@dataclass(frozen=True)
 class Property:
     """One OVF property accepted at deploy time."""
 
@@ -161,6 +171,7 @@ class Spec:
     product: Product
     properties: tuple[Property, ...]
     packages: tuple[str, ...] = field(default=())
+    signing: Signing = field(default=Signing("", "", ""))
 
     @property
     def artifact_stem(self) -> str:
@@ -271,6 +282,14 @@ PROPERTY_SETTINGS: tuple[Setting, ...] = (
     Setting("qualifiers", _qualifiers, "", "OVF qualifiers, e.g. MinLen(1) or ValueMap{...}"),
 )
 
+SIGNING_SETTINGS: tuple[Setting, ...] = (
+    # Paths, relative to the spec file; never the key itself. Empty: a development build signs
+    # with a throwaway key (appliance/signing.py). APPLIANCE_SIGNING_KEY/_CERT/_KEYRING win.
+    Setting("key", string(r"[^\n]*", "a path"), "", "update signing key (PEM), kept outside the repository"),
+    Setting("cert", string(r"[^\n]*", "a path"), "", "its certificate (PEM, with the codeSigning usage)"),
+    Setting("keyring", string(r"[^\n]*", "a path"), "", "CA certificate the image trusts (default: cert)"),
+)
+
 SPEC_SETTINGS: tuple[Setting, ...] = (
     Setting("name", string(_NAME_RE, "a name of [a-z0-9-]"), REQUIRED, "artifact name"),
     Setting("version", string(_VERSION_RE, "a version like 0.1.0"), REQUIRED, "appliance version"),
@@ -279,6 +298,7 @@ SPEC_SETTINGS: tuple[Setting, ...] = (
     Setting("product", section(Product, PRODUCT_SETTINGS), {}, "OVF product section"),
     Setting("properties", list_of(section(Property, PROPERTY_SETTINGS)), REQUIRED, "OVF properties"),
     Setting("packages", list_of(string(_PACKAGE_RE, "a Debian package name")), [], "extra packages"),
+    Setting("signing", section(Signing, SIGNING_SETTINGS), {}, "update signing key and certificates"),
 )
 
 
@@ -395,8 +415,10 @@ def format_summary(spec: Spec) -> str:
     rows: list[tuple[str, str]] = [("spec", str(spec.source)), ("artifact_stem", spec.artifact_stem)]
     for setting in SPEC_SETTINGS:
         value = getattr(spec, setting.key)
-        if setting.key in ("hardware", "product"):
-            sub = HARDWARE_SETTINGS if setting.key == "hardware" else PRODUCT_SETTINGS
+        if setting.key in ("hardware", "product", "signing"):
+            sub = {"hardware": HARDWARE_SETTINGS, "product": PRODUCT_SETTINGS, "signing": SIGNING_SETTINGS}[
+                setting.key
+            ]
             rows += [(f"{setting.key}.{s.key}", _plain(getattr(value, s.key))) for s in sub]
         elif setting.key != "properties":
             rows.append((setting.key, _plain(value)))
@@ -423,6 +445,7 @@ def format_settings_help() -> str:
         ("hardware.", HARDWARE_SETTINGS),
         ("product.", PRODUCT_SETTINGS),
         ("properties[].", PROPERTY_SETTINGS),
+        ("signing.", SIGNING_SETTINGS),
     )
     for prefix, table in groups:
         for setting in table:

@@ -17,6 +17,7 @@ PKGS=(
   zstd xz-utils cpio                                  # initrd and compression
   qemu-utils qemu-system-x86 ovmf                     # qcow2 conversion and smoke boots
   xorriso                                             # OVF environment ISO (ISO transport)
+  rauc squashfs-tools openssl                         # signed update bundles (verity format) and signatures
   tinyproxy nginx-light openssh-server openssh-client wrk curl # proxy tests; relay benchmark peers and load
   tmux                                                # wizard tests in a real terminal
   socat                                               # QEMU guest forwards to host loopback ports
