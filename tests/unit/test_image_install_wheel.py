@@ -1,5 +1,5 @@
-"""image/.../install-wheel: the image gets the core, the gateway and first boot, never the build system or
-the reference plane (and no console scripts for them)."""
+"""image/.../install-wheel: the image gets the core, the gateway, first boot and the updater, never
+the build system or the reference plane (and no console scripts for them)."""
 
 from __future__ import annotations
 
@@ -53,9 +53,9 @@ def test_only_the_image_packages_and_their_scripts_are_installed(
     tmp_path: Path, dirs: tuple[Path, Path]
 ) -> None:
     site, bin_dir = dirs
-    wheel = make_wheel(tmp_path / "gw.whl", ("appliance", "firstboot", "gateway", "gwcore", "mgmtplane"))
+    wheel = make_wheel(tmp_path / "gw.whl", ("appliance", "firstboot", "gateway", "gwcore", "mgmtplane", "updater"))
     assert load_script(site, bin_dir).main([str(wheel)]) == 0
-    assert sorted(p.name for p in site.iterdir()) == ["firstboot", "gateway", "gwcore"]
+    assert sorted(p.name for p in site.iterdir()) == ["firstboot", "gateway", "gwcore", "updater"]
     assert (site / "gateway/filter/policies/vsphere.yaml").is_file()
     assert sorted(p.name for p in bin_dir.iterdir()) == ["firstboot", "gateway"]
     script = (bin_dir / "gateway").read_text()
@@ -69,5 +69,5 @@ def test_a_wheel_without_an_image_package_is_refused(
     site, bin_dir = dirs
     wheel = make_wheel(tmp_path / "gw.whl", ("gwcore", "gateway", "mgmtplane"))
     assert load_script(site, bin_dir).main([str(wheel)]) == 1
-    assert capsys.readouterr().err.strip().endswith("no package firstboot")
+    assert capsys.readouterr().err.strip().endswith("no package firstboot, updater")
     assert list(site.iterdir()) == [] and list(bin_dir.iterdir()) == []
