@@ -65,7 +65,7 @@ def resolve_signer(spec: Spec, cache: Path, env: dict[str, str] | None = None) -
             raise ApplianceError(f"{keyring_from}: a keyring without signing.key and signing.cert")
         return development_signer(cache / DEV_DIR)
     if key is None or cert is None:
-        have, missing = (key_from, "key") if key is not None else (cert_from, "cert")
+        have, missing = (key_from, "cert") if key is not None else (cert_from, "key")
         raise ApplianceError(f"{have}: set, but signing.{missing} (or its environment variable) is not")
     for path, where in ((key, key_from), (cert, cert_from), (keyring, keyring_from)):
         if path is not None and not path.is_file():

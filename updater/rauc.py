@@ -59,10 +59,14 @@ class Rauc:
     """RAUC on this appliance (the service does installs; the CLI talks to it over D-Bus)."""
 
     run: Runner = default_runner
+    conf: Path | None = None  # RAUC's own search path (/usr/lib/rauc/system.conf) when None
+
+    def _rauc(self, *args: str) -> list[str]:
+        return ["rauc", *([f"--conf={self.conf}"] if self.conf else []), *args]
 
     def info(self, bundle: Path) -> BundleInfo:
         """The bundle's manifest, after RAUC verified its signature against the image's keyring."""
-        proc = self.run(["rauc", "info", "--output-format=json", str(bundle)])
+        proc = self.run(self._rauc("info", "--output-format=json", str(bundle)))
         if proc.returncode != 0:
             raise UpdateError(f"{bundle}: refused: {reason(proc.stderr + proc.stdout)}")
         try:
@@ -72,13 +76,13 @@ class Rauc:
             raise UpdateError(f"{bundle}: refused: RAUC printed no readable manifest") from None
 
     def install(self, bundle: Path) -> None:
-        proc = self.run(["rauc", "install", str(bundle)])
+        proc = self.run(self._rauc("install", str(bundle)))
         if proc.returncode != 0:
             raise UpdateError(reason(proc.stderr + proc.stdout))
 
     def mark(self, state: str, slot: str = "booted") -> None:
         """mark-good, mark-bad or mark-active for a slot (RAUC's grub backend writes grubenv)."""
-        proc = self.run(["rauc", "status", f"mark-{state}", slot])
+        proc = self.run(self._rauc("status", f"mark-{state}", slot))
         if proc.returncode != 0:
             raise UpdateError(f"rauc status mark-{state} {slot}: {reason(proc.stderr + proc.stdout)}")
 

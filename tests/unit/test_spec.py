@@ -162,7 +162,8 @@ BAD: list[tuple[Mutation, str]] = [
     (_set("hardware", None), "hardware: expected a mapping, got null"),
     (
         _set("colour", "blue"),
-        "colour: unknown key (known: debian_release, hardware, name, packages, product, properties, signing, version)",
+        "colour: unknown key (known: debian_release, hardware, name, packages, product, properties, "
+        "signing, version)",
     ),
     (_set("signing/key", 5), "signing.key: expected a path (quote it), got 5"),
     (_set("signing/private_key", "k.pem"), "signing.private_key: unknown key (known: cert, key, keyring)"),
