@@ -22,7 +22,9 @@ def spec() -> Spec:
 @pytest.fixture(scope="session")
 def artifacts(spec: Spec) -> dict[str, Path]:
     """The built artifacts; the vm layer runs after `make ova`, so a missing one is a failure."""
-    found = {ext: BUILD / f"{spec.artifact_stem}.{ext}" for ext in ("raw", "qcow2", "ova", "vmlinuz")}
+    found = {
+        ext: BUILD / f"{spec.artifact_stem}.{ext}" for ext in ("raw", "qcow2", "ova", "vmlinuz", "raucb")
+    }
     missing = [str(p) for p in found.values() if not p.exists()]
     if missing:
         pytest.fail(f"missing build artifacts {missing}: run 'make ova' first")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from appliance.bundle import extract_partition
 from appliance.ova import check_ova
+from appliance.render import DEFAULT_CACHE
+from appliance.signing import DEV_DIR, verify_file
 from appliance.spec import Spec
 from appliance.vmdk import compare_with_raw
 
@@ -49,21 +53,41 @@ def test_sha256sums_match(artifacts: dict[str, Path], spec: Spec) -> None:
     listed = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in sums}
     disks = {artifacts[k].name for k in ("raw", "qcow2", "ova")}
     records = {"packages.lock", "sbom.cdx.json", f"gateway_appliance-{spec.version}-py3-none-any.whl"}
+    # Not the bundle: SHA256SUMS lists what two builds make byte for byte (docs/updates.md).
     assert set(listed) == disks | records
-    ova = artifacts["ova"]
+    assert listed[artifacts["ova"].name] == sha256(artifacts["ova"])
+    # Signed by the build's key (a development build's throwaway one here), and only by it.
+    verify_file(artifacts["raw"].parent / "SHA256SUMS", DEFAULT_CACHE / DEV_DIR / "keyring.pem")
+
+
+def sha256(path: Path) -> str:
     sha = hashlib.sha256()
-    with open(ova, "rb") as fh:
+    with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             sha.update(chunk)
-    assert listed[ova.name] == sha.hexdigest()
+    return sha.hexdigest()
+
+
+def test_bundle_carries_the_ovas_root_slot_byte_for_byte(
+    artifacts: dict[str, Path], spec: Spec, tmp_path: Path
+) -> None:
+    keyring = DEFAULT_CACHE / DEV_DIR / "keyring.pem"
+    argv = ["rauc", f"--keyring={keyring}", "info", "--output-format=json", str(artifacts["raucb"])]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert (info["compatible"], info["version"]) == (spec.name, spec.version)
+    (image,) = info["images"]
+    root = extract_partition(artifacts["raw"], tmp_path / "root-a.ext4")
+    # RAUC checks this checksum of the image as it installs it: the slot gets the OVA's own bytes.
+    assert image["rootfs"]["checksum"] == sha256(root)
+    assert image["rootfs"]["size"] == root.stat().st_size == 2 * 1024**3
 
 
 def test_disk_layout_is_hybrid_and_ab_ready(artifacts: dict[str, Path], spec: Spec) -> None:
     dump = subprocess.run(
         ["sfdisk", "--json", str(artifacts["raw"])], capture_output=True, text=True, check=True
     )
-    import json
-
     table = json.loads(dump.stdout)["partitiontable"]
     assert table["label"] == "gpt"
     names = [p.get("name") for p in table["partitions"]]
