@@ -5,10 +5,10 @@ A real vendor keeps its signing key outside the repository and names it in the s
 APPLIANCE_SIGNING_CERT and APPLIANCE_SIGNING_KEYRING, which win. The keyring (the CA certificate
 the appliance trusts; the signing certificate itself when none is given) is the only part that goes
 into the image. Without a key the build is a development build: it makes a throwaway CA and a
-signing certificate under CACHE/dev-signing/ (the build cache, $APPLIANCE_CACHE_DIR: kept there, so
-every build on this machine puts the same keyring into its image, two builds stay byte-identical,
-and any of its bundles installs on any of its images), and says so. Bundles are signed by RAUC (CMS inside the bundle); SHA256SUMS gets a
-detached CMS signature, SHA256SUMS.sig, by the same key.
+signing certificate under CACHE/dev-signing/ (the build cache, $APPLIANCE_CACHE_DIR), and says so.
+Kept there, every build on this machine puts the same keyring into its image: two builds stay
+byte-identical, and any of its bundles installs on any of its images. Bundles are signed by RAUC
+(CMS inside the bundle); SHA256SUMS gets a detached CMS signature, SHA256SUMS.sig, by the same key.
 """
 
 from __future__ import annotations
