@@ -33,6 +33,7 @@ ova: setup
 # Checks an artifact set (default: the last build): SHA256SUMS, the SBOM against the package lock.
 verify: venv
 	$(BIN)/appliance verify $(BUILD)
+	$(BIN)/appliance verify-signature $(BUILD)
 
 image: ova
 

@@ -84,12 +84,20 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_signature(args: argparse.Namespace) -> int:
-    from appliance.render import DEFAULT_CACHE
-    from appliance.signing import DEV_DIR, verify_file
+    from appliance.signature_check import check_signatures, keyring
+    from appliance.signing import verify_file
+    from appliance.verify import open_set
 
-    args.keyring = args.keyring or DEFAULT_CACHE / DEV_DIR / "keyring.pem"
-    verify_file(args.file, args.keyring)
-    print(f"{args.file}: signature OK ({args.keyring})")
+    ring = args.keyring or keyring()
+    if args.path.is_dir():
+        problems = check_signatures(open_set(args.path), ring)
+        for problem in problems:
+            print(f"verify: signatures: FAIL: {problem}", file=sys.stderr)
+        if not problems:
+            print(f"verify: signatures: OK ({ring})")
+        return 1 if problems else 0
+    verify_file(args.path, ring)
+    print(f"{args.path}: signature OK ({ring})")
     return 0
 
 
@@ -205,9 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", type=Path, help="the disk image (default: OUTPUT/NAME-VERSION.raw)")
     p.set_defaults(func=cmd_bundle)
 
-    p = sub.add_parser("verify-signature", help="check a file's detached signature (FILE.sig)")
-    p.add_argument("file", type=Path, help="e.g. build/SHA256SUMS")
-    p.add_argument("--keyring", type=Path, help="CA certificate (default: the development build's)")
+    p = sub.add_parser("verify-signature", help="check SHA256SUMS.sig and the bundles of a set, or FILE.sig")
+    p.add_argument("path", type=Path, help="a build's output directory, or a file such as build/SHA256SUMS")
+    p.add_argument(
+        "--keyring", type=Path, help="CA certificate ($APPLIANCE_SIGNING_KEYRING, else the dev build's)"
+    )
     p.set_defaults(func=cmd_verify_signature)
 
     p = sub.add_parser("summary", help="print the resolved spec")

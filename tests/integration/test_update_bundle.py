@@ -18,6 +18,7 @@ import pytest
 
 from appliance.bundle import extract_partition, make_bundle, partitions, write_update_config
 from appliance.errors import ApplianceError
+from appliance.ova import write_sha256sums
 from appliance.signing import (
     ENV_CERT,
     ENV_KEY,
@@ -213,3 +214,24 @@ def test_root_partition_is_cut_out_byte_for_byte(tmp_path: Path) -> None:
     assert out.stat().st_blocks * 512 < 2 * 2**20  # the holes stayed holes
     with pytest.raises(ApplianceError, match="expected one partition labelled root-b, found 0"):
         extract_partition(disk, tmp_path / "b.img", "root-b")
+
+
+def test_verify_checks_the_signatures_of_a_set(
+    tmp_path: Path, spec: Spec, signers: tuple[Signer, Signer], rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.signature_check import check_signatures
+    from appliance.verify import open_set
+
+    vendor, other = signers
+    root = tmp_path / "set"
+    root.mkdir()
+    (root / "gateway-0.2.0.ova").write_bytes(b"ova")
+    write_sha256sums([root / "gateway-0.2.0.ova"], root / "SHA256SUMS")
+    sign_file(root / "SHA256SUMS", vendor)
+    make_bundle(rootfs, root / "gateway-0.2.0.raucb", compatible=spec.name, version="0.2.0", signer=vendor)
+    monkeypatch.setenv("APPLIANCE_SIGNING_KEYRING", str(vendor.keyring))
+    assert check_signatures(open_set(root)) == []
+    problems = check_signatures(open_set(root), other.keyring)
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{root}/SHA256SUMS.sig: does not verify against {other.keyring}")
+    assert problems[1].startswith(f"gateway-0.2.0.raucb: does not verify against {other.keyring}: ")
