@@ -279,3 +279,69 @@ def test_interrupted_install_and_a_slot_that_never_booted_are_recorded() -> None
     notice_outcomes(record, "A", "0.1.0")
     assert record["last"]["result"] == "interrupted"
     assert "installing" not in record
+
+
+class InstallingRauc(GrubRauc):
+    """GrubRauc whose `rauc info` reads a manifest from a dict and whose `rauc install` makes the
+    grubenv writes RAUC's install makes: target bad while writing, then primary."""
+
+    def __init__(self, grubenv: Path, booted: str, manifest: dict[str, str], fail: str = "") -> None:
+        super().__init__(grubenv, booted)
+        self.manifest = manifest
+        self.fail = fail
+
+    def _run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        argv = list(argv)
+        target = "B" if self.booted == "A" else "A"
+        if argv[:2] == ["rauc", "info"]:
+            self.calls.append(argv)
+            return subprocess.CompletedProcess(argv, 0, json.dumps(self.manifest), "")
+        if argv[:2] == ["rauc", "install"]:
+            self.calls.append(argv)
+            env = self.grubenv_file
+            subprocess.run(
+                [GRUB_EDITENV or "", str(env), "set", f"{target}_OK=0", f"{target}_TRY=0"], check=True
+            )
+            if self.fail:
+                return subprocess.CompletedProcess(argv, 1, "", f"LastError: {self.fail}\n")
+            order = f"ORDER={target} {self.booted}"
+            subprocess.run(
+                [GRUB_EDITENV or "", str(env), "set", f"{target}_OK=1", f"{target}_TRY=0", order], check=True
+            )
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        return super()._run(argv)
+
+
+def test_install_records_the_trial_and_leaves_the_new_slot_one_attempt(tmp_path: Path) -> None:
+    from updater.install import install
+
+    app = appliance(tmp_path)
+    bundle = tmp_path / "next.raucb"
+    bundle.write_bytes(b"bundle")
+    rauc = InstallingRauc(tmp_path / "grubenv", "A", {"compatible": "gateway", "version": "0.2.0"})
+    done = install(app, rauc, bundle)
+    assert (done.version, done.slot) == ("0.2.0", "B")
+    env = rauc.grubenv(tmp_path / "grubenv")
+    assert (env["ORDER"], env["B_OK"], env["B_TRY"], env["A_OK"]) == ("B A", "1", "2", "1")
+    record = state.load(app.state_file)
+    assert "installing" not in record
+    assert record["pending"]["slot"] == "B" and record["pending"]["from_version"] == "0.1.0"
+
+
+def test_failed_install_is_recorded_and_leaves_the_running_slot_first(tmp_path: Path) -> None:
+    from updater.install import install
+
+    app = appliance(tmp_path)
+    bundle = tmp_path / "next.raucb"
+    bundle.write_bytes(b"bundle")
+    rauc = InstallingRauc(tmp_path / "grubenv", "A", {"compatible": "gateway", "version": "0.2.0"},
+                          fail="Failed to read bundle: Input/output error")  # fmt: skip
+    with pytest.raises(UpdateError) as err:
+        install(app, rauc, bundle)
+    assert err.value.message == (
+        f"{bundle}: install of 0.2.0 into slot B failed: Failed to read bundle: Input/output error"
+    )
+    env = rauc.grubenv(tmp_path / "grubenv")
+    assert (env["ORDER"], env["A_OK"], env["B_OK"]) == ("A B", "1", "0")
+    record = state.load(app.state_file)
+    assert record["last"]["result"] == "failed" and "pending" not in record and "installing" not in record
