@@ -71,6 +71,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     from appliance.bundle import build_bundle
+    from appliance.errors import ApplianceError
     from appliance.render import DEFAULT_CACHE
     from appliance.signing import resolve_signer
     from appliance.spec import load_spec

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.atomic import write_atomic
+from gwcore.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,9 @@ def test_only_the_image_packages_and_their_scripts_are_installed(
     tmp_path: Path, dirs: tuple[Path, Path]
 ) -> None:
     site, bin_dir = dirs
-    wheel = make_wheel(tmp_path / "gw.whl", ("appliance", "firstboot", "gateway", "gwcore", "mgmtplane", "updater"))
+    wheel = make_wheel(
+        tmp_path / "gw.whl", ("appliance", "firstboot", "gateway", "gwcore", "mgmtplane", "updater")
+    )
     assert load_script(site, bin_dir).main([str(wheel)]) == 0
     assert sorted(p.name for p in site.iterdir()) == ["firstboot", "gateway", "gwcore", "updater"]
     assert (site / "gateway/filter/policies/vsphere.yaml").is_file()
