@@ -18,10 +18,10 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.filter.policy import PolicySet, load_policies
-from gateway.identity.manager import IdentityManager
-from gateway.identity.store import PairStore
 from gateway.health.service import HealthService
 from gateway.health.support import gateway_files
+from gateway.identity.manager import IdentityManager
+from gateway.identity.store import PairStore
 from gateway.relay.relay import Relay, body_budget
 from gateway.relay.ssrf import own_addresses
 from gateway.relay.targets import TargetSet, load_targets
