@@ -95,9 +95,14 @@ class StatusWriter:
 
     def write(self, report: status_file.TunnelReport) -> None:
         """Stamp the report with the daemon's own fields and replace the file."""
+        health = self.health_fields()
+        if report.cert_not_after is not None:
+            # The identity room knows the certificate in use now; the last health record may
+            # still describe the one it was renewed from.
+            health.pop("cert_not_after", None)
         report = dataclasses.replace(
             report,
-            **self.health_fields(),
+            **health,
             targets=self.targets,
             version=self.version,
             pid=os.getpid(),

@@ -89,7 +89,7 @@ def test_a_health_record_arrives_with_every_field_and_real_probes(tmp_path: Path
             app = rec["appliance"]
             assert app["slot"] == "unknown" and app["package_version"] and app["image_version"]
             assert app["uptime_s"] > 0 and app["daemon_uptime_s"] > 0
-            assert 364 < (rec["certificate"]["not_after"] - time.time()) / 86400 < 366
+            assert 89 < (rec["certificate"]["not_after"] - time.time()) / 86400 < 91  # default lifetime
             assert abs(rec["clock"]["plane_offset_s"]) < 1.0 and rec["clock"]["problem"] is None
             system = rec["system"]
             for key in ("load1", "cpu_percent", "mem_total", "mem_available", "var_percent", "gateway_rss"):
@@ -125,14 +125,16 @@ def test_a_health_record_arrives_with_every_field_and_real_probes(tmp_path: Path
             header, line = listing.stdout.splitlines()
             assert header.split()[:6] == ["GATEWAY", "HOSTNAME", "TUNNEL", "HEALTH", "TARGETS", "CERT"]
             cols = line.split()
-            assert cols[:6] == [op.gateway_id, "gw-operate", "up", "degraded", "3/4", "365d"]
+            assert cols[:6] == [op.gateway_id, "gw-operate", "up", "degraded", "3/4", "90d"]
             assert cols[-1] == "target-down:gone"
 
             # The tty1 console shows the same facts, read from the file the daemon wrote.
             console = console_once(tmp_path, op.status_file)
             assert "Targets:      4: 3 up; 1 not (gone: down (refused))" in console
             assert "Clock:        ok (" in console and "s from the plane" in console
-            assert "Certificate:  valid until" in console and "(365 days)" in console
+            # The certificate is the identity room's line (its renewal too), not repeated.
+            assert "Identity:     certificate valid until" in console and "renews from" in console
+            assert "Certificate:" not in console
             assert "System:       load " in console and "/var " in console
             assert f"Filter:       {op.status()['filter_allowed']} allowed" in console
             assert "Health:       last taken by the plane" in console
