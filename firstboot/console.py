@@ -19,10 +19,11 @@ import logging
 import os
 import queue
 import socket
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 from urllib.parse import urlsplit
 
 from firstboot.apply import network
@@ -230,3 +231,20 @@ def _connect_via_proxy(sock: socket.socket, host: str, port: int, proxy_url: str
     if status == 407:
         return f"proxy {proxy.hostname} requires authentication: give user:password in the proxy URL"
     return f"proxy {proxy.hostname} refused to connect to {host}:{port} (HTTP {status or '?'})"
+
+
+@contextlib.contextmanager
+def no_echo(inp: TextIO) -> Iterator[None]:
+    """Turn the terminal's echo off while a secret is typed (nothing to do when input is not a tty)."""
+    if not inp.isatty():
+        yield
+        return
+    fd = inp.fileno()
+    old = termios.tcgetattr(fd)
+    new = list(old)
+    new[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSADRAIN, new)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import termios
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TextIO
 
+from firstboot.console import no_echo
 from firstboot.status.model import (
     POWER,
     current_settings,
@@ -25,23 +24,6 @@ from firstboot.wizard.model import BY_NAME, WizardModel
 from firstboot.wizard.session import Session
 from gwcore.deploy import masked
 from gwcore.errors import UserError
-
-
-@contextlib.contextmanager
-def no_echo(inp: TextIO) -> Iterator[None]:
-    """Turn the terminal's echo off while a secret is typed (nothing to do when input is not a tty)."""
-    if not inp.isatty():
-        yield
-        return
-    fd = inp.fileno()
-    old = termios.tcgetattr(fd)
-    new = list(old)
-    new[3] &= ~termios.ECHO
-    termios.tcsetattr(fd, termios.TCSADRAIN, new)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, old)
 
 
 def line_console(

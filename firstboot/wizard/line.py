@@ -6,12 +6,12 @@ import contextlib
 import os
 import select
 import sys
-import termios
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TextIO
 
 from firstboot import apply as applier
+from firstboot.console import no_echo
 from firstboot.errors import FirstbootError
 from firstboot.wizard.flow import ApplyFlow, explain, explain_error, handoff
 from firstboot.wizard.model import BY_NAME, PASSWORD, PASSWORD2, SCREENS, Field, Screen, plane_summary
@@ -86,7 +86,7 @@ class LineWizard:
         """One line of input; None on timeout. EOF is an error (nobody is there to answer)."""
         self.out.write(prompt)
         self.out.flush()
-        with self._no_echo(secret):
+        with no_echo(self.inp) if secret else contextlib.nullcontext():
             line = self.reader.readline(timeout, self.poll)
         if line is None:
             self.say()
@@ -96,21 +96,6 @@ class LineWizard:
         if not line:
             raise FirstbootError("console input closed before the wizard finished")
         return line.rstrip("\r\n")
-
-    @contextlib.contextmanager
-    def _no_echo(self, on: bool) -> Iterator[None]:
-        if not on or not self.inp.isatty():
-            yield
-            return
-        fd = self.inp.fileno()
-        old = termios.tcgetattr(fd)
-        new = list(old)
-        new[3] &= ~termios.ECHO
-        termios.tcsetattr(fd, termios.TCSADRAIN, new)
-        try:
-            yield
-        finally:
-            termios.tcsetattr(fd, termios.TCSADRAIN, old)
 
     def _shown(self, f: Field, value: str) -> str:
         if f.secret_input:
