@@ -33,6 +33,7 @@ from mgmtplane.operate import OperateConfig, health_summary, setup_operate
 from mgmtplane.registry import GatewayRecord, Registry, state_lock
 from mgmtplane.rollover import load_ca_set
 from mgmtplane.settings import load_settings
+from mgmtplane.site_routes import setup_sites
 from mgmtplane.tokens import TokenError, TokenStore
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ _T = TypeVar("_T")
 
 ADMIN_TOKEN_FILE = "admin-token"
 ADMIN_PREFIX = "/v1/gateways"
+ADMIN_PREFIXES = (ADMIN_PREFIX, "/v1/sites")  # every route under these needs the admin token
 MAX_REGISTER_BODY = 64 * 1024
 
 
@@ -136,9 +138,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every route under /v1/gateways (the hub's relay route included) needs the admin bearer token."""
+    """Every route under /v1/gateways and /v1/sites (relay routes included) needs the admin token."""
     path = request.path
-    if (path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")) and not _admin_authorized(request):
+    admin = any(path == prefix or path.startswith(prefix + "/") for prefix in ADMIN_PREFIXES)
+    if admin and not _admin_authorized(request):
         resp = json_error(401, "unauthorized", _UNAUTHORIZED)
         resp.headers[_CHALLENGE[0]] = _CHALLENGE[1]
         return resp
@@ -227,6 +230,8 @@ async def post_register(request: web.Request) -> web.Response:
         key_hash=key_hash,
         issuer=cas.server.spki_hash,
         cert_not_after=cert.not_valid_after_utc.replace(microsecond=0).isoformat(),
+        # A token without a site keeps the site a re-enrolled gateway had (docs/sites.md).
+        site=redemption.site or (previous.site if previous is not None else ""),
     )
     await _state_io(app, registry.add, record)
     if redemption.replay:
@@ -306,4 +311,5 @@ def create_app(config: PlaneConfig) -> web.Application:
     )
     setup_identity(app, identity)
     setup_operate(app, config.state_dir, app[REGISTRY_KEY], config.operate)
+    setup_sites(app, config.state_dir, app[REGISTRY_KEY])
     return app

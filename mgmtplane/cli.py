@@ -31,6 +31,8 @@ from mgmtplane.operate_cli import add_api_flags, print_gateways
 from mgmtplane.operate_cli import add_parsers as add_operate_parsers
 from mgmtplane.registry import Registry, read_json, write_json_atomic
 from mgmtplane.rollover import load_ca_set
+from mgmtplane.sites import check_site
+from mgmtplane.sites_cli import add_parsers as add_site_parsers
 from mgmtplane.tokens import TokenStore, parse_ttl
 from mgmtplane.webhook import load_webhook_config
 
@@ -163,6 +165,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     """`mgmtplane token create`: print a new join token."""
     state_dir = Path(args.state_dir)
     ttl = parse_ttl(args.ttl)
+    if args.site is not None:
+        check_site(args.site, "--site")  # before anything else, so a typo costs nothing
     ca = load_ca_set(
         state_dir, create=False
     ).server  # the CA the server certificate chains to: what tokens pin
@@ -177,7 +181,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
             f" restart 'mgmtplane serve' with --san {host} (or --advertise-url)",
             file=sys.stderr,
         )
-    secret, expires_at = TokenStore(state_dir).create(ttl, for_gateway=args.gateway)
+    site = check_site(args.site, "--site") if args.site is not None else None
+    secret, expires_at = TokenStore(state_dir).create(ttl, for_gateway=args.gateway, site=site)
     print(encode_token(url, ca.spki_hash, secret, expires_at))
     return 0
 
@@ -188,6 +193,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     for record in TokenStore(Path(args.state_dir)).all():
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.expires_at))
         who = record.gateway_id or (f"for {record.for_gateway}" if record.for_gateway else "")
+        who += f"  site {record.site}" if record.site else ""
         print(f"{record.token_id[:12]}  {record.status(now):8}  expires {expires}  {who}")
     return 0
 
@@ -259,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", default="1h", help="lifetime, e.g. 30s, 15m, 1h, 2d (%(default)s)")
     p.add_argument("--url", help="plane URL in the token (default: the URL 'serve' advertises)")
     p.add_argument("--gateway", metavar="ID", help="enrol this existing gateway again (it keeps its id)")
+    p.add_argument("--site", metavar="NAME", help="the site the gateway enrols into (docs/sites.md)")
     p.set_defaults(func=cmd_token_create)
     p = with_state_dir(token.add_parser("list", help="list tokens and their state"))
     p.set_defaults(func=cmd_token_list)
@@ -273,7 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_state_dir(
         sub.add_parser("forward", help="serve one target of a gateway on a local plain-HTTP port (for SDKs)")
     )
-    p.add_argument("gateway", metavar="GATEWAY", help="gateway id (or its registered hostname)")
+    p.add_argument(
+        "gateway",
+        metavar="GATEWAY",
+        help="gateway id (or its registered hostname), or site:NAME for a site's target",
+    )
     p.add_argument("target", metavar="TARGET", help="target name in the gateway's targets.yaml")
     p.add_argument("--listen", default="127.0.0.1:0", help="loopback HOST:PORT to serve on (%(default)s)")
     p.add_argument("--url", help="plane URL (default: the URL recorded in the state dir)")
@@ -281,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", help="file holding the admin token (default: STATE_DIR/admin-token)")
     p.set_defaults(func=cmd_forward)
     add_identity_parsers(sub, with_state_dir)
+    add_site_parsers(sub, with_state_dir)
     return parser
 
 

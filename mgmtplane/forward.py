@@ -29,6 +29,7 @@ from yarl import URL
 from gwcore.httpwire import strip_hop_headers
 from mgmtplane.errors import PlaneError
 from mgmtplane.registry import Registry, read_json
+from mgmtplane.sites import check_site
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class ForwardConfig:
     target: str
     listen_host: str
     listen_port: int
+    site: str = ""  # `site:NAME` for GATEWAY: the site's target, any of its gateways (docs/sites.md)
 
 
 def _read_token(path: Path) -> str:
@@ -115,6 +117,9 @@ def build_config(
     token = _read_token(token_file or state_dir / "admin-token")
     if not target or "/" in target or not target.isprintable():
         raise PlaneError(f"target: {target!r} is not a target name")
+    if gateway.startswith("site:"):
+        site = check_site(gateway.removeprefix("site:"), "GATEWAY (site:NAME)")
+        return ForwardConfig(url.rstrip("/"), ca, token, "", target, host, port, site=site)
     return ForwardConfig(url.rstrip("/"), ca, token, resolve_gateway(state_dir, gateway), target, host, port)
 
 
@@ -129,10 +134,8 @@ class Forward:
     def __init__(self, config: ForwardConfig, session: aiohttp.ClientSession) -> None:
         self.config = config
         self.session = session
-        self.base = (
-            f"{config.plane_url}/v1/gateways/{quote(config.gateway_id, safe='')}"
-            f"/targets/{quote(config.target, safe='')}"
-        )
+        via = f"sites/{config.site}" if config.site else f"gateways/{quote(config.gateway_id, safe='')}"
+        self.base = f"{config.plane_url}/v1/{via}/targets/{quote(config.target, safe='')}"
 
     def _headers(self, request: web.Request) -> list[tuple[str, str]]:
         out = [("Authorization", f"Bearer {self.config.admin_token}")]
@@ -294,7 +297,8 @@ async def run_forward(config: ForwardConfig) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         # One machine-readable line, once a signal stops us cleanly: scripts and tests wait for it.
-        where = f"gateway {config.gateway_id} target {config.target}"
+        via = f"site {config.site}" if config.site else f"gateway {config.gateway_id}"
+        where = f"{via} target {config.target}"
         print(f"mgmtplane: forwarding http://{host}:{port} -> {where}", flush=True)
         try:
             await stop.wait()

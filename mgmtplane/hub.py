@@ -279,37 +279,13 @@ class Hub:
         except p.ProtocolError as exc:
             return _json_error(400, "bad-request", exc.message)
         session.relayed += 1
-        pump = asyncio.create_task(_pump_body(request, stream)) if has_body else None
+        pump = asyncio.create_task(pump_body(request, stream)) if has_body else None
         try:
             try:
                 rhead = await stream.response()
             except StreamReset as exc:
                 return _json_error(STATUS_FOR_CODE.get(exc.code, 502), str(exc.code), exc.detail)
-            headers = strip_hop_headers(rhead.headers)
-            body = stream.read_complete() if whole_body_ok(request.method, rhead.status) else None
-            if body is not None:
-                # The response ended in the same tunnel read: send head and body in one write.
-                whole = web.Response(status=rhead.status, body=body)
-                for key, value in headers:
-                    if key.lower() != "content-length":  # aiohttp sets it from the body
-                        whole.headers.add(key, value)
-                return whole
-            resp = web.StreamResponse(status=rhead.status)
-            for key, value in headers:
-                resp.headers.add(key, value)
-            try:
-                await resp.prepare(request)
-                while chunk := await stream.read():
-                    await resp.write(chunk)
-                await resp.write_eof()
-            except StreamReset as exc:
-                # Headers are gone already: the only honest signal left is an aborted connection.
-                log.info("gateway %s: stream %d reset mid-body: %s", gateway_id, stream.id, exc)
-                if request.transport is not None:
-                    request.transport.abort()
-            except ConnectionError as exc:
-                log.debug("gateway %s: stream %d: caller went away: %s", gateway_id, stream.id, exc)
-            return resp
+            return await send_response(request, stream, rhead, gateway_id)
         finally:
             stream.reset(p.ErrorCode.CANCELLED, "caller went away")
             if pump is not None:
@@ -350,6 +326,37 @@ class Hub:
                 await asyncio.wait_for(ws.close(code=1001, message=b"plane shutting down"), 1.0)
 
         await asyncio.gather(*(close(s.ws) for s, _mux in live if s.ws is not None))
+
+
+async def send_response(
+    request: web.Request, stream: Any, rhead: p.ResponseHead, gateway_id: str
+) -> web.StreamResponse:
+    """The target's response to the caller on the aiohttp path (the gateway route and the site route)."""
+    headers = strip_hop_headers(rhead.headers)
+    body = stream.read_complete() if whole_body_ok(request.method, rhead.status) else None
+    if body is not None:
+        # The response ended in the same tunnel read: send head and body in one write.
+        whole = web.Response(status=rhead.status, body=body)
+        for key, value in headers:
+            if key.lower() != "content-length":  # aiohttp sets it from the body
+                whole.headers.add(key, value)
+        return whole
+    resp = web.StreamResponse(status=rhead.status)
+    for key, value in headers:
+        resp.headers.add(key, value)
+    try:
+        await resp.prepare(request)
+        while chunk := await stream.read():
+            await resp.write(chunk)
+        await resp.write_eof()
+    except StreamReset as exc:
+        # Headers are gone already: the only honest signal left is an aborted connection.
+        log.info("gateway %s: stream %d reset mid-body: %s", gateway_id, stream.id, exc)
+        if request.transport is not None:
+            request.transport.abort()
+    except ConnectionError as exc:
+        log.debug("gateway %s: stream %d: caller went away: %s", gateway_id, stream.id, exc)
+    return resp
 
 
 def whole_body_ok(method: str, status: int) -> bool:
@@ -406,7 +413,8 @@ def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": code, "message": message}).encode()
 
 
-async def _pump_body(request: web.Request, stream: Any) -> None:
+async def pump_body(request: web.Request, stream: Any) -> None:
+    """Stream the caller's request body into the tunnel stream (the aiohttp path)."""
     try:
         async for chunk in request.content.iter_chunked(READ_CHUNK):
             await stream.write(chunk)

@@ -97,6 +97,7 @@ class GatewayRecord:
     previous: tuple[str, ...] = ()
     renewed_at: str = ""
     renewals: int = 0
+    site: str = ""  # the site it enrolled into (its join token's; docs/sites.md), "" for none
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON-ready dict."""
@@ -105,7 +106,7 @@ class GatewayRecord:
         return data
 
 
-_STRINGS = ("token_id", "state", "revoked_at", "key_hash", "issuer", "cert_not_after", "renewed_at")
+_STRINGS = ("token_id", "state", "revoked_at", "key_hash", "issuer", "cert_not_after", "renewed_at", "site")
 
 
 def _record_from_json(path: Path, key: str, raw: Any) -> GatewayRecord:

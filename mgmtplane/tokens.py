@@ -66,6 +66,7 @@ class TokenRecord:
     # Made for an existing gateway (`token create --gateway ID`): it enrols that id again, e.g.
     # after a revocation or an outage past the certificate's expiry.
     for_gateway: str | None = None
+    site: str | None = None  # the site the gateway enrols into (docs/sites.md)
 
     def status(self, now: float) -> str:
         """`used`, `expired` or `valid`."""
@@ -82,6 +83,7 @@ class TokenRecord:
             "gateway_id": self.gateway_id,
             "key_hash": self.key_hash,
             "for_gateway": self.for_gateway,
+            "site": self.site,
         }
 
 
@@ -92,6 +94,7 @@ class Redemption:
     gateway_id: str
     token_id: str
     replay: bool
+    site: str | None = None
 
 
 class TokenStore:
@@ -118,6 +121,7 @@ class TokenStore:
                     gateway_id=raw.get("gateway_id"),
                     key_hash=raw.get("key_hash"),
                     for_gateway=raw.get("for_gateway"),
+                    site=raw.get("site"),
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 raise PlaneError(f"{self.path}: tokens.{token_id[:12]}: malformed record ({exc})") from exc
@@ -127,9 +131,11 @@ class TokenStore:
         # 0600: the hashes alone do not grant anything, but nobody else needs to read them.
         write_json_atomic(self.path, {"tokens": {k: r.to_json() for k, r in records.items()}}, mode=0o600)
 
-    def create(self, ttl_seconds: int, for_gateway: str | None = None) -> tuple[str, int]:
+    def create(
+        self, ttl_seconds: int, for_gateway: str | None = None, site: str | None = None
+    ) -> tuple[str, int]:
         """Mint a token secret valid for `ttl_seconds`, for a new gateway or to enrol `for_gateway`
-        again; returns (secret, expires_at unix time)."""
+        again, into `site` if given; returns (secret, expires_at unix time)."""
         now = self._clock()
         secret = secrets.token_urlsafe(32)
         # Round the expiry up so a token never lives shorter than asked.
@@ -138,7 +144,11 @@ class TokenStore:
         with state_lock(self.state_dir):
             records = {k: r for k, r in self._load().items() if r.expires_at + RETENTION_SECONDS > now}
             records[token_id] = TokenRecord(
-                token_id=token_id, created_at=int(now), expires_at=expires_at, for_gateway=for_gateway
+                token_id=token_id,
+                created_at=int(now),
+                expires_at=expires_at,
+                for_gateway=for_gateway,
+                site=site,
             )
             self._save(records)
         for_whom = f" for gateway {for_gateway}" if for_gateway else ""
@@ -166,7 +176,7 @@ class TokenStore:
             status = record.status(now)
             if status == "used":
                 if record.key_hash == key_hash and record.gateway_id:
-                    return Redemption(gateway_id=record.gateway_id, token_id=token_id, replay=True)
+                    return Redemption(record.gateway_id, token_id, replay=True, site=record.site)
                 raise TokenError("token-used", "join token was already used", 403)
             if status == "expired":
                 raise TokenError("token-expired", "join token has expired", 410)
@@ -179,9 +189,10 @@ class TokenStore:
                 gateway_id=gateway_id,
                 key_hash=key_hash,
                 for_gateway=record.for_gateway,
+                site=record.site,
             )
             self._save(records)
-        return Redemption(gateway_id=gateway_id, token_id=token_id, replay=False)
+        return Redemption(gateway_id=gateway_id, token_id=token_id, replay=False, site=record.site)
 
     def all(self) -> list[TokenRecord]:
         """Every stored token record, newest first."""
