@@ -13,7 +13,7 @@ from gwcore.health import USABLE_STATES
 from mgmtplane.errors import PlaneError
 
 # A DNS label, lower case: safe in a URL path, a file name and a log line as it is.
-_SITE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_SITE_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 DEFAULT_PRIORITY = 0
 # How long the outcome of a relay call stands for the gateway's reachability of that target when
@@ -23,7 +23,7 @@ OUTCOME_TTL_S = 60.0
 
 def valid_site(name: str) -> bool:
     """Whether `name` is a valid site name (a lower-case DNS label)."""
-    return bool(_SITE_RE.match(name))
+    return bool(_SITE_RE.fullmatch(name))  # not match(): "$" also matches before a final newline
 
 
 def check_site(name: str, what: str = "site") -> str:
