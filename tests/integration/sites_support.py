@@ -290,9 +290,9 @@ async def run_load(
             except (aiohttp.ClientError, ValueError, TimeoutError) as exc:
                 load.failed.append(f"{type(exc).__name__}: {exc}")
             done += 1
+            hook = hooks.pop(done, None)  # before any await: `done` is shared by the workers
             if pace:
                 await asyncio.sleep(pace)
-            hook = hooks.pop(done, None)
             if hook is not None:
                 await asyncio.get_running_loop().run_in_executor(None, hook)
 

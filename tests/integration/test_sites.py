@@ -136,6 +136,7 @@ async def test_planned_restarts_under_load_lose_no_call(tmp_path: Path) -> None:
         for name in ("gw-a", "gw-b"):
             s.wait_reach(name, "bmc", "yes")
         drains: list[tuple[str, float, int]] = []
+        ended: list[float] = []
 
         def restart(name: str, other: str) -> Any:
             def go() -> None:
@@ -145,6 +146,7 @@ async def test_planned_restarts_under_load_lose_no_call(tmp_path: Path) -> None:
                 member.signal(signal.SIGTERM)  # the gateway sends GOAWAY and drains its calls
                 code = member.wait_exit(20)
                 drains.append((name, time.monotonic() - began, code))
+                ended.append(time.monotonic())
                 member.start()
 
             return go
@@ -165,6 +167,7 @@ async def test_planned_restarts_under_load_lose_no_call(tmp_path: Path) -> None:
         assert [d[0] for d in drains] == ["gw-a", "gw-b"] and all(d[2] == 0 for d in drains)
         assert load.failed == []
         assert load.ok == 4000
+        assert sum(1 for t in load.done_at if t > ended[-1]) > 100  # the load outlasted the restarts
 
 
 def test_cli_api_and_forward(tmp_path: Path) -> None:
