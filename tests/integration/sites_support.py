@@ -245,6 +245,7 @@ class Load:
     failed: list[str] = field(default_factory=list)
     via: dict[str, int] = field(default_factory=dict)
     done_at: list[float] = field(default_factory=list)  # monotonic times of the successful calls
+    slowest: float = 0.0  # the longest call, in seconds
 
     def gap_around(self, t: float) -> float:
         """The longest stretch without a successful call in the 10 s after `t`, in seconds."""
@@ -277,6 +278,7 @@ async def run_load(
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal done
         for _ in queue:
+            began = time.monotonic()
             try:
                 async with session.get(url, headers=headers) as resp:
                     body = await resp.read()
@@ -289,6 +291,7 @@ async def run_load(
                         load.done_at.append(time.monotonic())
             except (aiohttp.ClientError, ValueError, TimeoutError) as exc:
                 load.failed.append(f"{type(exc).__name__}: {exc}")
+            load.slowest = max(load.slowest, time.monotonic() - began)
             done += 1
             hook = hooks.pop(done, None)  # before any await: `done` is shared by the workers
             if pace:

@@ -52,7 +52,8 @@ async def test_kill_one_gateway_in_the_middle_of_2000_gets(tmp_path: Path) -> No
         print(
             f"\nsites: SIGKILL of one of two gateways during 2000 GETs: {load.ok} ok,"
             f" {len(load.failed)} failed (all mid-body: {only_mid_body(load.failed)}),"
-            f" failover gap {gap * 1000:.1f} ms, served by {load.via}"
+            f" failover gap {gap * 1000:.1f} ms, slowest call {load.slowest * 1000:.0f} ms,"
+            f" served by {load.via}; plane: {s.view()['stats']}"
         )
         assert only_mid_body(load.failed), load.failed[:5]
         assert load.ok + len(load.failed) == 2000
@@ -73,6 +74,35 @@ async def test_kill_one_gateway_in_the_middle_of_2000_gets(tmp_path: Path) -> No
             status, body = s.api(f"/v1/sites/{SITE}/targets/bmc/redfish/v1", method=method)
             assert status == 503 and body["error"] == "site-unavailable", body
             assert "offline" in body["message"] and "\n" not in body["message"]
+
+
+async def test_a_frozen_gateway_is_dropped_after_missed_heartbeats(tmp_path: Path) -> None:
+    # SIGSTOP: the tunnel's TCP connection stays open, nothing answers. Only the heartbeat tells.
+    with site(tmp_path) as s:
+        for name in ("gw-a", "gw-b"):
+            s.wait_reach(name, "bmc", "yes")
+        frozen: dict[str, float] = {}
+
+        def freeze() -> None:
+            frozen["at"] = time.monotonic()
+            s.members["gw-a"].signal(signal.SIGSTOP)
+
+        load = await run_load(
+            s, "bmc", 1000, concurrency=8, on_progress={200: freeze}, pace=0.01, timeout=120
+        )
+        gap = load.gap_around(frozen["at"])
+        stats = s.view()["stats"]
+        print(
+            f"\nsites: SIGSTOP of one of two gateways during 1000 GETs: {load.ok} ok,"
+            f" {len(load.failed)} failed, longest stretch without an answer {gap * 1000:.0f} ms,"
+            f" slowest call {load.slowest:.1f} s (the heartbeat verdict),"
+            f" served by {load.via}; plane: {stats}"
+        )
+        assert not load.failed, load.failed[:5]
+        # The frozen gateway's calls waited for the heartbeat verdict, then went to gw-b (retried).
+        assert stats["retries"] >= 1
+        view = {g["hostname"]: g for g in s.view()["gateways"]}
+        assert view["gw-a"]["connected"] is False
 
 
 async def test_a_target_reachable_from_one_gateway_only(tmp_path: Path) -> None:
