@@ -31,6 +31,15 @@ def route(target: str) -> tuple[str, str] | None:
     return (parts[3], parts[5]) if parts[3] and parts[5] else None
 
 
+def site_route(target: str) -> tuple[str, str] | None:
+    """The (site, target name) of a site relay route's request-target (docs/sites.md), still
+    percent-encoded: `/v1/sites/{site}/targets/{target}/...`."""
+    parts = target.split("?", 1)[0].split("/", 6)
+    if len(parts) != 7 or parts[1] != "v1" or parts[2] != "sites" or parts[4] != "targets":
+        return None
+    return (parts[3], parts[5]) if parts[3] and parts[5] else None
+
+
 def response_headers(headers: tuple[tuple[str, str], ...]) -> tuple[list[tuple[str, str]], bool, bool]:
     """The target's headers without hop-by-hop ones, and whether they carry Date and Content-Length,
     in one pass (strip_hop_headers' rules; a Connection header takes its slower, general path)."""

@@ -15,12 +15,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from gwcore import protocol as p
+from gwcore.stream import Stream
 from gwcore.streams import StreamReset
 from mgmtplane import events, sites
 from mgmtplane.errors import PlaneError
@@ -41,6 +43,10 @@ from mgmtplane.site_store import SITES_FILE, Priorities, load_priorities
 log = logging.getLogger(__name__)
 
 SITE_RELAY_ROUTE = "/v1/sites/{site}/targets/{target}/{path:.*}"
+Failure = tuple[int, str, str]  # status, error code, message
+# Called with each stream opened for the call: the path's own bookkeeping, and the request body's
+# pump if the call has a body.
+OnOpen = Callable[[Stream], "asyncio.Task[None] | None"]
 RELOAD_EVERY_S = 1.0  # how often the state files' stamps are looked at (at most; on a call)
 _IDEMPOTENT = frozenset({"GET", "HEAD"})
 
@@ -51,6 +57,16 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_mtime_ns, st.st_size
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A call that has its response head: the gateway, the stream, the head, the body's pump."""
+
+    gateway_id: str
+    stream: Stream
+    rhead: p.ResponseHead
+    pump: asyncio.Task[None] | None
 
 
 class SiteRouter:
@@ -153,30 +169,34 @@ class SiteRouter:
 
     # --- the relay route --------------------------------------------------------------------------
 
-    async def handle_relay(self, request: web.Request) -> web.StreamResponse:
-        """ANY /v1/sites/{site}/targets/{target}/{path}: the gateway route's semantics, through a
-        gateway of the site chosen for this call; failover as docs/sites.md says."""
-        site, target = request.match_info["site"], request.match_info["target"]
+    async def open_call(
+        self,
+        site: str,
+        target: str,
+        method: str,
+        head: p.RequestHead,
+        has_body: bool,
+        on_open: OnOpen,
+    ) -> Opened | Failure:
+        """Open the call on a gateway of the site and wait for the response head, failing over as
+        docs/sites.md says; the opened call (the caller resets its stream and stops its pump when
+        done), or the error to answer. Both public paths (aiohttp's, the lean one) call this."""
         self.refresh()
         if not sites.valid_site(site) or site not in self.members:
-            return _error(404, "site-unknown", f"no gateway is enrolled in site {site!r}")
+            return 404, "site-unknown", f"no gateway is enrolled in site {site!r}"
         self.stats["calls"] += 1
-        has_body = request.body_exists
         # A call may go to a second gateway only when nothing of it can have had an effect: a
         # GET or HEAD without a body, or any call the first gateway never started (GOAWAY).
-        retry_ok = request.method in _IDEMPOTENT and not has_body
-        head = request_head(request.method, target, request.raw_path, request.headers.items())
+        retry_ok = method in _IDEMPOTENT and not has_body
         tried: list[str] = []
         retried = False
-        last: tuple[int, str, str] | None = None
+        last: Failure | None = None
         while True:
             cands = self.candidates(site, target)
             choice = sites.choose(cands, tried)
             if choice is None:
                 self.stats["failed"] += 1
-                if last is not None:
-                    return _error(*last)
-                return _error(503, "site-unavailable", sites.no_gateway_reason(site, cands, tried))
+                return last or (503, "site-unavailable", sites.no_gateway_reason(site, cands, tried))
             gateway_id = choice.gateway_id
             tried.append(gateway_id)
             routed = self.hub.route(gateway_id)
@@ -197,44 +217,64 @@ class SiteRouter:
                 )
                 continue
             except p.ProtocolError as exc:
-                return _error(400, "bad-request", exc.message)
+                return 400, "bad-request", exc.message
             session.relayed += 1
-            pump = asyncio.create_task(pump_body(request, stream)) if has_body else None
+            pump = on_open(stream)
             try:
-                try:
-                    rhead = await stream.response()
-                except StreamReset as exc:
-                    goaway = mux.goaway_received
-                    unstarted = goaway is not None and stream.id > goaway[0] and pump is None
-                    if str(exc.code) in sites.UNREACHABLE_CODES:
-                        self.note(gateway_id, target, False)
-                    status = STATUS_FOR_CODE.get(exc.code, 502)
-                    last = (status, str(exc.code), f"gateway {gateway_id}: {exc.detail}")
-                    if unstarted:
-                        self.stats["failovers"] += 1
-                        continue
-                    if retry_ok and not retried and _worth_retrying(exc.code):
-                        retried = True
-                        self.stats["retries"] += 1
-                        log.info(
-                            "site %s: %s %s failed on %s (%s); retrying once",
-                            site,
-                            request.method,
-                            target,
-                            gateway_id,
-                            exc.code,
-                        )
-                        continue
-                    self.stats["failed"] += 1
-                    return _error(*last)
-                self.note(gateway_id, target, True)
-                return await send_response(request, stream, rhead, gateway_id)
-            finally:
-                stream.reset(p.ErrorCode.CANCELLED, "caller went away")
-                if pump is not None:
-                    pump.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await pump
+                rhead = await stream.response()
+            except StreamReset as exc:
+                await stop_call(stream, pump)
+                goaway = mux.goaway_received
+                unstarted = goaway is not None and stream.id > goaway[0] and pump is None
+                if str(exc.code) in sites.UNREACHABLE_CODES:
+                    self.note(gateway_id, target, False)
+                last = (
+                    STATUS_FOR_CODE.get(exc.code, 502),
+                    str(exc.code),
+                    f"gateway {gateway_id}: {exc.detail}",
+                )
+                if unstarted:
+                    self.stats["failovers"] += 1
+                    continue
+                if retry_ok and not retried and _worth_retrying(exc.code):
+                    retried = True
+                    self.stats["retries"] += 1
+                    log.info(
+                        "site %s: %s %s failed on %s (%s); retrying once",
+                        site,
+                        method,
+                        target,
+                        gateway_id,
+                        exc.code,
+                    )
+                    continue
+                self.stats["failed"] += 1
+                return last
+            except BaseException:
+                await stop_call(stream, pump)
+                raise
+            self.note(gateway_id, target, True)
+            return Opened(gateway_id, stream, rhead, pump)
+
+    async def handle_relay(self, request: web.Request) -> web.StreamResponse:
+        """ANY /v1/sites/{site}/targets/{target}/{path} on the aiohttp path (mgmtplane.front serves
+        it on the lean path): the gateway route's semantics through a gateway of the site."""
+        target = request.match_info["target"]
+        head = request_head(request.method, target, request.raw_path, request.headers.items())
+        opened = await self.open_call(
+            request.match_info["site"],
+            target,
+            request.method,
+            head,
+            request.body_exists,
+            lambda stream: asyncio.create_task(pump_body(request, stream)) if request.body_exists else None,
+        )
+        if not isinstance(opened, Opened):
+            return _error(*opened)
+        try:
+            return await send_response(request, opened.stream, opened.rhead, opened.gateway_id)
+        finally:
+            await stop_call(opened.stream, opened.pump)
 
     # --- the admin view ---------------------------------------------------------------------------
 
@@ -294,6 +334,15 @@ class SiteRouter:
             connected = sum(1 for g in members if self.hub.route(g) is not None)
             out.append({"site": site, "gateways": len(members), "connected": connected})
         return web.json_response({"sites": out})
+
+
+async def stop_call(stream: Stream, pump: asyncio.Task[None] | None) -> None:
+    """Reset the call's stream (a no-op once it ended) and stop its request body's pump."""
+    stream.reset(p.ErrorCode.CANCELLED, "caller went away")
+    if pump is not None:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pump
 
 
 def _worth_retrying(code: p.ErrorCode) -> bool:
