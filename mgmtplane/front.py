@@ -45,6 +45,7 @@ from mgmtplane.hub import (
     wait_ready,
     whole_body_ok,
 )
+from mgmtplane.site_routes import SITES_KEY, Opened, SiteRouter, stop_call
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ RELAY_AUTH_KEY: web.AppKey[RelayAuth] = web.AppKey("relay_auth")
 KEEPALIVE_S = 75.0  # aiohttp's default, kept: an idle keep-alive connection is closed after it
 MAX_QUEUED = 16  # pipelined requests parsed ahead of the one being served, before reading pauses
 _LINE_LIMIT = 8190  # aiohttp's request-line limit: longer lines go to aiohttp, which refuses them
-_PREFIX = b"/v1/gateways/"
+_PREFIXES = (b"/v1/gateways/", b"/v1/sites/")
+# A relay call's route: ("gateway" or "site", the gateway id or site name, the target), percent-encoded.
+Route = tuple[str, str, str]
 # A request head (every header line) larger than this is refused while it arrives. llhttp bounds
 # each line (8 KiB) but not their number; the tunnel takes 64 KiB of head at most anyway.
 _HEAD_LIMIT = 256 * 1024
@@ -68,8 +71,15 @@ _JOIN_LIMIT = 64 * 1024  # response pieces up to this size are joined into one w
 class Front:
     """The protocol factory of a public listener; `shutdown` closes its lean connections."""
 
-    def __init__(self, hub: Hub, fallback: Callable[[], asyncio.Protocol], auth: RelayAuth | None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        fallback: Callable[[], asyncio.Protocol],
+        auth: RelayAuth | None,
+        sites: SiteRouter | None = None,
+    ) -> None:
         self.hub = hub
+        self.sites = sites  # the site route on the lean path too (docs/sites.md), when the app has it
         self.fallback = fallback
         self.auth = auth
         self.conns: set[_Conn] = set()
@@ -77,6 +87,14 @@ class Front:
 
     def __call__(self) -> asyncio.Protocol:
         return _Conn(self)
+
+    def route(self, target: str) -> Route | None:
+        """The relay route a request-target names, or None for any other (aiohttp's) route."""
+        found = wire.route(target)
+        if found is not None:
+            return ("gateway", *found)
+        found = wire.site_route(target) if self.sites is not None else None
+        return ("site", *found) if found is not None else None
 
     async def shutdown(self, timeout: float) -> None:
         """Close idle connections now, busy ones after their current response; abort the rest
@@ -202,7 +220,7 @@ class _Conn(BaseProtocol):
             # bridged (another route); after a relay call, which does not upgrade, it is dropped.
             self._upgraded = True
             request = messages[-1][0] if messages else None
-            if request is not None and (self._handler is not None or wire.route(request.path) is None):
+            if request is not None and (self._handler is not None or self.front.route(request.path) is None):
                 self._raw = bytearray(tail)
 
     def eof_received(self) -> bool:
@@ -234,8 +252,8 @@ class _Conn(BaseProtocol):
         words = pending[:eol].split(b" ") if eol >= 0 else []
         target = words[1] if len(words) == 3 else b""
         if (
-            not target.startswith(_PREFIX)
-            or not wire.is_relay_target(target.decode("latin-1"))
+            not target.startswith(_PREFIXES)
+            or self.front.route(target.decode("latin-1")) is None
             or self.front.closing
         ):
             self._hand_over(pending)
@@ -341,7 +359,7 @@ class _Conn(BaseProtocol):
                 msg, payload = self._queue.popleft()
                 if self._reading_paused and len(self._queue) < MAX_QUEUED // 2:
                     self.resume_reading()
-                route = wire.route(msg.path) if self._handler is None else None
+                route = self.front.route(msg.path) if self._handler is None else None
                 if route is None:
                     self._busy = True
                     try:
@@ -366,7 +384,7 @@ class _Conn(BaseProtocol):
             if self.transport is not None:
                 self.transport.abort()
 
-    async def _serve(self, msg: RawRequestMessage, payload: StreamReader, route: tuple[str, str]) -> bool:
+    async def _serve(self, msg: RawRequestMessage, payload: StreamReader, route: Route) -> bool:
         """Answer one relay call; False when the connection must close after it."""
         keep = not msg.should_close and not self._closing
         keep = await self._relay(msg, payload, route, keep)
@@ -374,11 +392,9 @@ class _Conn(BaseProtocol):
             keep = await _discard(payload)
         return keep
 
-    async def _relay(
-        self, msg: RawRequestMessage, payload: StreamReader, route: tuple[str, str], keep: bool
-    ) -> bool:
+    async def _relay(self, msg: RawRequestMessage, payload: StreamReader, route: Route, keep: bool) -> bool:
         front = self.front
-        gateway_id, target = unquote(route[0]), unquote(route[1])
+        gateway_id, target = unquote(route[1]), unquote(route[2])
         # A refusal before 100 Continue means the caller will not send its body: the connection,
         # its parser mid-request, closes after the answer (the caller learns it from the answer).
         refused_keep = keep and (payload.is_eof() or not wire.expects_continue(msg))
@@ -391,6 +407,8 @@ class _Conn(BaseProtocol):
         if "/" in gateway_id or "/" in target:
             self._write_error(404, "not-found", "no such route", refused_keep, msg.method)
             return refused_keep
+        if route[0] == "site":
+            return await self._relay_site(msg, payload, gateway_id, target, keep, refused_keep)
         routed = front.hub.route(gateway_id)
         if routed is None:
             self._write_error(503, *offline(gateway_id), refused_keep, msg.method)
@@ -433,6 +451,42 @@ class _Conn(BaseProtocol):
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pump
+
+    async def _relay_site(
+        self,
+        msg: RawRequestMessage,
+        payload: StreamReader,
+        site: str,
+        target: str,
+        keep: bool,
+        refused_keep: bool,
+    ) -> bool:
+        """A site's relay call (docs/sites.md): the gateway and the failover are the site router's."""
+        assert self.front.sites is not None
+        has_body = payload is not EMPTY_PAYLOAD
+        pumped = False
+
+        def on_open(stream: Stream) -> asyncio.Task[None] | None:
+            nonlocal pumped
+            self._current = stream
+            if not has_body:
+                return None
+            pumped = True  # the body is being read: the connection stays in step after an error
+            self._payload = payload
+            if wire.expects_continue(msg):
+                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return self._loop.create_task(_pump_body(payload, stream))
+
+        head = request_head(msg.method, target, msg.path, msg.headers.items())
+        opened = await self.front.sites.open_call(site, target, msg.method, head, has_body, on_open)
+        if not isinstance(opened, Opened):
+            keep = keep if pumped else refused_keep
+            self._write_error(*opened, keep, msg.method)
+            return keep
+        try:
+            return await self._respond(msg, opened.stream, opened.rhead, keep)
+        finally:
+            await stop_call(opened.stream, opened.pump)
 
     async def _respond(
         self, msg: RawRequestMessage, stream: Stream, rhead: p.ResponseHead, keep: bool
@@ -583,7 +637,7 @@ class FrontSite(web.BaseSite):
         runner = self._runner
         assert isinstance(runner, web.AppRunner) and runner.server is not None
         app = runner.app
-        self._front = Front(app[HUB_KEY], runner.server, app.get(RELAY_AUTH_KEY))
+        self._front = Front(app[HUB_KEY], runner.server, app.get(RELAY_AUTH_KEY), app.get(SITES_KEY))
         loop = asyncio.get_running_loop()
         if self._sock is not None:
             self._server = await loop.create_server(

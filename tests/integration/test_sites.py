@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import select
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -234,6 +236,21 @@ def test_cli_api_and_forward(tmp_path: Path) -> None:
         assert status == 200 and body == {"sites": [{"site": SITE, "gateways": 2, "connected": 2}]}
         status, body = s.api("/v1/sites/nowhere/targets/bmc/redfish/v1")
         assert status == 404 and body["error"] == "site-unknown"
+
+        # Site calls take the public listener's lean path (aiohttp would add its Server header).
+        ctx = ssl.create_default_context(cafile=str(s.plane.state_dir / "ca.pem"))
+        for path, want in (
+            (f"/v1/sites/{SITE}/targets/bmc/redfish/v1", 200),
+            ("/v1/sites/nowhere/targets/x/", 404),
+        ):
+            req = urllib.request.Request(s.plane.url + path, headers={"Authorization": f"Bearer {s.token}"})
+            try:
+                with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+                    status, server = resp.status, resp.headers.get("Server", "")
+            except urllib.error.HTTPError as exc:
+                with exc:
+                    status, server = exc.code, exc.headers.get("Server", "")
+            assert status == want and "aiohttp" not in server, (path, status, server)
 
         # The per-gateway route is unchanged.
         gw = s.members["gw-a"].gateway_id

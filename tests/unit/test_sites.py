@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mgmtplane.errors import PlaneError
+from mgmtplane.front_wire import route, site_route
 from mgmtplane.registry import GatewayRecord, Registry
 from mgmtplane.site_store import load_priorities, set_priority
 from mgmtplane.sites import (
@@ -198,3 +199,21 @@ def test_gateway_record_keeps_its_site(tmp_path: Path) -> None:
     registry.add(GatewayRecord("gw-2", "h2", "2026-01-01T00:00:00+00:00", "cd", "sha256:01"))
     assert registry.get("gw-1").site == "dc1"  # type: ignore[union-attr]
     assert registry.get("gw-2").site == ""  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("target", "found"),
+    [
+        ("/v1/sites/dc1/targets/bmc/redfish/v1", ("dc1", "bmc")),
+        ("/v1/sites/dc1/targets/bmc/", ("dc1", "bmc")),
+        ("/v1/sites/dc1/targets/b%2Fm/x?y=/z", ("dc1", "b%2Fm")),
+        ("/v1/sites/dc1/targets/bmc", None),  # no path part: not the route (as aiohttp's router)
+        ("/v1/sites//targets/bmc/x", None),
+        ("/v1/sites/dc1/target/bmc/x", None),
+        ("/v1/sites/dc1", None),
+        ("/v1/gateways/g/targets/bmc/x", None),
+    ],
+)
+def test_site_route_of_a_request_target(target: str, found: tuple[str, str] | None) -> None:
+    assert site_route(target) == found
+    assert route(target) is None or found is None  # never both routes at once
