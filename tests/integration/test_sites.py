@@ -7,6 +7,7 @@ The figures (calls lost, the failover gap) are printed: run with -s to see them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import select
 import signal
@@ -105,6 +106,31 @@ async def test_a_frozen_gateway_is_dropped_after_missed_heartbeats(tmp_path: Pat
         assert stats["retries"] >= 1
         view = {g["hostname"]: g for g in s.view()["gateways"]}
         assert view["gw-a"]["connected"] is False
+
+
+async def test_a_started_post_is_not_replayed_but_a_get_is(tmp_path: Path) -> None:
+    # gw-a preferred, then frozen: a POST and a GET given to it wait for the heartbeat verdict.
+    # The GET is retried on gw-b; the POST, which may have had an effect, fails in clear words.
+    with site(tmp_path) as s:
+        for name in ("gw-a", "gw-b"):
+            s.wait_reach(name, "bmc", "yes")
+        assert s.cli("site", "set-priority", SITE, "gw-a", "10").returncode == 0
+        wait_until(lambda: s.view()["gateways"][0]["hostname"] == "gw-a", 10, "the priority applied")
+        s.members["gw-a"].signal(signal.SIGSTOP)
+        loop = asyncio.get_running_loop()
+        began = time.monotonic()
+        post = loop.run_in_executor(None, lambda: s.api(f"/v1/sites/{SITE}/targets/bmc/x", method="POST"))
+        await asyncio.sleep(0.2)  # the POST first: both go to the frozen gw-a
+        get = loop.run_in_executor(None, lambda: s.api(f"/v1/sites/{SITE}/targets/bmc/redfish/v1"))
+        (post_status, post_body), (get_status, get_body) = await asyncio.gather(post, get)
+        print(
+            f"\nsites: frozen preferred gateway: POST {post_status} {post_body.get('error')},"
+            f" GET {get_status} via {get_body.get('Name')}, after {time.monotonic() - began:.1f} s"
+        )
+        assert post_status == 504 and post_body["error"] == "heartbeat-timeout", post_body
+        assert s.members["gw-a"].gateway_id in post_body["message"]
+        assert get_status == 200 and get_body["Name"] == "gw-b"
+        assert s.view()["stats"]["retries"] == 1
 
 
 async def test_a_target_reachable_from_one_gateway_only(tmp_path: Path) -> None:
