@@ -245,8 +245,8 @@ class Hub:
     def route(self, gateway_id: str) -> tuple[GatewaySession, Mux] | None:
         """The session and tunnel that serve a relay call for `gateway_id`; None when it is offline.
 
-        The one place that picks the tunnel for a call (both public paths ask it): a site of
-        several gateways routes and fails over here, without touching the relay paths.
+        The one place that gives a gateway's tunnel for a call (both public paths ask it); a site's
+        route chooses the gateway first (mgmtplane.site_routes, docs/sites.md).
         """
         session = self._sessions.get(gateway_id)
         # The hub cannot tell "never registered" from "registered, not connected yet": both are 503.
