@@ -49,6 +49,7 @@ Failure = tuple[int, str, str]  # status, error code, message
 OnOpen = Callable[[Stream], "asyncio.Task[None] | None"]
 RELOAD_EVERY_S = 1.0  # how often the state files' stamps are looked at (at most; on a call)
 _IDEMPOTENT = frozenset({"GET", "HEAD"})
+MAX_OUTCOMES = 10_000  # (gateway, target) outcomes kept
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -143,7 +144,15 @@ class SiteRouter:
 
     def note(self, gateway_id: str, target: str, ok: bool) -> None:
         """Remember how a call went (only outcomes that say something about the route count)."""
-        self.outcomes[(gateway_id, target)] = (ok, self.clock())
+        now = self.clock()
+        if len(self.outcomes) >= MAX_OUTCOMES and (gateway_id, target) not in self.outcomes:
+            # Target names come from callers: unknown ones must not grow this without bound.
+            fresh = {k: v for k, v in self.outcomes.items() if now - v[1] <= sites.OUTCOME_TTL_S}
+            if len(fresh) >= MAX_OUTCOMES:
+                newest = sorted(fresh.items(), key=lambda kv: kv[1][1])[MAX_OUTCOMES // 2 :]
+                fresh = dict(newest)
+            self.outcomes = fresh
+        self.outcomes[(gateway_id, target)] = (ok, now)
 
     def candidates(self, site: str, target: str) -> list[sites.Candidate]:
         """Every gateway of the site as it stands now, for this target."""

@@ -217,3 +217,19 @@ def test_gateway_record_keeps_its_site(tmp_path: Path) -> None:
 def test_site_route_of_a_request_target(target: str, found: tuple[str, str] | None) -> None:
     assert site_route(target) == found
     assert route(target) is None or found is None  # never both routes at once
+
+
+def test_remembered_outcomes_are_bounded(tmp_path: Path) -> None:
+    from mgmtplane.hub import Hub
+    from mgmtplane.site_routes import MAX_OUTCOMES, SiteRouter
+
+    now = [1000.0]
+    router = SiteRouter(tmp_path, Hub(), Registry(tmp_path), None, clock=lambda: now[0])
+    router.note("gw", "kept", True)
+    for i in range(3 * MAX_OUTCOMES):  # callers may name any target: each unknown one fails
+        now[0] += 0.001
+        router.note("gw", f"t{i}", False)
+    assert len(router.outcomes) <= MAX_OUTCOMES
+    assert router.outcome("gw", f"t{3 * MAX_OUTCOMES - 1}") == (False, now[0])  # the newest are kept
+    now[0] += 61
+    assert router.outcome("gw", f"t{3 * MAX_OUTCOMES - 1}") == (None, 0.0)  # and age out
