@@ -27,10 +27,13 @@ from mgmtplane import tls_alerts
 from mgmtplane.ca import CSRError, cert_fingerprint, load_csr
 from mgmtplane.errors import PlaneError
 from mgmtplane.front import RELAY_AUTH_KEY, Refusal, RelayAuth
+from mgmtplane.health import STORE_KEY
 from mgmtplane.hub import HUB_KEY, setup_hub
 from mgmtplane.identity import IDENTITY_KEY, PlaneIdentity, build_server_context, setup_identity
 from mgmtplane.operate import OperateConfig, health_summary, setup_operate
 from mgmtplane.registry import GatewayRecord, Registry, state_lock
+from mgmtplane.releases import bundle_route
+from mgmtplane.rollout import ROLLOUT_KEY, RolloutService, setup_rollout
 from mgmtplane.rollover import load_ca_set
 from mgmtplane.settings import load_settings
 from mgmtplane.site_routes import setup_sites
@@ -261,12 +264,34 @@ def _gateway_json(record: GatewayRecord, live: Mapping[str, dict[str, Any]]) -> 
     return {**record.to_json(), "connected": bool(tunnel and tunnel.get("connected")), "tunnel": tunnel}
 
 
+def _update_json(app: web.Application, gateway_id: str) -> dict[str, Any] | None:
+    """Running version, slot, update state, target and reason (docs/protocol.md §13.5)."""
+    service = app.get(ROLLOUT_KEY)
+    return service.gateway_update(gateway_id) if service is not None else None
+
+
+def _health_versions(app: web.Application) -> dict[str, str]:
+    """The image version each gateway's latest health record names (for gateways without an agent)."""
+    store = app.get(STORE_KEY)
+    out = {}
+    for gid, (record, _received) in store.latest.items() if store is not None else ():
+        version = (record.get("appliance") or {}).get("image_version")
+        if isinstance(version, str):
+            out[gid] = version
+    return out
+
+
 async def list_gateways(request: web.Request) -> web.Response:
     """GET /v1/gateways: registered gateways merged with the hub's live tunnel state."""
     records = await _state_io(request.app, request.app[REGISTRY_KEY].all)
     live = _live_gateways(request.app)
     gateways = [
-        {**_gateway_json(r, live), "health": health_summary(request.app, r.gateway_id)} for r in records
+        {
+            **_gateway_json(r, live),
+            "health": health_summary(request.app, r.gateway_id),
+            "update": _update_json(request.app, r.gateway_id),
+        }
+        for r in records
     ]
     return web.json_response({"gateways": gateways})
 
@@ -280,6 +305,7 @@ async def get_gateway(request: web.Request) -> web.Response:
     body = {
         **_gateway_json(record, _live_gateways(request.app)),
         "health": health_summary(request.app, gateway_id),
+        "update": _update_json(request.app, gateway_id),
     }
     return web.json_response(body)
 
@@ -312,4 +338,17 @@ def create_app(config: PlaneConfig) -> web.Application:
     setup_identity(app, identity)
     setup_operate(app, config.state_dir, app[REGISTRY_KEY], config.operate)
     setup_sites(app, config.state_dir, app[REGISTRY_KEY])
+    # Releases and rollouts (docs/updates.md): after identity, so a new tunnel hears ca-update first.
+    store = app.get(STORE_KEY)
+    rollouts = RolloutService(
+        config.state_dir,
+        app[HUB_KEY],
+        functools.partial(_state_io, app),
+        versions=functools.partial(_health_versions, app),
+        notice=store.notice if store is not None else None,
+    )
+    setup_rollout(app, rollouts, _admin_authorized)
+    app.router.add_get(
+        "/v1/releases/{version}/bundle", bundle_route(config.state_dir, _admin_authorized, admit_gateway)
+    )
     return app

@@ -30,6 +30,7 @@ from mgmtplane.operate import OperateConfig
 from mgmtplane.operate_cli import add_api_flags, print_gateways
 from mgmtplane.operate_cli import add_parsers as add_operate_parsers
 from mgmtplane.registry import Registry, read_json, write_json_atomic
+from mgmtplane.rollout_cli import add_parsers as add_rollout_parsers
 from mgmtplane.rollover import load_ca_set
 from mgmtplane.sites import check_site
 from mgmtplane.sites_cli import add_parsers as add_site_parsers
@@ -293,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_forward)
     add_identity_parsers(sub, with_state_dir)
     add_site_parsers(sub, with_state_dir)
+    add_rollout_parsers(sub, with_state_dir)
     return parser
 
 

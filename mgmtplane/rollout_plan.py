@@ -75,8 +75,12 @@ class Window:
 
     def to_json(self) -> dict[str, object]:
         """The window as stored in rollouts.json."""
-        return {"tz": self.tz, "weekdays": sorted(self.weekdays), "start": f"{self.start:%H:%M}",
-                "end": f"{self.end:%H:%M}"}  # fmt: skip
+        return {
+            "tz": self.tz,
+            "weekdays": sorted(self.weekdays),
+            "start": f"{self.start:%H:%M}",
+            "end": f"{self.end:%H:%M}",
+        }
 
 
 def _days(text: str, what: str) -> frozenset[int]:
