@@ -328,6 +328,9 @@ class RolloutService:
             raise ControlError(exc.code, str(exc)) from None
         previous = await self._io(record_status, self.state_dir, gateway_id, status, time.time())
         self.statuses[gateway_id] = {**status.record(), "received_at": time.time()}
+        if status.state in um.FAILED_STATES:
+            # A retry (after `rollout resume`) is the same offer again: it must be sent again.
+            self._sent.pop(gateway_id, None)
         if previous.get("state") != status.state:
             log.info(
                 "gateway %s: update %s (running %s, target %s)%s",
