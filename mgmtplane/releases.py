@@ -100,12 +100,15 @@ def _save(state_dir: Path, releases: dict[str, Release]) -> None:
 
 
 def default_keyring() -> Path:
-    """$APPLIANCE_SIGNING_KEYRING, else the development build's keyring on this machine."""
+    """$APPLIANCE_SIGNING_KEYRING (a vendor's CA), else this machine's development build keyring.
+
+    The build's rule (appliance/signature_check.py), written again here: the plane imports only
+    gwcore, and the paths are the documented interface (docs/updates.md).
+    """
     if os.environ.get(KEYRING_ENV):
         return Path(os.environ[KEYRING_ENV])
-    from appliance.signature_check import keyring  # the build's rule; loaded only when needed
-
-    return keyring()
+    cache = Path(os.environ.get("APPLIANCE_CACHE_DIR", "/var/cache/gateway-appliance"))
+    return cache / "dev-signing" / "keyring.pem"
 
 
 def _rauc_reason(output: str) -> str:
