@@ -123,7 +123,7 @@ def print_gateways(args: argparse.Namespace) -> int:
     except PlaneError as exc:
         print(f"(no live state: {exc})", file=sys.stderr)
     header = f"{'GATEWAY':36}  {'HOSTNAME':20}  {'TUNNEL':6}  {'HEALTH':8}  {'TARGETS':7}  "
-    header += f"{'CERT':6}  {'CLOCK':7}  {'/VAR':5}  {'SEEN':6}  CONDITIONS"
+    header += f"{'CERT':6}  {'CLOCK':7}  {'/VAR':5}  {'SEEN':6}  {'VERSION':10}  {'UPDATE':22}  CONDITIONS"
     print(header)
     for record in records:
         gw = live.get(record.gateway_id, {})
@@ -135,12 +135,23 @@ def print_gateways(args: argparse.Namespace) -> int:
         var = _cell(health.get("var_percent"), "{:.0f}%")
         seen = _cell(health.get("age_s"), "{:.0f}s")
         conditions = ",".join(health.get("conditions") or []) or "-"
+        version, update = _update_cells(gw.get("update"), health.get("version"))
         print(
             f"{record.gateway_id:36}  {(record.hostname or '-')[:20]:20}  {tunnel:6}  "
             f"{health.get('status', '?'):8}  {targets:7}  {cert:6}  {clock:7}  {var:5}  {seen:6}  "
-            + conditions
+            f"{version:10}  {update:22}  " + conditions
         )
     return 0
+
+
+def _update_cells(update: Any, health_version: Any) -> tuple[str, str]:
+    """VERSION (running, slot) and UPDATE (state -> target) from the gateway's "update" field."""
+    if not isinstance(update, dict):
+        return _cell(health_version), "-"
+    version = f"{update.get('running') or health_version or '-'}/{update.get('slot') or '?'}"
+    state = update.get("state") or update.get("rollout_step") or "-"
+    target = update.get("target")
+    return version, f"{state}{f' -> {target}' if target and target != update.get('running') else ''}"
 
 
 def add_api_flags(p: argparse.ArgumentParser) -> None:

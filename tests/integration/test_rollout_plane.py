@@ -34,7 +34,7 @@ from gateway.tunnel.backoff import Backoff
 from gateway.tunnel.client import TunnelClient, client_ssl_context
 from gwcore import protocol as p
 from gwcore import update as um
-from gwcore.control import ControlChannel, Message
+from gwcore.control import ControlChannel, ControlError, Message
 from tests.integration import plane_helpers
 from tests.integration.tunnel_support import make_relay
 
@@ -300,6 +300,16 @@ async def test_a_rollout_goes_canary_first_one_at_a_time_and_halts_on_a_rollback
 ) -> None:
     plane, (a, b, canary) = fleet
     state = plane.state_dir
+    # A malformed status is refused naming the field, and changes nothing.
+    bad = {
+        **um.UpdateStatus("0.1.0", "A", None, None, um.UpdateState.IDLE, None, None, 1.0).message(),
+        "slot": "Z",
+    }
+    with pytest.raises(ControlError) as refused:
+        await a.control.request(bad, timeout=10)
+    assert refused.value.code == "bad-request" and "update-status: slot must be A, B or unknown" in str(
+        refused.value
+    )
     await cli(state, "rollout", "start", "0.2.0", "--canary", canary.gid, "--max-parallel", "1")
     await until(lambda: canary.installs(), "the canary's install offer")
     offer = canary.offers[-1]
@@ -334,6 +344,9 @@ async def test_a_rollout_goes_canary_first_one_at_a_time_and_halts_on_a_rollback
             update = (await r.json())["update"]
     assert update["state"] == "rolled-back" and update["reason"] == "did not finish booting"
     assert update["running"] == "0.1.0" and update["slot"] == "A" and update["target"] == "0.2.0"
+    listing = await cli(state, "gateways")
+    line = next(ln for ln in listing.splitlines() if ln.startswith(first.gid))
+    assert "0.1.0/A" in line and "rolled-back -> 0.2.0" in line, listing
     await quiet(lambda: None, 2.5)
     assert not second.installs()
 
