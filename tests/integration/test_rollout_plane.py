@@ -204,15 +204,22 @@ class Agent:
     state: Path
     running: str = "0.1.0"
     offers: list[um.UpdateOffer] = field(default_factory=list)
+    heard: list[str] = field(default_factory=list)  # control message types in order, "up" per tunnel
     control: ControlChannel = field(default_factory=lambda: ControlChannel("test-agent"))
     client: TunnelClient | None = None
     task: asyncio.Task[None] | None = None
 
     async def start(self, plane_url: str, tmp_path: Path) -> None:
         async def on_offer(message: Message) -> None:
+            self.heard.append(um.UPDATE_OFFER)
             self.offers.append(um.parse_update_offer(message))
 
+        async def on_ca_update(message: Message) -> None:
+            self.heard.append("ca-update")
+
         self.control.register(um.UPDATE_OFFER, on_offer)
+        self.control.register("ca-update", on_ca_update)
+        self.heard.append("up")
         self.client = TunnelClient(
             URL(plane_url),
             client_ssl_context(self.state),
@@ -296,7 +303,7 @@ async def quiet(check: Callable[[], Awaitable[None] | None], seconds: float = 3.
 
 
 async def test_a_rollout_goes_canary_first_one_at_a_time_and_halts_on_a_rollback(
-    fleet: tuple[plane_helpers.Plane, list[Agent]],
+    fleet: tuple[plane_helpers.Plane, list[Agent]], tmp_path: Path
 ) -> None:
     plane, (a, b, canary) = fleet
     state = plane.state_dir
@@ -320,6 +327,12 @@ async def test_a_rollout_goes_canary_first_one_at_a_time_and_halts_on_a_rollback
     )
     await quiet(lambda: None, 2.5)
     assert a.offers == [] and b.offers == []  # not even a download while the canary is out
+    # A new tunnel hears the offer again, after the CA set.
+    await canary.stop()
+    await canary.start(plane.url, tmp_path)
+    await until(lambda: len(canary.offers) == 2, "the offer on the new tunnel")
+    assert canary.heard == ["up", "ca-update", "update-offer", "up", "ca-update", "update-offer"]
+    assert canary.offers[1] == offer
 
     await canary.update()
     await until(lambda: a.offers and b.offers, "offers to the others after the canary")
