@@ -14,6 +14,8 @@ Rules (decided here, written down in docs/updates.md):
 - Admitted gateways get install = reboot = inside their window (or urgent); everyone else in
   scope gets a download-only offer, but only once the canaries are done: a bad release should not
   be fetched by the whole fleet.
+- A gateway that already runs the target but reports another target (a superseded rollout's
+  download) is offered its running version: "stay" (docs/protocol.md §13.5).
 - Halting stops admitting, and admitted gateways that have not begun to install get a
   download-only offer; one already installing, installed or rebooting is let finish (RAUC has
   already made the new slot the next boot's).
@@ -294,7 +296,10 @@ def plan(rollout: Rollout, fleet: Sequence[Facts], now: dt.datetime) -> Plan:
         win = window_for(rollout, f.site)
         open_now = rollout.urgent or win is None or win.contains(now)
         if f.id in done:
-            out[f.id] = GatewayPlan(Step.DONE, None, is_canary, open_now)
+            # It runs the target but works towards another version (a superseded rollout's
+            # download): an offer of the running version tells it to stay and drop that.
+            stay = Offer(install=False, reboot=False) if f.target not in (None, rollout.version) else None
+            out[f.id] = GatewayPlan(Step.DONE, stay, is_canary, open_now)
             continue
         if f.id in failures:
             out[f.id] = GatewayPlan(Step.FAILED, None, is_canary, open_now, failures[f.id])

@@ -289,3 +289,12 @@ def test_gateways_already_on_the_target_are_done_and_an_empty_scope_is_done() ->
 def test_now_must_be_aware() -> None:
     with pytest.raises(ValueError, match="aware"):
         plan(Rollout("r1", V, "all"), [], dt.datetime(2026, 12, 7, 12, 0))
+
+
+def test_a_gateway_on_the_target_that_works_towards_another_is_told_to_stay() -> None:
+    # A rollback rollout to 0.1.0 after 0.2.0 was pre-staged: "a" still runs 0.1.0 with 0.2.0 staged.
+    gws = report(fleet("a", "b"), "a", state=S.DOWNLOADED, target="0.2.0", rollout="r0")
+    p = plan(Rollout("r1", OLD, "all", downgrade=True), gws, NOON)
+    assert p.phase is Phase.DONE
+    assert p.gateways["a"].step is Step.DONE and p.gateways["a"].offer == STAGE  # version 0.1.0 = stay
+    assert p.gateways["b"].offer is None
