@@ -12,6 +12,7 @@ The gateway's own update agent against this plane is the gateway side's test.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ from gateway.tunnel.client import TunnelClient, client_ssl_context
 from gwcore import protocol as p
 from gwcore import update as um
 from gwcore.control import ControlChannel, ControlError, Message
+from mgmtplane.rollout_plan import WEEKDAYS
 from tests.integration import plane_helpers
 from tests.integration.tunnel_support import make_relay
 
@@ -375,3 +377,69 @@ async def test_a_rollout_goes_canary_first_one_at_a_time_and_halts_on_a_rollback
     )
     # A new tunnel hears nothing more once a gateway runs the target.
     assert all(o.rollout == offer.rollout for g in (a, b, canary) for o in g.offers)
+
+
+async def test_outside_the_window_gateways_only_download_and_urgent_skips_it(
+    fleet: tuple[plane_helpers.Plane, list[Agent]],
+) -> None:
+    plane, agents = fleet
+    state = plane.state_dir
+    closed_day = WEEKDAYS[(dt.datetime.now(dt.UTC).weekday() + 3) % 7]  # neither today nor yesterday
+    out = await cli(
+        state,
+        "rollout",
+        "start",
+        "0.2.0",
+        "--max-parallel",
+        "3",
+        "--window",
+        f"*=UTC,{closed_day},00:00-00:00",
+    )
+    assert f"window *: UTC,{closed_day},00:00-00:00" in out
+    await until(lambda: all(g.offers for g in agents), "download-only offers")
+    assert all(not o.install and not o.reboot for g in agents for o in g.offers)
+    status = await cli(state, "rollout", "status")
+    assert status.count("waiting-window") == 3, status
+    # A second rollout replaces the first; urgent ignores the window.
+    await cli(
+        state,
+        "rollout",
+        "start",
+        "0.2.0",
+        "--max-parallel",
+        "3",
+        "--urgent",
+        "--window",
+        f"*=UTC,{closed_day},00:00-00:00",
+    )
+    await until(lambda: all(g.installs() for g in agents), "urgent install offers")
+    first, second = agents[0].offers[0].rollout, agents[0].installs()[0].rollout
+    assert first != second and agents[0].installs()[0].urgent and agents[0].installs()[0].reboot
+    history = json.loads((state / "rollouts.json").read_text())["history"]
+    assert history[0]["id"] == first and history[0]["phase"] == "superseded"
+
+
+def test_rollout_start_names_what_is_wrong(tmp_path: Path, bundles: Bundles) -> None:
+    state = tmp_path / "plane"
+    assert add(state, bundles.good, bundles.keyring).returncode == 0
+    for args, words in [
+        (("0.3.0",), "error: no release 0.3.0"),
+        (("0.2.0", "--canary", "nobody"), "error: --canary: no registered gateway nobody"),
+        (("0.2.0", "--gateways", "x,y"), "error: --gateways: no registered gateway x, y"),
+        (("0.2.0", "--max-parallel", "0"), "error: --max-parallel: expected at least 1"),
+        (("0.2.0", "--window", "lab=Mars/Olympus,Mon,01:00-02:00"), "unknown time zone 'Mars/Olympus'"),
+        (("0.2.0", "--window", "lab=UTC,Mon,1-2"), "'1' is not a time of day HH:MM"),
+    ]:
+        done = mgmtplane(state, "rollout", "start", *args)
+        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert words in done.stderr, done.stderr
+    assert not (state / "rollouts.json").exists()
+    assert mgmtplane(state, "rollout", "halt").stderr.startswith("error: no rollout")
+    # Without a running plane, status says so and shows the stored state.
+    assert mgmtplane(state, "rollout", "start", "0.2.0").returncode == 0
+    status = mgmtplane(state, "rollout", "status")
+    assert (
+        status.returncode == 0
+        and "no live state" in status.stderr
+        and ": 0.2.0  phase running" in status.stdout
+    )
