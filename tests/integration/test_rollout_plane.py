@@ -145,9 +145,7 @@ def test_release_add_verifies_the_signed_manifest_and_refuses_the_rest(
 
 
 def register(plane: plane_helpers.Plane, state: Path) -> str:
-    done = plane_helpers.register(plane.token(), state)
-    assert done.returncode == 0, done.stderr
-    return str(json.loads((state / "identity.json").read_text())["gateway_id"])
+    return register_with(plane.token(), state)
 
 
 async def test_the_bundle_route_serves_admitted_gateways_and_resumes(
@@ -443,3 +441,43 @@ def test_rollout_start_names_what_is_wrong(tmp_path: Path, bundles: Bundles) -> 
         and "no live state" in status.stderr
         and ": 0.2.0  phase running" in status.stdout
     )
+
+
+async def test_a_site_rollout_reaches_only_the_gateways_enrolled_into_the_site(
+    tmp_path: Path, bundles: Bundles
+) -> None:
+    with plane_helpers.running_plane(tmp_path / "plane") as plane:
+        state = plane.state_dir
+        assert add(state, bundles.good, bundles.keyring).returncode == 0
+        token = await cli(state, "token", "create", "--site", "lab")
+        lab = Agent(register_with(token.strip(), tmp_path / "lab"), tmp_path / "lab")
+        other = Agent(register(plane, tmp_path / "other"), tmp_path / "other")
+        assert json.loads((state / "gateways.json").read_text())["gateways"][lab.gid]["site"] == "lab"
+        try:
+            for agent in (lab, other):
+                await agent.start(plane.url, tmp_path)
+            await cli(
+                state,
+                "rollout",
+                "start",
+                "0.2.0",
+                "--site",
+                "lab",
+                "--window",
+                "lab=Pacific/Auckland,*,00:00-00:00",
+            )
+            await until(lambda: lab.installs(), "the lab gateway's offer")
+            await quiet(lambda: None, 2.5)
+            assert other.offers == []
+            status = await cli(state, "rollout", "status")
+            assert lab.gid in status and other.gid not in status
+        finally:
+            for agent in (lab, other):
+                await agent.stop()
+            await plane_helpers.wait_sockets_closed(plane.port)
+
+
+def register_with(token: str, state: Path) -> str:
+    done = plane_helpers.register(token, state)
+    assert done.returncode == 0, done.stderr
+    return str(json.loads((state / "identity.json").read_text())["gateway_id"])
