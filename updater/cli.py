@@ -69,6 +69,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve_request(args: argparse.Namespace) -> int:
+    from updater.request import Helper, serve
+
+    helper = Helper()
+    if args.updates_dir is not None:
+        helper.updates_dir = args.updates_dir.absolute()
+    if args.incoming_dir is not None:
+        helper.incoming_dir = args.incoming_dir.absolute()
+    if args.install_command is not None:
+        helper.install_command = (args.install_command,)
+    code = serve(helper, sys.stdin.buffer, sys.stdout.buffer)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="updater", description="A/B updates of the gateway appliance")
     parser.add_argument("--debug", action="store_true", help="show commands run and tracebacks")
@@ -82,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_health)
     p = sub.add_parser("status", help="the booted slot, grub's slot state and the last update, as JSON")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("serve-request", help="answer one gateway request on stdin (the socket's unit)")
+    # For tests on a host without slots; the image's unit passes none of these.
+    p.add_argument("--updates-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--incoming-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--install-command", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_serve_request)
     return parser
 
 
