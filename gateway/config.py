@@ -42,6 +42,10 @@ class GatewayConfig:
     health_interval: float = 30.0
     support_offer_after: int = 30
     support_socket: Path = Path("/run/gateway-support.sock")
+    # The update lane (docs/updates.md): bundles are downloaded into update_dir and installed by
+    # the root helper at update_socket.
+    update_dir: Path = Path("/var/lib/gateway/updates")
+    update_socket: Path = Path("/run/appliance-update.sock")
 
 
 def _url(schemes: tuple[str, ...], optional: bool = False) -> Parser:
@@ -107,6 +111,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("health_interval", _number(1, 3600), CLASS_DEFAULT, "seconds between health records"),
     Setting("support_offer_after", _count, CLASS_DEFAULT, "failed reconnects before a bundle is offered"),
     Setting("support_socket", _path, CLASS_DEFAULT, "the support-bundle helper's socket"),
+    Setting("update_dir", _path, CLASS_DEFAULT, "where update bundles are downloaded"),
+    Setting("update_socket", _path, CLASS_DEFAULT, "the update helper's socket"),
 )
 _PARSE = section(GatewayConfig, SETTINGS, noun="setting")
 

@@ -28,6 +28,8 @@ from gateway.relay.targets import TargetSet, load_targets
 from gateway.tunnel.backoff import Backoff
 from gateway.tunnel.client import Rejected, State, TunnelClient, client_ssl_context
 from gateway.tunnel.proxy import redact
+from gateway.update.agent import UpdateAgent
+from gateway.update.helper import UpdateHelper
 from gwcore import health as health_contract
 from gwcore import protocol as p
 from gwcore import status_file
@@ -153,6 +155,7 @@ class Daemon:
         # Control messages with the plane (docs/protocol.md §13): each room registers its handlers.
         self.control = ControlChannel("gateway")
         self.identity: IdentityManager | None = None
+        self.update: UpdateAgent | None = None
 
     def load_inventory(self) -> tuple[TargetSet, PolicySet]:
         """Targets and policies from the configured paths (GatewayError on bad input)."""
@@ -238,6 +241,8 @@ class Daemon:
         sd_notify(f"STATUS=tunnel {state}{': ' + reason if reason else ''}")
         if self.health is not None:
             self.health.on_state(state)
+        if self.update is not None:
+            self.update.on_state(state)
         self._write_status()
 
     def _on_open(self, stream: Stream) -> None:
@@ -295,6 +300,15 @@ class Daemon:
             support_files=gateway_files(self.config_path, cfg.targets, cfg.status_file, cfg.state_dir),
         )
         self.status.health_fields = self.health.status_fields
+        self.update = UpdateAgent(
+            self.control,
+            updates_dir=cfg.update_dir,
+            helper=UpdateHelper(cfg.update_socket),
+            # A fresh context per download: a renewal or a new CA set since start is used.
+            ssl_context=lambda: client_ssl_context(cfg.state_dir),
+            proxy_url=cfg.proxy_url,
+        )
+        self.update.register()
         log.info(
             "gateway starting: plane %s, proxy %s, %d targets",
             cfg.plane_url,
@@ -313,6 +327,7 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._report_periodically(), name="status-report"))
         self._tasks.append(asyncio.create_task(self.identity.run(), name="identity"))
         self._tasks.append(asyncio.create_task(self.health.run(), name="health"))
+        self._tasks.append(asyncio.create_task(self.update.run(), name="update"))
         stop = asyncio.create_task(self._stop.wait(), name="stop-wait")
         try:
             await asyncio.wait({tunnel, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -332,6 +347,7 @@ class Daemon:
                     await task
             self._tasks.clear()
             await self.health.close()
+            await self.update.close()
             await self.control.close()
             await self.relay.close()
             self._write_status()  # the last word: stopped, or rejected and why

@@ -38,6 +38,8 @@ ROOMS: dict[str, frozenset[str]] = {
     # The operate lane probes targets under the relay's rules, reads the filter's counts and
     # policies, and watches the tunnel.
     "gateway.health": frozenset({"gateway.filter", "gateway.relay", "gateway.tunnel"}),
+    # The update lane downloads as the tunnel dials (its proxy settings, backoff, TLS context).
+    "gateway.update": frozenset({"gateway.tunnel"}),
 }
 # Modules of a room every other room may use: the package's error base.
 SHARED_IN_GATEWAY = frozenset({"gateway.errors"})
