@@ -79,8 +79,11 @@ def cmd_serve_request(args: argparse.Namespace) -> int:
         helper.incoming_dir = args.incoming_dir.absolute()
     if args.install_command is not None:
         helper.install_command = (args.install_command,)
-    code = serve(helper, sys.stdin.buffer, sys.stdout.buffer)
-    return code
+    if args.reboot_command is not None:
+        helper.reboot_command = (args.reboot_command,)
+    if args.status_command is not None:
+        helper.status_command = (args.status_command,)
+    return serve(helper, sys.stdin.buffer, sys.stdout.buffer)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates-dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--incoming-dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--install-command", help=argparse.SUPPRESS)
+    p.add_argument("--reboot-command", help=argparse.SUPPRESS)
+    p.add_argument("--status-command", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve_request)
     return parser
 

@@ -213,8 +213,11 @@ def serve(helper: Helper, stdin: BinaryIO, stdout: BinaryIO) -> int:
         log.info("gateway request done: %s", reply.get("reason") or "ok")
     else:
         log.warning("gateway request failed: %s", reply.get("reason"))
-    stdout.write(json.dumps(reply, sort_keys=True).encode() + b"\n")
-    stdout.flush()
+    try:
+        stdout.write(json.dumps(reply, sort_keys=True).encode() + b"\n")
+        stdout.flush()
+    except OSError as exc:  # the gateway went away (restarted); what was done is in the journal
+        log.warning("cannot answer the gateway: %s", exc.strerror or exc)
     if after is not None:
         proc = helper.run(after, 60.0)
         if proc.returncode != 0:

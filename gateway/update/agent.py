@@ -15,6 +15,7 @@ callback, `run()` as a task, `close()` on shutdown.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 AGENT_FILE = "agent.json"  # the offer being followed: its rollout id survives the reboot
 TRIAL_POLL = 10.0  # seconds between looks at a trial boot's verdict
 STATUS_TIMEOUT = 30.0
+OUTBOX = 32
 OS_RELEASE = Path("/usr/lib/os-release")
 CMDLINE = Path("/proc/cmdline")
 
@@ -96,8 +98,11 @@ class UpdateAgent:
         self._offer: UpdateOffer | None = None
         self._job: asyncio.Task[None] | None = None
         self._settled = True
+        self._loaded = False  # the updater's record read (until then there is nothing to report)
         self._dirty = asyncio.Event()
-        self._connected = asyncio.Event()
+        # Reports not yet taken by the plane, oldest first; bounded (a long outage keeps the newest).
+        self._outbox: collections.deque[UpdateStatus] = collections.deque(maxlen=OUTBOX)
+        self._sending = asyncio.Lock()
         self._plane_takes_status = True
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -111,7 +116,8 @@ class UpdateAgent:
         """The tunnel's state changed: on every new connection, report (the outcome of a reboot)."""
         if state is State.CONNECTED:
             self._plane_takes_status = True
-            self._connected.set()
+            if self._loaded and not self._outbox:
+                self._outbox.append(self.status())
             self._dirty.set()
 
     def status(self) -> UpdateStatus:
@@ -130,6 +136,7 @@ class UpdateAgent:
     async def run(self) -> None:
         """Read the updater's outcome, then send every change (and the state on each new tunnel)."""
         await self._load_outcome()
+        self._loaded = True
         while True:
             await self._wait_dirty()
             if not self._settled and self._job is None:
@@ -158,22 +165,40 @@ class UpdateAgent:
         if (state, reason, progress) != (self.state, self.reason, self.progress):
             target = f" {self.target}" if self.target else ""
             log.info("update: %s%s%s", state, target, f": {reason}" if reason else "")
+        changed = state is not self.state
         self.state, self.reason, self.progress = state, (one_line(reason) if reason else None), progress
+        snapshot = self.status()
+        if self._outbox and not changed:
+            self._outbox[-1] = snapshot  # progress within a step: the latest is enough
+        else:
+            self._outbox.append(snapshot)  # every step change reaches the plane, in order
         self._dirty.set()
 
     async def _send(self) -> bool:
-        if not self.control.ready or not self._plane_takes_status:
-            return False
-        try:
-            await self.control.request(self.status().message(), timeout=STATUS_TIMEOUT)
-        except ControlError as exc:
-            if exc.code == "unknown-type":
-                log.info("update: the plane does not take update-status; not sending it on this connection")
-                self._plane_takes_status = False
-            elif exc.code != "disconnected":
-                log.warning("update: update-status not taken: %s", exc)
-            return False
-        self.sent += 1
+        """Send the reports waiting, in order; False if some are left (no tunnel, refused)."""
+        async with self._sending:  # the job's own send before a reboot and the loop's, one at a time
+            return await self._send_waiting()
+
+    async def _send_waiting(self) -> bool:
+        while self._outbox:
+            if not self.control.ready or not self._plane_takes_status:
+                return False
+            status = self._outbox[0]
+            try:
+                await self.control.request(status.message(), timeout=STATUS_TIMEOUT)
+            except ControlError as exc:
+                if exc.code == "unknown-type":
+                    log.info(
+                        "update: the plane does not take update-status; not sending it on this connection"
+                    )
+                    self._plane_takes_status = False
+                    return False
+                if exc.code in ("disconnected", "unavailable", "timeout"):
+                    return False  # sent again on the next tunnel
+                log.warning("update: update-status not taken: %s", exc)  # malformed: do not loop on it
+            if self._outbox and self._outbox[0] is status:
+                self._outbox.popleft()
+            self.sent += 1
         return True
 
     async def _load_outcome(self) -> None:
@@ -238,6 +263,7 @@ class UpdateAgent:
                 offer.version,
                 offer.rollout,
             )
+            self._outbox.append(self.status())
             self._dirty.set()
             return
         if self.state is UpdateState.INSTALLED and self.target == offer.version and not offer.reboot:

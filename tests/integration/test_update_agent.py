@@ -1,0 +1,350 @@
+"""The update agent's joins, on loopback: the plane's offer over a real tunnel, the bundle over
+mTLS (the tunnel's certificate, the plane's CA pinned) resumed after a cut connection, a wrong
+sha256 refused, and the real root helper (`python3 -m updater serve-request`) over a real unix
+socket, started per connection as systemd's Accept=yes socket does. On the host there is no A/B
+disk: the helper's install, reboot and status commands are small scripts that record what they
+were given; the path checks, the downgrade flag, the replies and the reports are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from gateway.filter.policy import load_policies
+from gateway.relay.relay import Relay
+from gateway.relay.ssrf import own_addresses
+from gateway.relay.targets import parse_targets
+from gateway.tunnel.backoff import Backoff
+from gateway.tunnel.client import State, client_ssl_context
+from gateway.update.agent import UpdateAgent
+from gateway.update.helper import UpdateHelper
+from gwcore.control import ControlChannel
+from gwcore.update import UPDATE_STATUS, UpdateOffer, parse_update_status, update_status_ack
+from mgmtplane.front import FrontSite
+from mgmtplane.hub import peer_common_name
+
+from .tunnel_support import REPO, Pki, free_port, make_client, make_pki, plane_app, plane_ssl_context
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+BUNDLE = os.urandom(3 * 1024 * 1024 + 123)  # not a real bundle: the install command is a script
+SHA = hashlib.sha256(BUNDLE).hexdigest()
+
+
+@dataclass
+class BundleServer:
+    """The plane's bundle route as the contract has it: mTLS only, Range honoured."""
+
+    cut_first_at: int | None = None  # the first request's connection is cut after this many bytes
+    requests: list[tuple[str | None, str | None]] = field(default_factory=list)  # (gateway CN, Range)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        cn = peer_common_name(transport.get_extra_info("ssl_object") if transport else None)
+        self.requests.append((cn, request.headers.get("Range")))
+        if cn is None:
+            raise web.HTTPForbidden(text="a gateway client certificate is required")
+        start = 0
+        if rng := request.headers.get("Range"):
+            start = int(rng.removeprefix("bytes=").rstrip("-"))
+        resp = web.StreamResponse(status=206 if start else 200)
+        resp.content_length = len(BUNDLE) - start
+        if start:
+            resp.headers["Content-Range"] = f"bytes {start}-{len(BUNDLE) - 1}/{len(BUNDLE)}"
+        await resp.prepare(request)
+        body = BUNDLE[start:]
+        if self.cut_first_at is not None and len(self.requests) == 1:
+            await resp.write(body[: self.cut_first_at])
+            await asyncio.sleep(0.1)
+            assert transport is not None
+            transport.abort()  # the connection dies mid-body
+            return resp
+        await resp.write(body)
+        await resp.write_eof()
+        return resp
+
+
+@contextlib.asynccontextmanager
+async def plane_with_bundles(pki: Pki, bundles: BundleServer) -> AsyncIterator[tuple[URL, object]]:
+    app, hub = plane_app()
+    app.router.add_get("/v1/releases/{version}/bundle", bundles.handle)
+    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    await runner.setup()
+    port = free_port()
+    site = FrontSite(runner, "127.0.0.1", port, ssl_context=plane_ssl_context(pki.plane_dir))
+    await site.start()
+    try:
+        yield URL(f"https://127.0.0.1:{port}"), hub
+    finally:
+        await runner.cleanup()
+
+
+def _script(path: Path, body: str) -> str:
+    path.write_text(f"#!{sys.executable}\nimport hashlib, json, sys\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+@dataclass
+class Helper:
+    """The root helper as systemd runs it: a listening unix socket, one process per connection."""
+
+    root: Path
+    updates: Path
+    socket_path: Path
+    calls: Path
+    status: Path
+    install_exit: int = 0
+    _sock: socket.socket | None = None
+    _thread: threading.Thread | None = None
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def argv(self) -> list[str]:
+        record = f"open({str(self.calls)!r}, 'a').write(json.dumps([sys.argv[1:], digest]) + '\\n')"
+        refused = "f'{sys.argv[1]}: refused: signature verification failed'"
+        install = _script(
+            self.root / "install",
+            "digest = hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest()\n"
+            f"{record}\n"
+            f"code = {self.install_exit}\n"
+            f"print('installed into slot B' if code == 0 else {refused}, file=sys.stderr)\n"
+            "sys.exit(code)",
+        )
+        reboot = _script(
+            self.root / "reboot", f"open({str(self.calls)!r}, 'a').write(json.dumps(['reboot']) + '\\n')"
+        )
+        status = _script(self.root / "status", f"print(open({str(self.status)!r}).read())")
+        return [sys.executable, "-m", "updater", "serve-request", "--updates-dir", str(self.updates),
+                "--incoming-dir", str(self.root / "incoming"), "--install-command", install,
+                "--reboot-command", reboot, "--status-command", status]  # fmt: skip
+
+    def start(self) -> None:
+        argv = self.argv()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(str(self.socket_path))
+        self._sock.listen(4)
+
+        def accept() -> None:
+            assert self._sock is not None
+            while True:
+                try:
+                    conn, _ = self._sock.accept()
+                except OSError:
+                    return
+                with conn:
+                    proc = subprocess.Popen(argv, stdin=conn.fileno(), stdout=conn.fileno(), cwd=REPO)
+                    self.procs.append(proc)
+
+        self._thread = threading.Thread(target=accept, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+
+    def recorded(self) -> list[list[object]]:
+        if not self.calls.exists():
+            return []
+        return [json.loads(line) for line in self.calls.read_text().splitlines()]
+
+
+@pytest.fixture
+def helper(tmp_path: Path) -> Iterator[Helper]:
+    updates = tmp_path / "updates"
+    updates.mkdir(mode=0o700)
+    status = tmp_path / "status.json"
+    # The updater's record after a rollback (python3 -m updater status, as on the appliance).
+    last = {"version": "0.1.2", "slot": "B", "result": "rolled-back", "reason": "gateway.service failed"}
+    status.write_text(json.dumps({"booted": "A", "version": "0.1.0", "state": {"last": last}}))
+    h = Helper(tmp_path, updates, tmp_path / "update.sock", tmp_path / "calls.jsonl", status)
+    h.start()
+    yield h
+    h.stop()
+
+
+def _agent(
+    pki: Pki, tmp_path: Path, helper: Helper, control: ControlChannel, proxy: URL | None = None
+) -> UpdateAgent:
+    os_release = tmp_path / "os-release"
+    os_release.write_text('ID=debian\nIMAGE_VERSION="0.1.0"\n')
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("root=/dev/disk/by-partlabel/root-a ro rauc.slot=A quiet\n")
+    return UpdateAgent(
+        control,
+        updates_dir=helper.updates,
+        helper=UpdateHelper(helper.socket_path),
+        ssl_context=lambda: client_ssl_context(pki.state_dir),
+        proxy_url=proxy,
+        os_release=os_release,
+        cmdline=cmdline,
+        backoff=Backoff(0.05, 0.2),
+    )
+
+
+def _relay() -> Relay:
+    return Relay(parse_targets(None, "targets.yaml"), load_policies([]), own_addresses())
+
+
+async def _until(statuses: list[dict[str, object]], state: str, timeout: float = 30.0) -> dict[str, object]:
+    async with asyncio.timeout(timeout):
+        while True:
+            for status in statuses:
+                if status["state"] == state:
+                    return status
+            await asyncio.sleep(0.02)
+
+
+def _offer(base: URL, version: str, **kw: object) -> UpdateOffer:
+    url = str(base / "v1/releases" / version / "bundle")
+    fields: dict[str, object] = {"version": version, "sha256": SHA, "size": len(BUNDLE), "url": url,
+                                 "install": True, "reboot": True, "downgrade": False, "urgent": False,
+                                 "rollout": "r-2"}  # fmt: skip
+    fields.update(kw)
+    return UpdateOffer(**fields)  # type: ignore[arg-type]
+
+
+async def test_offer_download_resume_install_reboot_and_reports(tmp_path: Path, helper: Helper) -> None:
+    pki = make_pki(tmp_path / "pki")
+    bundles = BundleServer(cut_first_at=1024 * 1024 + 7)
+    (helper.updates / "agent.json").write_text(json.dumps({"target": "0.1.2", "rollout": "r-1"}))
+    statuses: list[dict[str, object]] = []
+
+    async def on_status(gateway_id: str, message: dict[str, object]) -> dict[str, object]:
+        statuses.append(parse_update_status(message).record())
+        return update_status_ack()
+
+    async with plane_with_bundles(pki, bundles) as (base, hub):
+        hub.register_control(UPDATE_STATUS, on_status)  # type: ignore[attr-defined]
+        control = ControlChannel("gateway")
+        agent = _agent(pki, tmp_path, helper, control)
+        agent.register()
+        client = make_client(pki, base, _relay(), control=control, on_state=lambda s, r: agent.on_state(s))
+        tasks = [asyncio.create_task(client.run()), asyncio.create_task(agent.run())]
+        try:
+            # On the new tunnel: the updater's recorded outcome, with the rollout id kept on /var.
+            first = await _until(statuses, "rolled-back")
+            assert first == {**first, "running": "0.1.0", "slot": "A", "target": "0.1.2", "rollout": "r-1",
+                             "reason": "gateway.service failed"}  # fmt: skip
+            assert client.state is State.CONNECTED
+            channel = hub.control(pki.gateway_id)  # type: ignore[attr-defined]
+            # The same release in the same rollout is not installed again.
+            channel.send(_offer(base, "0.1.2", rollout="r-1").message())
+            async with asyncio.timeout(10):
+                while len(statuses) < 2:
+                    await asyncio.sleep(0.02)
+            assert statuses[1] == {**first, "at": statuses[1]["at"]} and bundles.requests == []
+
+            channel.send(_offer(base, "0.1.1", downgrade=True).message())
+            await _until(statuses, "rebooting")
+            states = [s["state"] for s in statuses]
+            assert states[:2] == ["rolled-back", "rolled-back"]
+            assert states[states.index("downloading"):] == [
+                "downloading", *(["downloading"] * (states.count("downloading") - 1)),
+                "downloaded", "installing", "installed", "rebooting",
+            ]  # fmt: skip
+            assert all(s["target"] == "0.1.1" and s["rollout"] == "r-2" for s in statuses[2:])
+            # Cut after 1 MiB, then resumed from what was on disk, with the gateway's certificate.
+            assert bundles.requests[0] == (pki.gateway_id, None)
+            assert bundles.requests[1][0] == pki.gateway_id
+            assert bundles.requests[1][1] == f"bytes={1024 * 1024 + 7}-"
+            assert any(str(s["reason"] or "").startswith("retrying: download cut off") for s in statuses)
+            # The helper got the file it checked, with the flag, and the whole bundle; then the reboot.
+            incoming = str(tmp_path / "incoming" / "0.1.1.raucb")
+            async with asyncio.timeout(10):
+                while len(helper.recorded()) < 2:  # the helper answers first, then reboots
+                    await asyncio.sleep(0.02)
+            assert helper.recorded() == [[[incoming, "--allow-downgrade"], SHA], ["reboot"]]
+            assert sorted(p.name for p in helper.updates.iterdir()) == ["agent.json"]
+
+            # A bundle that does not match the offer's sha256: deleted, reported, never installed.
+            channel.send(_offer(base, "0.1.3", sha256="0" * 64).message())
+            failed = await _until(statuses, "failed")
+            assert failed["target"] == "0.1.3"
+            assert str(failed["reason"]).startswith(f"sha256 mismatch: the bundle has {SHA}")
+            assert sorted(p.name for p in helper.updates.iterdir()) == ["agent.json"]
+            assert len(helper.recorded()) == 2
+        finally:
+            await agent.close()
+            await client.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await control.close()
+
+
+async def test_the_helper_refuses_over_the_socket_and_a_refusal_is_reported(
+    tmp_path: Path, helper: Helper
+) -> None:
+    # Hostile requests over the real socket: nothing is run, each answer is one line with the reason.
+    ask = UpdateHelper(helper.socket_path).ask
+    for request in (
+        {"op": "install", "bundle": "/etc/shadow"},
+        {"op": "install", "bundle": str(helper.updates / ".." / "x.raucb")},
+        {"op": "exec", "argv": ["id"]},
+    ):
+        reply = await ask(request)
+        assert reply["ok"] is False and str(reply["reason"]).startswith("refused: ")
+    (tmp_path / "secret").write_text("root's")
+    (helper.updates / "0.1.1.raucb").symlink_to(tmp_path / "secret")
+    reply = await ask({"op": "install", "bundle": str(helper.updates / "0.1.1.raucb"), "downgrade": False})
+    assert reply["ok"] is False and "without following links" in str(reply["reason"])
+    assert helper.recorded() == []
+
+    # The updater refuses the bundle (signature): reported as failed with its one-line reason.
+    helper.install_exit = 1
+    helper.stop()
+    helper.socket_path.unlink()
+    helper.procs.clear()
+    helper.start()
+    (helper.updates / "0.1.1.raucb").unlink()
+    pki = make_pki(tmp_path / "pki")
+    bundles = BundleServer()
+    statuses: list[dict[str, object]] = []
+
+    async def on_status(gateway_id: str, message: dict[str, object]) -> dict[str, object]:
+        statuses.append(parse_update_status(message).record())
+        return update_status_ack()
+
+    async with plane_with_bundles(pki, bundles) as (base, hub):
+        hub.register_control(UPDATE_STATUS, on_status)  # type: ignore[attr-defined]
+        control = ControlChannel("gateway")
+        agent = _agent(pki, tmp_path, helper, control)
+        agent.register()
+        client = make_client(pki, base, _relay(), control=control, on_state=lambda s, r: agent.on_state(s))
+        tasks = [asyncio.create_task(client.run()), asyncio.create_task(agent.run())]
+        try:
+            await _until(statuses, "rolled-back")
+            hub.control(pki.gateway_id).send(_offer(base, "0.1.1").message())  # type: ignore[attr-defined]
+            failed = await _until(statuses, "failed")
+            assert (
+                failed["reason"]
+                == f"{helper.updates / '0.1.1.raucb'}: refused: signature verification failed"
+            )
+            assert [s["state"] for s in statuses][-2:] == ["installing", "failed"]
+        finally:
+            await agent.close()
+            await client.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await control.close()
