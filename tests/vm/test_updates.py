@@ -1,17 +1,22 @@
-"""A/B updates end to end, under QEMU: install, switch, refuse, survive a kill, roll back.
+"""A/B updates end to end, under QEMU: refuse, survive a kill, then N -> N+1 and the rollback of
+N+2, both driven by the plane's rollout.
 
 One appliance, seeded like a real deployment (SMBIOS credentials: join token, hostname, targets,
-an admin password), registered with the real plane. An operator on the serial console drives the
-install entry point; the bundles come over HTTP from the host, as an update agent would fetch them.
+an admin password), registered with the real plane (`mgmtplane serve`). The refusals and the
+killed install are driven by an operator on the serial console (bundles over HTTP from the host);
+N+1 and N+2 are rolled out by the plane (`mgmtplane release add`, `mgmtplane rollout start`): the
+gateway's update agent downloads the bundle over mTLS, has the root helper install it, reboots,
+and reports each step, which the plane shows in `GET /v1/gateways/{id}` ("update").
 Boots, in order, each one shared by several assertions:
 
   1. N on slot A: connected; bundles signed by another key, damaged, or older are refused with a
      one-line reason; an install of N+1 is started and QEMU is killed while RAUC writes slot B.
-  2. N on slot A again, healthy; the interrupted install is on record; N+1 installs.
-  3. N+1 on slot B, marked good: same gateway id, hostname, network file and targets (a relayed
-     call works). N+2, whose gateway cannot start, installs into slot A.
+  2. N on slot A again, healthy; the interrupted install is on record and at the plane (failed);
+     the plane rolls out N+1: downloaded, installed, rebooted by the agent.
+  3. N+1 on slot B, marked good, healthy at the plane: same gateway id, hostname, network file and
+     targets (a relayed call works). The plane rolls out N+2 (its gateway cannot start).
   4. N+2 on slot A: not healthy, marked bad, reboots by itself.
-  5. N+1 on slot B: connected again, the rollback and its reason on record.
+  5. N+1 on slot B: connected again; the rollback and its reason on record and at the plane.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from appliance.qemu import HOST_ALIAS, BootOptions, Firmware, accelerator, qemu_
 from appliance.render import DEFAULT_CACHE
 from appliance.signing import DEV_DIR, development_signer
 from appliance.spec import Spec
-from tests.integration.plane_helpers import Plane, free_port
+from tests.integration.plane_helpers import Plane, free_port, run
 
 from .conftest import BUILD
 from .test_firstboot_e2e import (
@@ -54,6 +59,7 @@ pytestmark = pytest.mark.timeout(3600)
 
 VERSIONS = {"next": "0.1.1", "broken": "0.1.2"}
 INSTALL = "/usr/libexec/appliance/update-install"
+ROLLOUT = re.compile(r"rollout (\S+): ")
 
 
 @functools.cache
@@ -229,8 +235,57 @@ def refusal(app: Appliance, name: str, pattern: str, timeout: float = 600) -> st
     return reason
 
 
+def plane_cli(plane: Plane, *args: str) -> str:
+    """A `mgmtplane` command on the running plane's state directory."""
+    result = run("mgmtplane", *args, "--state-dir", str(plane.state_dir), timeout=600)
+    assert result.returncode == 0, f"mgmtplane {' '.join(args)}: {result.stderr}"
+    return result.stdout
+
+
+def roll_out(plane: Plane, bundle: Path, version: str) -> str:
+    """`mgmtplane release add` and `rollout start`, as an operator does; the rollout id."""
+    print(plane_cli(plane, "release", "add", str(bundle)).strip())
+    out = plane_cli(plane, "rollout", "start", version)
+    match = ROLLOUT.search(out)
+    assert match, out
+    return match.group(1)
+
+
+def plane_update(plane: Plane, gateway_id: str) -> dict[str, object]:
+    """What the plane shows of the gateway's update (GET /v1/gateways/{id}, field "update")."""
+    code, body, _ = admin_get(plane, f"/v1/gateways/{gateway_id}")
+    assert code == 200, body
+    update = json.loads(body).get("update")
+    return update if isinstance(update, dict) else {}
+
+
+def wait_update(plane: Plane, gateway_id: str, app: Appliance, state: str, target: str,
+                timeout: float = 1800) -> dict[str, object]:  # fmt: skip
+    """Wait until the plane shows this update state for this target; every state seen is printed."""
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        update = plane_update(plane, gateway_id)
+        step = f"{update.get('state')}({update.get('target')})"
+        if not seen or seen[-1] != step:
+            seen.append(step)
+        if update.get("state") == state and update.get("target") == target:
+            print(f"plane saw: {' -> '.join(seen)}")
+            return update
+        app.drain(2)
+    raise AssertionError(
+        f"the plane did not see {state} for {target}: {' -> '.join(seen)}; console {app.log.name}"
+    )
+
+
 def test_update_switch_refusals_interrupted_install_and_rollback(
-    artifacts: dict[str, Path], plane: Plane, target: int, http_port: int, spec: Spec, tmp_path: Path
+    artifacts: dict[str, Path],
+    bundles: dict[str, Path],
+    plane: Plane,
+    target: int,
+    http_port: int,
+    spec: Spec,
+    tmp_path: Path,
 ) -> None:
     password = "upd-" + secrets.token_hex(8)
     openssl = ["openssl", "passwd", "-6", "-stdin"]
@@ -275,19 +330,17 @@ def test_update_switch_refusals_interrupted_install_and_rollback(
         assert status["booted"] == "A"
         assert status["grubenv"]["B_OK"] == "0"  # type: ignore[index]
         assert status["state"]["last"]["result"] == "interrupted"  # type: ignore[index]
-        for name in ("broken", "downgrade"):
-            app.fetch(name, http_port)
-        started = time.monotonic()
-        output = app.ok(f"{INSTALL} /var/tmp/next.raucb", timeout=1800)
-        figures["install N+1 (wall, with the console)"] = f"{time.monotonic() - started:.0f}s"
-        took = re.search(r"installed 0\.1\.1 into slot B in (\d+ s)", output)
-        assert took, output
-        figures["install N+1 (updater)"] = took.group(1)
-        assert app.status()["grubenv"]["ORDER"] == "B A"  # type: ignore[index]
-        app.child.sendline("systemctl reboot")
-        app.wait_exit(300)
+        # The agent reported the updater's record on the new tunnel.
+        interrupted = wait_update(plane, gw_id, app, "failed", "0.1.1", timeout=300)
+        assert str(interrupted["reason"]).startswith("interrupted: the install was cut off")
+        app.fetch("downgrade", http_port)
+        # N+1 rolled out by the plane: the agent downloads, installs and reboots by itself.
+        rollout_started = time.monotonic()
+        rollout = roll_out(plane, bundles["next"], "0.1.1")
+        app.wait_exit(2400)
     finally:
         app.kill()
+    figures["rollout start to N+1 installed and rebooting"] = f"{time.monotonic() - rollout_started:.0f}s"
 
     # 3. N+1 on slot B, with the same configuration and identity.
     app = Appliance(disk, tmp_path, ports, password)
@@ -300,9 +353,20 @@ def test_update_switch_refusals_interrupted_install_and_rollback(
             r"marked good (\d+ s) after boot", good
         ).group(1)  # type: ignore[union-attr]
         assert "the gateway is connected to the plane" in good
+        healthy = wait_update(plane, gw_id, app, "healthy", "0.1.1", timeout=600)
+        figures["rollout start to healthy on N+1"] = f"{time.monotonic() - rollout_started:.0f}s"
+        assert (healthy["running"], healthy["slot"], healthy["rollout"]) == ("0.1.1", "B", rollout)
         status = app.status()
         assert (status["booted"], status["version"]) == ("B", "0.1.1")
         assert status["state"]["last"]["result"] == "installed"  # type: ignore[index]
+        # The agent's own account of the previous boot (when the journal is kept on /var).
+        agent_log = app.ok(
+            "journalctl -b -1 -u gateway -o cat --no-pager 2>/dev/null | grep 'update: ' || true"
+        )
+        print(f"the update agent before the reboot:\n{agent_log}")
+        took = re.search(r"downloaded and verified \((\d+) bytes, ([\d.]+) s\)", agent_log)
+        if took:
+            figures["download of N+1 by the agent (mTLS, slirp)"] = f"{float(took.group(2)):.0f}s"
         assert app.ok("hostname") == "gw-update"
         assert "DHCP=yes" in app.ok("cat /etc/systemd/network/10-firstboot.network")
         assert "nova" in app.ok("cat /etc/gateway/targets.yaml")
@@ -310,9 +374,9 @@ def test_update_switch_refusals_interrupted_install_and_rollback(
         assert code == 200 and NOVA_SERVERS["servers"][0]["name"].encode() in body  # type: ignore[index]
         assert "ro" in app.ok("findmnt -no OPTIONS /").split(",")
         refusal(app, "downgrade", r"refused: 0\.1\.0 is older than the running 0\.1\.1 \(a downgrade needs")
-        app.ok(f"{INSTALL} /var/tmp/broken.raucb", timeout=1800)
-        app.child.sendline("systemctl reboot")
-        app.wait_exit(300)
+        # N+2 rolled out the same way; its gateway cannot start.
+        broken_rollout = roll_out(plane, bundles["broken"], "0.1.2")
+        app.wait_exit(2400)
     finally:
         app.kill()
 
@@ -340,6 +404,13 @@ def test_update_switch_refusals_interrupted_install_and_rollback(
         assert "gateway.service cannot start" in last["reason"]
         assert status["grubenv"]["A_OK"] == "0"  # type: ignore[index]
         assert "update to 0.1.2 rolled back" in app.journal()
+        rolled = wait_update(plane, gw_id, app, "rolled-back", "0.1.2", timeout=600)
+        figures["rollback: N+2 power-on to rolled-back at the plane"] = (
+            f"{time.monotonic() - rollback_started:.0f}s"
+        )
+        assert (rolled["running"], rolled["slot"], rolled["rollout"]) == ("0.1.1", "B", broken_rollout)
+        assert "gateway.service cannot start" in str(rolled["reason"])
+        print(plane_cli(plane, "rollout", "status").strip())
     finally:
         app.kill()
     print("update figures: " + "; ".join(f"{k}: {v}" for k, v in figures.items()))
