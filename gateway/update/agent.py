@@ -79,6 +79,7 @@ class UpdateAgent:
         cmdline: Path = CMDLINE,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
+        trial_poll: float = TRIAL_POLL,
     ) -> None:
         self.control = control
         self.updates_dir = updates_dir
@@ -89,6 +90,7 @@ class UpdateAgent:
         self.slot = model.booted_slot(_read(cmdline))
         self.backoff = backoff or Backoff(base=5.0, cap=300.0)
         self._clock = clock
+        self.trial_poll = trial_poll
         self.state = UpdateState.IDLE
         self.target: str | None = None
         self.rollout: str | None = None
@@ -154,7 +156,7 @@ class UpdateAgent:
 
     async def _wait_dirty(self) -> None:
         # An unjudged trial boot is looked at again every TRIAL_POLL seconds.
-        timeout = None if self._settled else TRIAL_POLL
+        timeout = None if self._settled else self.trial_poll
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._dirty.wait(), timeout)
         self._dirty.clear()
@@ -211,6 +213,9 @@ class UpdateAgent:
             return
         found = model.outcome(status, self.running, self.slot)
         self._settled = found.settled
+        same = (found.state, found.target, found.reason) == (self.state, self.target, self.reason)
+        if self._loaded and same:
+            return  # a trial still being judged: nothing new to report
         kept = self._load_agent_file()
         self.target = found.target
         self.rollout = kept.get("rollout") if kept.get("target") == found.target else None

@@ -183,21 +183,21 @@ def helper(tmp_path: Path) -> Iterator[Helper]:
 
 
 def _agent(
-    pki: Pki, tmp_path: Path, helper: Helper, control: ControlChannel, proxy: URL | None = None
+    pki: Pki, tmp_path: Path, helper: Helper, control: ControlChannel, slot: str = "A", version: str = "0.1.0"
 ) -> UpdateAgent:
     os_release = tmp_path / "os-release"
-    os_release.write_text('ID=debian\nIMAGE_VERSION="0.1.0"\n')
+    os_release.write_text(f'ID=debian\nIMAGE_VERSION="{version}"\n')
     cmdline = tmp_path / "cmdline"
-    cmdline.write_text("root=/dev/disk/by-partlabel/root-a ro rauc.slot=A quiet\n")
+    cmdline.write_text(f"root=/dev/disk/by-partlabel/root ro rauc.slot={slot} quiet\n")
     return UpdateAgent(
         control,
         updates_dir=helper.updates,
         helper=UpdateHelper(helper.socket_path),
         ssl_context=lambda: client_ssl_context(pki.state_dir),
-        proxy_url=proxy,
         os_release=os_release,
         cmdline=cmdline,
         backoff=Backoff(0.05, 0.2),
+        trial_poll=0.2,
     )
 
 
@@ -341,6 +341,47 @@ async def test_the_helper_refuses_over_the_socket_and_a_refusal_is_reported(
                 == f"{helper.updates / '0.1.1.raucb'}: refused: signature verification failed"
             )
             assert [s["state"] for s in statuses][-2:] == ["installing", "failed"]
+        finally:
+            await agent.close()
+            await client.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await control.close()
+
+
+async def test_a_trial_boot_is_reported_installed_then_healthy(tmp_path: Path, helper: Helper) -> None:
+    """After the reboot into N+1: installed (on trial) at once, healthy when the slot is marked good."""
+    pending = {"version": "0.1.1", "slot": "B", "from_version": "0.1.0", "from_slot": "A"}
+    helper.status.write_text(json.dumps({"booted": "B", "version": "0.1.1", "state": {"pending": pending}}))
+    (helper.updates / "agent.json").write_text(json.dumps({"target": "0.1.1", "rollout": "r-2"}))
+    pki = make_pki(tmp_path / "pki")
+    statuses: list[dict[str, object]] = []
+
+    async def on_status(gateway_id: str, message: dict[str, object]) -> dict[str, object]:
+        statuses.append(parse_update_status(message).record())
+        return update_status_ack()
+
+    async with plane_with_bundles(pki, BundleServer()) as (base, hub):
+        hub.register_control(UPDATE_STATUS, on_status)  # type: ignore[attr-defined]
+        control = ControlChannel("gateway")
+        agent = _agent(pki, tmp_path, helper, control, slot="B", version="0.1.1")
+        client = make_client(pki, base, _relay(), control=control, on_state=lambda s, r: agent.on_state(s))
+        tasks = [asyncio.create_task(client.run()), asyncio.create_task(agent.run())]
+        try:
+            trial = await _until(statuses, "installed")
+            assert (trial["running"], trial["slot"], trial["target"], trial["rollout"]) == (
+                "0.1.1",
+                "B",
+                "0.1.1",
+                "r-2",
+            )
+            await asyncio.sleep(1.0)  # looked at five times meanwhile: no new report while nothing changed
+            assert len(statuses) == 1
+            last = {**pending, "result": "installed", "reason": "the gateway is connected to the plane"}
+            helper.status.write_text(json.dumps({"booted": "B", "version": "0.1.1", "state": {"last": last}}))
+            healthy = await _until(statuses, "healthy", timeout=10)
+            assert (healthy["target"], healthy["rollout"], healthy["reason"]) == ("0.1.1", "r-2", None)
         finally:
             await agent.close()
             await client.stop()

@@ -248,6 +248,14 @@ def roll_out(plane: Plane, bundle: Path, version: str) -> str:
     out = plane_cli(plane, "rollout", "start", version)
     match = ROLLOUT.search(out)
     assert match, out
+    time.sleep(5)  # two of the plane's planning rounds
+    status = plane_cli(plane, "rollout", "status")
+    if "phase halted" in status:
+        # The plane counts the gateway's earlier failed attempt at this version (boot 1's killed
+        # install, by hand, no rollout) against the new rollout; the operator resumes it, which
+        # lets failures from before now try again.
+        print(status.strip())
+        print(plane_cli(plane, "rollout", "resume").strip())
     return match.group(1)
 
 
