@@ -39,6 +39,7 @@ from gwcore.update import UPDATE_STATUS, UpdateOffer, parse_update_status, updat
 from mgmtplane.front import FrontSite
 from mgmtplane.hub import peer_common_name
 
+from .test_tunnel_proxy import TINYPROXY, start_tinyproxy
 from .tunnel_support import REPO, Pki, free_port, make_client, make_pki, plane_app, plane_ssl_context
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -183,7 +184,13 @@ def helper(tmp_path: Path) -> Iterator[Helper]:
 
 
 def _agent(
-    pki: Pki, tmp_path: Path, helper: Helper, control: ControlChannel, slot: str = "A", version: str = "0.1.0"
+    pki: Pki,
+    tmp_path: Path,
+    helper: Helper,
+    control: ControlChannel,
+    slot: str = "A",
+    version: str = "0.1.0",
+    proxy: URL | None = None,
 ) -> UpdateAgent:
     os_release = tmp_path / "os-release"
     os_release.write_text(f'ID=debian\nIMAGE_VERSION="{version}"\n')
@@ -194,6 +201,7 @@ def _agent(
         updates_dir=helper.updates,
         helper=UpdateHelper(helper.socket_path),
         ssl_context=lambda: client_ssl_context(pki.state_dir),
+        proxy_url=proxy,
         os_release=os_release,
         cmdline=cmdline,
         backoff=Backoff(0.05, 0.2),
@@ -389,3 +397,46 @@ async def test_a_trial_boot_is_reported_installed_then_healthy(tmp_path: Path, h
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await control.close()
+
+
+@pytest.mark.skipif(not Path(TINYPROXY).exists(), reason="tinyproxy is not installed")
+async def test_the_bundle_comes_through_the_configured_proxy(tmp_path: Path, helper: Helper) -> None:
+    """The agent dials as the tunnel does: CONNECT through the proxy, credentials from its URL."""
+    proc, port, proxy_log = start_tinyproxy(tmp_path, ("gw", "s3cret"))
+    pki = make_pki(tmp_path / "pki")
+    bundles = BundleServer()
+    statuses: list[dict[str, object]] = []
+
+    async def on_status(gateway_id: str, message: dict[str, object]) -> dict[str, object]:
+        statuses.append(parse_update_status(message).record())
+        return update_status_ack()
+
+    try:
+        async with plane_with_bundles(pki, bundles) as (base, hub):
+            hub.register_control(UPDATE_STATUS, on_status)  # type: ignore[attr-defined]
+            control = ControlChannel("gateway")
+            agent = _agent(pki, tmp_path, helper, control, proxy=URL(f"http://gw:s3cret@127.0.0.1:{port}"))
+            agent.register()
+            client = make_client(
+                pki, base, _relay(), control=control, on_state=lambda s, r: agent.on_state(s)
+            )
+            tasks = [asyncio.create_task(client.run()), asyncio.create_task(agent.run())]
+            try:
+                await _until(statuses, "rolled-back")
+                offer = _offer(base, "0.1.1", install=False, reboot=False)
+                hub.control(pki.gateway_id).send(offer.message())  # type: ignore[attr-defined]
+                await _until(statuses, "downloaded")
+                assert (helper.updates / "0.1.1.raucb").read_bytes() == BUNDLE
+                assert helper.recorded() == []  # download only: nothing installed
+                assert bundles.requests == [(pki.gateway_id, None)]
+                assert f"CONNECT 127.0.0.1:{base.port}" in proxy_log.read_text()
+            finally:
+                await agent.close()
+                await client.stop()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await control.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
