@@ -267,9 +267,17 @@ def plane_update(plane: Plane, gateway_id: str) -> dict[str, object]:
     return update if isinstance(update, dict) else {}
 
 
-def wait_update(plane: Plane, gateway_id: str, app: Appliance, state: str, target: str,
-                timeout: float = 1800) -> dict[str, object]:  # fmt: skip
-    """Wait until the plane shows this update state for this target; every state seen is printed."""
+def wait_update(
+    plane: Plane,
+    gateway_id: str,
+    app: Appliance,
+    state: str,
+    target: str,
+    timeout: float = 1800,
+    known: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """Wait until the plane shows this update state for this target; every state seen is printed.
+    A failure or rollback on the way (other than `known`, reported earlier) ends the wait at once."""
     deadline = time.monotonic() + timeout
     seen: list[str] = []
     while time.monotonic() < deadline:
@@ -280,6 +288,10 @@ def wait_update(plane: Plane, gateway_id: str, app: Appliance, state: str, targe
         if update.get("state") == state and update.get("target") == target:
             print(f"plane saw: {' -> '.join(seen)}")
             return update
+        if update.get("state") in ("failed", "rolled-back") and (
+            known is None or update.get("at") != known.get("at")
+        ):
+            raise AssertionError(f"the plane saw {step}: {update.get('reason')}; console {app.log.name}")
         app.drain(2)
     raise AssertionError(
         f"the plane did not see {state} for {target}: {' -> '.join(seen)}; console {app.log.name}"
@@ -345,7 +357,8 @@ def test_update_switch_refusals_interrupted_install_and_rollback(
         # N+1 rolled out by the plane: the agent downloads, installs and reboots by itself.
         rollout_started = time.monotonic()
         rollout = roll_out(plane, bundles["next"], "0.1.1")
-        app.wait_exit(2400)
+        wait_update(plane, gw_id, app, "rebooting", "0.1.1", known=interrupted)
+        app.wait_exit(300)
     finally:
         app.kill()
     figures["rollout start to N+1 installed and rebooting"] = f"{time.monotonic() - rollout_started:.0f}s"
@@ -384,7 +397,8 @@ def test_update_switch_refusals_interrupted_install_and_rollback(
         refusal(app, "downgrade", r"refused: 0\.1\.0 is older than the running 0\.1\.1 \(a downgrade needs")
         # N+2 rolled out the same way; its gateway cannot start.
         broken_rollout = roll_out(plane, bundles["broken"], "0.1.2")
-        app.wait_exit(2400)
+        wait_update(plane, gw_id, app, "rebooting", "0.1.2")
+        app.wait_exit(300)
     finally:
         app.kill()
 
