@@ -136,9 +136,18 @@ Runner = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
 
 def run_command(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
     """Run a command with its output captured; a missing program or a timeout is a failed process."""
+    # Without JOURNAL_STREAM the updater logs to the journal itself (identifier appliance-update)
+    # as well as to the stderr captured here: its steps stay in the journal, its reason comes back.
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
     try:
         return subprocess.run(
-            list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=env,
         )
     except FileNotFoundError:
         return subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: not found")
