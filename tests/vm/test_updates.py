@@ -128,7 +128,7 @@ class Appliance:
 
     def __init__(self, disk: Path, workdir: Path, ports: tuple[int, ...], password: str,
                  credentials: dict[str, str] | None = None) -> None:  # fmt: skip
-        opts = BootOptions(image=disk, firmware=Firmware.bios, snapshot=False, host_ports=ports,
+        opts = BootOptions(image=disk, firmware=Firmware.BIOS, snapshot=False, host_ports=ports,
                            accel=accel(), credentials=credentials or {})  # fmt: skip
         cmd = qemu_command(opts, workdir)
         self.password = password
