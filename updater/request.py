@@ -14,8 +14,8 @@ with a one-line reason, before anything is run.
 The bundle path must name a plain file directly in the updates directory: no "..", no other
 directory, no symlink, no device or FIFO, no second hard link. Because the gateway owns that
 directory and could swap the file after the check, the helper opens the file without following
-links, checks what it opened, and moves it (a rename on the same file system) into a directory
-only root can write; RAUC is then given that path, which the gateway can no longer change.
+links, checks what it opened, and copies from that open file into a directory only root can
+write; RAUC is then given the copy, which the gateway cannot change.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+COPY_BLOCK = 1024 * 1024
 MAX_LINE = 4096  # a request is a few hundred bytes; more is not a request
 UPDATES_DIR = Path("/var/lib/gateway/updates")
 INCOMING_DIR = Path("/var/lib/appliance/update/incoming")  # root's own: 0700 root
@@ -97,8 +98,9 @@ def check_bundle_path(value: object, updates_dir: Path = UPDATES_DIR) -> Path:
 
 
 def take_bundle(path: Path, incoming_dir: Path = INCOMING_DIR) -> Path:
-    """Open the bundle without following links, check it is one plain file, and move it where the
-    gateway cannot touch it; the new path, which names the very file that was checked."""
+    """Open the bundle without following links, check it is one plain file, and copy what was opened
+    where the gateway cannot touch it; the copy's path. A copy, not a rename: the unit's
+    ReadWritePaths= are separate mounts, and a rename across them fails (EXDEV)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -118,17 +120,26 @@ def take_bundle(path: Path, incoming_dir: Path = INCOMING_DIR) -> Path:
             old.unlink(missing_ok=True)
         target = incoming_dir / path.name
         try:
-            os.rename(path, target)
+            _copy(fd, target)
         except OSError as exc:
-            raise Refused(f"bundle: {path}: cannot take it: {exc.strerror}") from None
-        moved = os.lstat(target)
-        if (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
-            # The gateway swapped the file between our open and the rename.
             target.unlink(missing_ok=True)
-            raise Refused(f"bundle: {path}: the file changed while it was checked")
-        return target
+            raise Refused(f"bundle: {path}: cannot take it: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
+    path.unlink(missing_ok=True)  # the gateway's copy: a symlink put there meanwhile is only unlinked
+    return target
+
+
+def _copy(fd: int, target: Path) -> None:
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        while block := os.read(fd, COPY_BLOCK):
+            view = memoryview(block)
+            while view:
+                view = view[os.write(out, view) :]
+        os.fsync(out)
+    finally:
+        os.close(out)
 
 
 Runner = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]

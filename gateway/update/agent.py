@@ -419,7 +419,8 @@ class UpdateAgent:
         have = part.stat().st_size if part.exists() else 0
         st = os.statvfs(self.updates_dir)
         free = st.f_bavail * st.f_frsize
-        if free < size - have:
-            need = (size - have) >> 20
+        # The rest of the download, and the root helper's copy of the bundle while it installs.
+        if free < size - have + size:
+            need = (size - have + size) >> 20
             return f"not enough space in {self.updates_dir}: {need} MiB more needed, {free >> 20} MiB free"
         return None

@@ -107,14 +107,18 @@ def test_a_fifo_a_directory_and_a_hard_link_are_refused(tmp_path: Path) -> None:
         take_bundle(updates / "missing.raucb", incoming)
 
 
-def test_a_plain_file_is_moved_out_of_the_gateways_reach(tmp_path: Path) -> None:
+def test_a_plain_file_is_copied_out_of_the_gateways_reach(tmp_path: Path) -> None:
     updates, incoming = tmp_path / "updates", tmp_path / "incoming"
     updates.mkdir()
     (updates / "0.1.1.raucb").write_bytes(b"bundle")
     taken = take_bundle(updates / "0.1.1.raucb", incoming)
     assert taken == incoming / "0.1.1.raucb" and taken.read_bytes() == b"bundle"
     assert not (updates / "0.1.1.raucb").exists()
-    assert (incoming.stat().st_mode & 0o777) == 0o700
+    assert (incoming.stat().st_mode & 0o777) == 0o700 and (taken.stat().st_mode & 0o777) == 0o600
+    (incoming / "stale.raucb").write_bytes(b"old")  # a power cut's leftover goes with the next one
+    (updates / "0.1.2.raucb").write_bytes(b"x" * (3 * 1024 * 1024 + 5))
+    assert take_bundle(updates / "0.1.2.raucb", incoming).read_bytes() == b"x" * (3 * 1024 * 1024 + 5)
+    assert sorted(p.name for p in incoming.iterdir()) == ["0.1.2.raucb"]
 
 
 class Recorder:
