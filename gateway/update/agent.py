@@ -101,6 +101,7 @@ class UpdateAgent:
         self._job: asyncio.Task[None] | None = None
         self._settled = True
         self._loaded = False  # the updater's record read (until then there is nothing to report)
+        self._ready = asyncio.Event()  # set with _loaded: offers wait for it
         self._dirty = asyncio.Event()
         # Reports not yet taken by the plane, oldest first; bounded (a long outage keeps the newest).
         self._outbox: collections.deque[UpdateStatus] = collections.deque(maxlen=OUTBOX)
@@ -139,6 +140,7 @@ class UpdateAgent:
         """Read the updater's outcome, then send every change (and the state on each new tunnel)."""
         await self._load_outcome()
         self._loaded = True
+        self._ready.set()
         while True:
             await self._wait_dirty()
             if not self._settled and self._job is None:
@@ -254,6 +256,9 @@ class UpdateAgent:
         except MessageError as exc:
             log.warning("update: offer ignored: %s", exc)
             return
+        # The plane offers right after HELLO; what this boot's record says (a rollback of this very
+        # release) decides what to do with it, and reading it takes seconds under emulation.
+        await self._ready.wait()
         if offer.version == self.running:
             self._stay(offer)
             return

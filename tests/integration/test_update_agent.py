@@ -349,3 +349,47 @@ async def test_the_bundle_comes_through_the_configured_proxy(tmp_path: Path, hel
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+async def test_an_offer_on_connect_waits_for_the_updaters_record(tmp_path: Path, helper: Helper) -> None:
+    """The plane offers right after HELLO, before the agent has read the updater's record (seconds
+    under emulation): the release that just rolled back must still not be fetched and installed."""
+    helper.status_delay = 1.5
+    helper.stop()
+    helper.socket_path.unlink()
+    helper.procs.clear()
+    helper.start()
+    (helper.updates / "agent.json").write_text(json.dumps({"target": "0.1.2", "rollout": "r-1"}))
+    pki = make_pki(tmp_path / "pki")
+    bundles = BundleServer()
+    statuses: list[dict[str, object]] = []
+
+    async def on_status(gateway_id: str, message: dict[str, object]) -> dict[str, object]:
+        statuses.append(parse_update_status(message).record())
+        return update_status_ack()
+
+    async with plane_with_bundles(pki, bundles) as (base, hub):
+        hub.register_control(UPDATE_STATUS, on_status)  # type: ignore[attr-defined]
+        control = ControlChannel("gateway")
+        agent = _agent(pki, tmp_path, helper, control)
+        agent.register()
+        client = make_client(pki, base, _relay(), control=control, on_state=lambda s, r: agent.on_state(s))
+        tasks = [asyncio.create_task(client.run()), asyncio.create_task(agent.run())]
+        try:
+            async with asyncio.timeout(10):
+                while hub.control(pki.gateway_id) is None:  # type: ignore[attr-defined]
+                    await asyncio.sleep(0.01)
+            offer = _offer(base, "0.1.2", rollout="r-1")
+            hub.control(pki.gateway_id).send(offer.message())  # type: ignore[attr-defined]
+            assert statuses == []  # the record is still being read
+            await _until(statuses, "rolled-back")
+            await asyncio.sleep(1.0)
+            assert [s["state"] for s in statuses] == ["rolled-back", "rolled-back"]
+            assert bundles.requests == [] and helper.recorded() == []
+        finally:
+            await agent.close()
+            await client.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await control.close()

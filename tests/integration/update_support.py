@@ -34,6 +34,7 @@ class Helper:
     calls: Path
     status: Path
     install_exit: int = 0
+    status_delay: float = 0.0  # the updater's status under emulation takes seconds
     _sock: socket.socket | None = None
     _thread: threading.Thread | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -52,7 +53,10 @@ class Helper:
         reboot = _script(
             self.root / "reboot", f"open({str(self.calls)!r}, 'a').write(json.dumps(['reboot']) + '\\n')"
         )
-        status = _script(self.root / "status", f"print(open({str(self.status)!r}).read())")
+        status = _script(
+            self.root / "status",
+            f"import time; time.sleep({self.status_delay}); print(open({str(self.status)!r}).read())",
+        )
         return [sys.executable, "-m", "updater", "serve-request", "--updates-dir", str(self.updates),
                 "--incoming-dir", str(self.root / "incoming"), "--install-command", install,
                 "--reboot-command", reboot, "--status-command", status]  # fmt: skip
