@@ -257,7 +257,9 @@ def _failure(rollout: Rollout, f: Facts) -> str | None:
     """The failure of this rollout's attempt on the gateway, unless the operator resumed past it."""
     if f.state not in FAILED_STATES or f.target != rollout.version or f.running == rollout.version:
         return None
-    if f.rollout not in (None, rollout.id):
+    if f.rollout != rollout.id:
+        # Only an attempt this rollout asked for counts against it: a failure that names no
+        # rollout (an install by hand) or another one must not halt it.
         return None
     excused = rollout.excused.get(f.id)
     if excused is not None and f.at is not None and f.at <= excused:

@@ -231,6 +231,17 @@ def test_the_first_failure_halts_and_stops_who_has_not_begun() -> None:
     assert plan(p.rollout, gws, NOON).phase is Phase.HALTED
 
 
+def test_a_failure_that_names_no_rollout_or_another_does_not_halt_this_one() -> None:
+    # An install by hand that was killed (no rollout id), or another rollout's attempt, reported
+    # when the gateway connects after this rollout started: not this rollout's failure.
+    r = Rollout("r1", V, "all", max_parallel=2)
+    gws = report(fleet("a", "b"), "a", state=S.FAILED, reason="interrupted: killed", rollout=None, at=60.0)
+    gws = report(gws, "b", state=S.ROLLED_BACK, reason="did not finish booting", rollout="r0", at=61.0)
+    p = plan(r, gws, NOON)
+    assert p.phase is Phase.RUNNING and set(p.rollout.admitted) == {"a", "b"}
+    assert p.gateways["a"].offer == INSTALL and p.gateways["b"].offer == INSTALL
+
+
 def test_resume_excuses_the_failures_so_far_and_a_new_one_halts_again() -> None:
     r = Rollout("r1", V, "all", max_parallel=1)
     gws = report(fleet("a", "b"), "a", state=S.FAILED, reason="sha256 mismatch", at=60.0)
