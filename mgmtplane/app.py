@@ -44,7 +44,7 @@ _T = TypeVar("_T")
 
 ADMIN_TOKEN_FILE = "admin-token"
 ADMIN_PREFIX = "/v1/gateways"
-ADMIN_PREFIXES = (ADMIN_PREFIX, "/v1/sites")  # every route under these needs the admin token
+ADMIN_PREFIXES = (ADMIN_PREFIX, "/v1/sites", "/v1/rollout")  # every route under these needs the admin token
 MAX_REGISTER_BODY = 64 * 1024
 
 
@@ -141,7 +141,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every route under /v1/gateways and /v1/sites (relay routes included) needs the admin token."""
+    """Every route under ADMIN_PREFIXES (relay routes included) needs the admin token."""
     path = request.path
     admin = any(path == prefix or path.startswith(prefix + "/") for prefix in ADMIN_PREFIXES)
     if admin and not _admin_authorized(request):
@@ -347,7 +347,7 @@ def create_app(config: PlaneConfig) -> web.Application:
         versions=functools.partial(_health_versions, app),
         notice=store.notice if store is not None else None,
     )
-    setup_rollout(app, rollouts, _admin_authorized)
+    setup_rollout(app, rollouts)
     app.router.add_get(
         "/v1/releases/{version}/bundle", bundle_route(config.state_dir, _admin_authorized, admit_gateway)
     )

@@ -489,9 +489,7 @@ class RolloutService:
 ROLLOUT_KEY = web.AppKey("plane_rollout", RolloutService)
 
 
-def setup_rollout(
-    app: web.Application, service: RolloutService, admin_ok: Callable[[web.Request], bool]
-) -> None:
+def setup_rollout(app: web.Application, service: RolloutService) -> None:
     """Wire rollouts into the app (after setup_identity, so ca-update precedes the offer)."""
     hub = app[HUB_KEY]
     app[ROLLOUT_KEY] = service
@@ -499,10 +497,7 @@ def setup_rollout(
     hub.on_connect(service.on_connect)
 
     async def get_rollout(request: web.Request) -> web.Response:
-        if not admin_ok(request):
-            return web.json_response(
-                {"error": "unauthorized", "message": "needs the admin token"}, status=401
-            )
+        # The admin token is checked by mgmtplane.app's middleware, as for every admin route.
         return web.json_response(service.view())
 
     app.router.add_get("/v1/rollout", get_rollout)
