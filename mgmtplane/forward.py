@@ -86,6 +86,24 @@ def resolve_gateway(state_dir: Path, name: str) -> str:
     raise PlaneError(f"gateway: {name!r} is neither a registered gateway id nor a hostname in {state_dir}")
 
 
+def plane_endpoint(
+    state_dir: Path, url: str | None, ca_file: Path | None, token_file: Path | None
+) -> tuple[str, Path, str]:
+    """The plane's URL (no trailing /), CA file and admin token: from the flags, else from the
+    state dir (`plane.json`, `ca.pem`, `admin-token`), for every command that calls the plane."""
+    if not url:
+        saved = read_json(state_dir / "plane.json", {})
+        url = saved.get("url") if isinstance(saved, dict) else None
+        if not isinstance(url, str):
+            raise PlaneError(f"{state_dir}: no plane URL recorded", hint="pass --url")
+    if not url.startswith("https://"):
+        raise PlaneError(f"--url: {url!r} must be an https:// URL")
+    ca = ca_file or state_dir / "ca.pem"
+    if not ca.is_file():
+        raise PlaneError(f"{ca}: plane CA certificate not found", hint="pass --ca-file")
+    return url.rstrip("/"), ca, _read_token(token_file or state_dir / "admin-token")
+
+
 def build_config(
     state_dir: Path,
     gateway: str,
@@ -104,23 +122,13 @@ def build_config(
     if not loopback:
         # Whoever reaches the listener acts with the admin token: it must stay on this machine.
         raise PlaneError(f"--listen: {host!r} is not a loopback address; the forward serves this host only")
-    if not url:
-        saved = read_json(state_dir / "plane.json", {})
-        url = saved.get("url") if isinstance(saved, dict) else None
-        if not isinstance(url, str):
-            raise PlaneError(f"{state_dir}: no plane URL recorded", hint="pass --url")
-    if not url.startswith("https://"):
-        raise PlaneError(f"--url: {url!r} must be an https:// URL")
-    ca = ca_file or state_dir / "ca.pem"
-    if not ca.is_file():
-        raise PlaneError(f"{ca}: plane CA certificate not found", hint="pass --ca-file")
-    token = _read_token(token_file or state_dir / "admin-token")
+    url, ca, token = plane_endpoint(state_dir, url, ca_file, token_file)
     if not target or "/" in target or not target.isprintable():
         raise PlaneError(f"target: {target!r} is not a target name")
     if gateway.startswith("site:"):
         site = check_site(gateway.removeprefix("site:"), "GATEWAY (site:NAME)")
-        return ForwardConfig(url.rstrip("/"), ca, token, "", target, host, port, site=site)
-    return ForwardConfig(url.rstrip("/"), ca, token, resolve_gateway(state_dir, gateway), target, host, port)
+        return ForwardConfig(url, ca, token, "", target, host, port, site=site)
+    return ForwardConfig(url, ca, token, resolve_gateway(state_dir, gateway), target, host, port)
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 from gwcore.atomic import atomic_writer
 from mgmtplane.errors import PlaneError
-from mgmtplane.registry import Registry, read_json
+from mgmtplane.registry import Registry
 from mgmtplane.support import MAX_BUNDLE, newest_stored
 
 CHUNK = 256 * 1024
@@ -56,22 +56,15 @@ class Api:
 
 def api_from_args(args: argparse.Namespace) -> Api:
     """The API endpoint from flags, else from the state dir."""
-    state_dir = Path(args.state_dir)
-    url = args.url
-    if not url:
-        saved = read_json(state_dir / "plane.json", {})
-        url = saved.get("url") if isinstance(saved, dict) else None
-        if not isinstance(url, str):
-            raise PlaneError(f"{state_dir}: no plane URL recorded", hint="pass --url")
-    if not url.startswith("https://"):
-        raise PlaneError(f"--url: {url!r} must be an https:// URL")
-    ca = Path(args.ca_file) if args.ca_file else state_dir / "ca.pem"
-    if not ca.is_file():
-        raise PlaneError(f"{ca}: plane CA certificate not found", hint="pass --ca-file")
-    from mgmtplane.forward import _read_token  # the token rule is forward's; loaded only when used
+    from mgmtplane.forward import plane_endpoint  # one rule for every command; loaded only when used
 
-    token = _read_token(Path(args.token_file) if args.token_file else state_dir / "admin-token")
-    return Api(url.rstrip("/"), ssl.create_default_context(cafile=str(ca)), token)
+    url, ca, token = plane_endpoint(
+        Path(args.state_dir),
+        args.url,
+        Path(args.ca_file) if args.ca_file else None,
+        Path(args.token_file) if args.token_file else None,
+    )
+    return Api(url, ssl.create_default_context(cafile=str(ca)), token)
 
 
 def cmd_support_bundle(args: argparse.Namespace) -> int:
