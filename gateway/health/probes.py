@@ -33,10 +33,10 @@ from gateway.filter.metadata_filter import (
     filter_response,
 )
 from gateway.filter.policy import PolicySet
-from gateway.health.certs import cert_info
 from gateway.relay.relay import target_tls
 from gateway.relay.ssrf import AddressForbidden, GuardedResolver, IPAddress, check_literal
 from gateway.relay.targets import Target
+from gwcore.certs import cert_info
 from gwcore.safeload import loads_json
 
 MAX_BODY = 64 * 1024  # a version document is small; more is not read

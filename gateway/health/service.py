@@ -19,7 +19,6 @@ from typing import Any
 
 from gateway.filter.audit import COUNTS, DecisionCounts
 from gateway.health import clock, record
-from gateway.health.certs import CertInfo, cert_info, pem_to_der
 from gateway.health.facts import SystemFacts
 from gateway.health.probes import Prober
 from gateway.health.support import DEFAULT_SOCKET, SupportBundles, health_entry
@@ -27,6 +26,7 @@ from gateway.relay.relay import Relay
 from gateway.tunnel.client import State, TunnelClient
 from gwcore import health, support_bundle
 from gwcore import protocol as p
+from gwcore.certs import CertInfo, cert_info, pem_to_der
 from gwcore.control import ControlError
 from gwcore.streams import Stream
 

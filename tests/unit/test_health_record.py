@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.health import clock, facts, record
-from gateway.health.certs import cert_info, pem_to_der
 from gwcore import health
+from gwcore.certs import cert_info, pem_to_der
 from gwcore.status_file import TunnelReport, decode, encode
 
 NOW = 1_700_000_000.0
