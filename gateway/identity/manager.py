@@ -13,6 +13,12 @@ One IdentityManager per daemon. It owns three things on the tunnel's control cha
 - `revoked`: the plane revoked or deleted this gateway; the tunnel stops for good (exit 78).
 
 The daemon wires it (gateway.daemon): the tunnel's callbacks go in, the status fields come out.
+
+Memory: between renewals the manager needs only what gwcore.certs reads from the DER: its
+certificate's dates and CN, and for the `ca-update` every new tunnel hears, the CAs' fingerprints
+and key ids. `cryptography` (7-8 MiB resident once imported, the largest part of the gateway's
+footprint that the relay never uses) is imported only to renew and to check a CA set that changed,
+every few weeks (docs/relay-performance.md "Memory").
 """
 
 from __future__ import annotations
@@ -20,34 +26,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from gateway.errors import GatewayError
 from gateway.identity import schedule
 from gateway.identity.store import IdentityChanged, PairStore
-from gateway.identity.trust import (
-    TrustError,
-    check_ca_update,
-    check_renewed,
-    common_name,
-    fingerprint,
-    issued_by,
-    load_bundle,
-    load_pem,
-)
 from gwcore import identity as idm
+from gwcore.certs import CertInfo, cert_info, pem_bundle_to_der, pem_to_der
 from gwcore.control import ControlChannel, ControlError, Message
-from gwcore.pki import spki_sha256
 from gwcore.redact import printable
 from gwcore.status_file import TunnelReport
+
+if TYPE_CHECKING:  # the modules that import cryptography: loaded only where they are used
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +108,11 @@ class IdentityManager:
         self._attempt = 0
         self._wake = asyncio.Event()
         self._pair: tuple[bytes, bytes] = (b"", b"")
-        self.cert: x509.Certificate | None = None
+        self.cert: CertInfo | None = None
         self.gateway_id = ""
-        self.trusted: list[x509.Certificate] = []
+        self._cas_pem = b""  # ca.pem as loaded
+        self._trusted: list[x509.Certificate] | None = None  # parsed from it when first needed
+        self._trusted_info: list[CertInfo] = []
         self.load()
 
     # --- wiring ---------------------------------------------------------------------------------
@@ -125,30 +124,45 @@ class IdentityManager:
 
     def load(self) -> None:
         """Read the pair and the CA bundle in use and schedule the next renewal; GatewayError if unusable."""
+        state_dir = self.store.state_dir
         try:
             self._pair = self.store.load()
-            self.cert = load_pem(self._pair[1], f"{self.store.state_dir}/cert.pem")
-            self.trusted = load_bundle(self.store.read_cas())
-        except (OSError, TrustError) as exc:
-            raise GatewayError(f"{self.store.state_dir}: cannot read the identity: {exc}") from None
-        self.gateway_id = common_name(self.cert)
+            cas = self.store.read_cas()
+        except OSError as exc:
+            raise GatewayError(f"{state_dir}: cannot read the identity: {exc}") from None
+        try:
+            self.cert = cert_info(pem_to_der(self._pair[1]))
+        except ValueError:
+            raise GatewayError(
+                f"{state_dir}: cannot read the identity: {state_dir}/cert.pem: not a PEM certificate"
+            ) from None
+        try:
+            self._trusted_info = [cert_info(der) for der in pem_bundle_to_der(cas)]
+        except ValueError:
+            raise GatewayError(
+                f"{state_dir}: cannot read the identity: ca.pem: not a PEM certificate bundle"
+            ) from None
+        self._cas_pem, self._trusted = cas, None
+        self.gateway_id = self.cert.common_name
         self._schedule()
+
+    def _trust_set(self) -> list[x509.Certificate]:
+        """The trusted CAs as cryptography's certificates, for a renewal or a ca-update."""
+        from gateway.identity.trust import load_bundle  # cryptography: see the module docstring
+
+        if self._trusted is None:
+            self._trusted = load_bundle(self._cas_pem)
+        return self._trusted
 
     @property
     def period(self) -> float:
         """The validity of the certificate in use, in seconds."""
         assert self.cert is not None
-        return schedule.validity(
-            self.cert.not_valid_before_utc.timestamp(), self.cert.not_valid_after_utc.timestamp()
-        )
+        return schedule.validity(self.cert.not_before, self.cert.not_after)
 
     def _schedule(self) -> None:
         assert self.cert is not None
-        self.renew_at = schedule.renew_at(
-            self.cert.not_valid_before_utc.timestamp(),
-            self.cert.not_valid_after_utc.timestamp(),
-            self._rand(),
-        )
+        self.renew_at = schedule.renew_at(self.cert.not_before, self.cert.not_after, self._rand())
 
     def annotate(self, report: TunnelReport) -> TunnelReport:
         """The tunnel's report with the identity's fields (docs/status-file.md)."""
@@ -158,7 +172,7 @@ class IdentityManager:
         return dataclasses.replace(
             report,
             identity=state,
-            cert_not_after=self.cert.not_valid_after_utc.timestamp() if self.cert is not None else None,
+            cert_not_after=self.cert.not_after if self.cert is not None else None,
             renew_at=self.renew_at if state in (VALID, RENEWAL_FAILING, RENEWAL_UNAVAILABLE) else None,
             renewals=self.renewals,
             renew_error=self.renew_error,
@@ -214,6 +228,11 @@ class IdentityManager:
             self._on_change()
 
     def _csr(self) -> tuple[ec.EllipticCurvePrivateKey, str]:
+        from cryptography import x509  # here, not at the top: see the module docstring
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
         key = ec.generate_private_key(ec.SECP256R1())
         csr = (
             x509.CertificateSigningRequestBuilder()
@@ -224,14 +243,18 @@ class IdentityManager:
 
     async def _renew_once(self) -> float | None:
         """One renewal; None when done (the next is scheduled), else the delay before a retry."""
+        from cryptography.hazmat.primitives import serialization  # see the module docstring
+
+        from gateway.identity.trust import TrustError, check_renewed
+
         started = time.monotonic()
         key, csr = await asyncio.to_thread(self._csr)
         log.info("identity: renewing the certificate of %s (valid until %s)", self.gateway_id,
-                 self.cert.not_valid_after_utc if self.cert else "?")  # fmt: skip
+                 dt.datetime.fromtimestamp(self.cert.not_after, dt.UTC) if self.cert else "?")  # fmt: skip
         try:
             reply = await self.control.request(idm.renew_request(csr), timeout=RENEW_TIMEOUT)
             cert_pem = idm.parse_renewed(reply)
-            cert = check_renewed(cert_pem, key, self.gateway_id, self.trusted)
+            cert = check_renewed(cert_pem, key, self.gateway_id, self._trust_set())
         except ControlError as exc:
             if exc.code in ("unknown-type", idm.UNSUPPORTED_VERSION):
                 self._unavailable("the plane does not renew certificates (no 'renew' control message)")
@@ -252,7 +275,7 @@ class IdentityManager:
             return schedule.CAP_MAX
         except OSError as exc:
             return self._failed(f"cannot store the new certificate: {exc}")
-        self._pair, self.cert = pair, cert
+        self._pair, self.cert = pair, cert_info(cert.public_bytes(serialization.Encoding.DER))
         self._schedule()
         self._attempt, self.state, self.renew_error = 0, VALID, None
         # The new pair is stored: connections from now on use it. The live one moves over to a
@@ -284,26 +307,74 @@ class IdentityManager:
     async def _on_ca_update(self, message: Message) -> None:
         try:
             update = idm.parse_ca_update(message)
-            new_set = check_ca_update(update, self.trusted)
-        except (idm.MessageError, TrustError) as exc:
+        except idm.MessageError as exc:
             log.warning("identity: ca-update refused, the trusted CAs stay as they are: %s", exc)
             return
-        if [fingerprint(c) for c in new_set] != [fingerprint(c) for c in self.trusted]:
+        renew = self._unchanged_ca_update(update)
+        if renew is None:
+            renew = await self._changed_ca_update(update)
+        if renew:
+            self._renew_soon()
+
+    def _unchanged_ca_update(self, update: idm.CaUpdate) -> bool | None:
+        """A ca-update that lists the CAs we trust, as they are (every new tunnel hears one), decided
+        without cryptography: whether to renew soon. None when the set differs or the key ids
+        cannot tell which CA signed our certificate: then _changed_ca_update decides."""
+        try:
+            listed = [cert_info(pem_to_der(pem.encode())) for pem in update.cas]
+        except ValueError:
+            return None
+        if [c.fingerprint for c in listed] != [c.fingerprint for c in self._trusted_info]:
+            return None
+        signer = next((c for c in listed if c.spki_sha256 == update.renew_from), None)
+        if signer is None:
+            return False
+        assert self.cert is not None
+        ours, theirs = self.cert.authority_key_id, signer.subject_key_id
+        if ours is None or theirs is None:
+            return None
+        # The key id names the key that signed our certificate (RFC 5280 4.2.1.1). It decides only
+        # whether to renew early; a CA enters the trust set only through the signature checks.
+        return ours != theirs
+
+    async def _changed_ca_update(self, update: idm.CaUpdate) -> bool:
+        """A ca-update checked in full (gateway.identity.trust); the new set stored and in use if it
+        changed. Whether to renew soon: the plane signs with a CA that did not sign our certificate."""
+        from cryptography.hazmat.primitives import serialization  # see the module docstring
+
+        from gateway.identity.trust import TrustError, check_ca_update, fingerprint, issued_by, load_pem
+        from gwcore.pki import spki_sha256
+
+        try:
+            trusted = self._trust_set()
+            new_set = check_ca_update(update, trusted)
+        except TrustError as exc:
+            log.warning("identity: ca-update refused, the trusted CAs stay as they are: %s", exc)
+            return False
+        if [fingerprint(c) for c in new_set] != [fingerprint(c) for c in trusted]:
             bundle = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in new_set)
             await asyncio.to_thread(self.store.write_cas, bundle)
-            self.trusted = new_set
+            self._cas_pem, self._trusted = bundle, new_set
+            self._trusted_info = [cert_info(c.public_bytes(serialization.Encoding.DER)) for c in new_set]
             self._reload_trust()
             log.info("identity: the plane's CAs are now %s",
                      ", ".join(c.subject.rfc4514_string() for c in new_set))  # fmt: skip
         signer = next((c for c in new_set if spki_sha256(c) == update.renew_from), None)
-        assert self.cert is not None
-        if signer is not None and issued_by(self.cert, [signer]) is None:
-            # The plane signs with another CA now (a rollover): renew soon, spread over a window.
-            self.renew_at = min(self.renew_at or 0, schedule.soon(self._clock(), self.period, self._rand()))
-            log.info("identity: the plane signs with a new CA: renewing at %s",
-                     time.strftime("%H:%M:%S UTC", time.gmtime(self.renew_at)))  # fmt: skip
-            self._wake.set()
-            self._on_change()
+        if signer is None:
+            return False
+        try:
+            return issued_by(load_pem(self._pair[1], "cert.pem"), [signer]) is None
+        except TrustError as exc:
+            log.warning("identity: cannot check which CA signed our certificate: %s", exc)
+            return False
+
+    def _renew_soon(self) -> None:
+        """The plane signs with another CA now (a rollover): renew soon, spread over a window."""
+        self.renew_at = min(self.renew_at or 0, schedule.soon(self._clock(), self.period, self._rand()))
+        log.info("identity: the plane signs with a new CA: renewing at %s",
+                 time.strftime("%H:%M:%S UTC", time.gmtime(self.renew_at)))  # fmt: skip
+        self._wake.set()
+        self._on_change()
 
     async def _on_revoked(self, message: Message) -> None:
         try:

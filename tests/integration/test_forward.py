@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -175,3 +177,16 @@ async def test_an_unreachable_plane_is_a_502_with_the_reason(env: Chain) -> None
             body = await r.json()
             assert r.status == 502 and body["error"] == "plane-unreachable"
             assert r.headers["X-Relay-Refusal"].startswith("plane-unreachable: ")
+
+
+async def test_the_running_gateway_has_not_loaded_cryptography(env: Chain) -> None:
+    """Memory (docs/relay-performance.md): connected, past the ca-update the plane sends on every
+    new tunnel, and with a call relayed, `gateway run` has not loaded cryptography (7-8 MiB
+    resident): it needs it only to renew and to check a CA set that changed."""
+    async with serving(env.targets["t1"].port):
+        with env.forward("t1") as fwd:
+            async with aiohttp.ClientSession() as http, http.get(f"{fwd.url}/headers") as r:
+                assert r.status == 200
+    await asyncio.sleep(0.5)  # the ca-update goes out before any call; this leaves it time to land
+    maps = Path(f"/proc/{env.gateway.pid}/maps").read_text()
+    assert "/cryptography/" not in maps and "/bcrypt/" not in maps

@@ -229,3 +229,25 @@ def test_the_plane_loads_no_gateway_filter_or_http_client_code() -> None:
     assert ours == []
     # The filter's parsers and the relay's HTTP client.
     assert sorted(m for m in loaded if m.split(".")[0] in ("yaml", "h11", "defusedxml")) == []
+
+
+@pytest.mark.timeout(60)
+def test_the_gateway_daemon_loads_no_heavy_rarely_used_module() -> None:
+    """In a fresh interpreter, what `gateway run` imports before it serves: no `cryptography`
+    (7-8 MiB resident, needed only to renew the certificate or take a ca-update: gateway.identity
+    imports it there), and none of the modules only other commands use (docs/relay-performance.md
+    "Memory": peak RSS of the relay benchmark)."""
+    code = (
+        "import json, sys\n"
+        "from gateway.cli import build_parser\n"
+        "build_parser()\n"
+        "import gateway.daemon\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(json.loads(done.stdout))
+    assert "gateway.daemon" in loaded and "gateway.identity.manager" in loaded
+    heavy = ("cryptography", "bcrypt", "gateway.identity.trust", "gwcore.pki", "jinja2", "urwid", "trustme")
+    assert sorted(m for m in loaded if m.startswith(heavy)) == []
