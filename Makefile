@@ -18,13 +18,25 @@ host:
 tools: host
 	@scripts/build-tools.sh
 
+# The C accelerators (scripts/build-accel.sh keeps the list), compiled in place for the venv's
+# Python: gateway/filter/_xmlfast.c -> gateway/filter/_xmlfast$(EXT_SUFFIX), rebuilt whenever its
+# source or the build script changes. The suffix is the venv's interpreter's, or before the venv
+# exists the interpreter it is made from. The image compiles its own (image/mkosi.build.chroot).
+ACCEL_PY = $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+EXT_SUFFIX := $(shell $(ACCEL_PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+ACCEL_SOURCES := $(shell scripts/build-accel.sh --list)
+ACCEL_MODULES := $(ACCEL_SOURCES:.c=$(EXT_SUFFIX))
+
 # The venv is rebuilt only when the pins change.
-venv: $(VENV)/.stamp
+venv: $(VENV)/.stamp $(ACCEL_MODULES)
 $(VENV)/.stamp: requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
 	@$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
+
+$(ACCEL_MODULES): %$(EXT_SUFFIX): %.c scripts/build-accel.sh | $(VENV)/.stamp
+	@scripts/build-accel.sh $(BIN)/python . $<
 
 # LOCK=build/packages.lock installs exactly the package versions of an earlier build.
 ova: setup
@@ -65,4 +77,4 @@ clean:
 	rm -rf $(BUILD) .pytest_cache .mypy_cache .ruff_cache
 
 distclean: clean
-	rm -rf $(VENV) .tools
+	rm -rf $(VENV) .tools $(ACCEL_MODULES)
