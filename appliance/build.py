@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,11 @@ IMAGE_TREE = REPO / "image"
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ESP_PARTITION = 2  # the order of image/mkosi.repart/
 MIN_MKOSI = 24
+# Compiled code in any packaging of it. The wheel is pure Python (py3-none-any): it installs on the
+# image's Python whatever the build host's is. The C accelerators are compiled for the image's own
+# python3 by image/mkosi.build.chroot; a module built for the host's venv (`make venv` puts it next
+# to its source) would not even load there.
+COMPILED_SUFFIXES = (".so", ".pyd", ".dylib", ".dll")
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,23 @@ def build_wheel(paths: BuildPaths) -> Path:
     wheels = list(paths.work.glob("*.whl"))
     if len(wheels) != 1:
         raise ApplianceError(f"{paths.work}: expected one wheel, found {len(wheels)}")
+    check_pure_wheel(wheels[0])
     return wheels[0]
+
+
+def check_pure_wheel(wheel: Path) -> None:
+    """Fail, naming the members, if the wheel carries compiled code."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ApplianceError(f"{wheel}: cannot read the wheel: {exc}") from None
+    compiled = sorted(n for n in names if n.endswith(COMPILED_SUFFIXES) or ".so." in n.rsplit("/", 1)[-1])
+    if compiled:
+        raise ApplianceError(
+            f"{wheel}: the wheel must be pure Python, but it carries compiled code: {', '.join(compiled)}",
+            hint="the image compiles the C accelerators itself (image/mkosi.build.chroot); see docs/image.md",
+        )
 
 
 def run_mkosi(spec: Spec, conf: Path, paths: BuildPaths, *, incremental: bool = True) -> Path:

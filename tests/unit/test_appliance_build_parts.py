@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import runpy
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from appliance.build import check_pure_wheel
 from appliance.errors import ApplianceError
 from appliance.qemu import BootOptions, Forward, qemu_command, smbios_credentials
 from appliance.render import BuildPaths, render_mkosi
@@ -139,3 +142,37 @@ def test_cli_bad_spec_is_one_line_error(tmp_path: Path) -> None:
         f"error: {bad}: hardware.memory_mib: expected an integer >= 512, got '2G'"
     ]
     assert "Traceback" not in proc.stderr
+
+
+def _zip(path: Path, names: list[str]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in names:
+            zf.writestr(name, b"x")
+    return path
+
+
+def test_a_wheel_with_compiled_code_is_refused(tmp_path: Path) -> None:
+    module = "gateway/filter/_xmlfast.cpython-311-x86_64-linux-gnu.so"
+    wheel = _zip(tmp_path / "gateway_appliance-0.1.0-py3-none-any.whl", ["gateway/__init__.py", module])
+    with pytest.raises(ApplianceError) as err:
+        check_pure_wheel(wheel)
+    assert str(err.value).startswith(
+        f"{wheel}: the wheel must be pure Python, but it carries compiled code: "
+        "gateway/filter/_xmlfast.cpython-311-x86_64-linux-gnu.so ("
+    )
+    assert "image/mkosi.build.chroot" in str(err.value)  # the hint says where the image's modules come from
+
+
+def test_a_pure_wheel_passes_and_an_unreadable_one_is_one_line(tmp_path: Path) -> None:
+    check_pure_wheel(_zip(tmp_path / "pure.whl", ["gateway/__init__.py", "gateway/filter/xmlfilter.py"]))
+    broken = tmp_path / "broken.whl"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(ApplianceError, match=r"broken\.whl: cannot read the wheel: "):
+        check_pure_wheel(broken)
+
+
+def test_the_smoke_check_imports_every_accelerator_the_build_compiles() -> None:
+    listed = subprocess.run([REPO / "scripts/build-accel.sh", "--list"], capture_output=True, text=True,
+                            check=True).stdout.split()  # fmt: skip
+    smoke = runpy.run_path(str(REPO / "image/mkosi.extra/usr/libexec/appliance/smoke-check"))
+    assert smoke["ACCELERATORS"] == tuple(s.removesuffix(".c").replace("/", ".") for s in listed)
