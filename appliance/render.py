@@ -14,6 +14,8 @@ from appliance.lock import Package, apt_preferences
 from appliance.spec import Spec
 
 TEMPLATES = Path(__file__).parent / "templates"
+# The checkout: image/mkosi.build.chroot compiles the C accelerators from its scripts/ and gateway/.
+REPO = Path(__file__).resolve().parent.parent
 # Exports the image's dpkg database for the package lock and the SBOM (appliance/provenance.py).
 FINALIZE_SCRIPT = Path(__file__).parent / "scripts" / "export-packages.finalize"
 DEFAULT_CACHE = Path(os.environ.get("APPLIANCE_CACHE_DIR", "/var/cache/gateway-appliance"))
@@ -113,6 +115,7 @@ def render_mkosi(
             incremental_cache=paths.incremental_cache(spec),
             package_cache=paths.package_cache,
             work_dir=paths.work.resolve(),
+            repo=REPO,
             environment=dict(sorted((environment or {}).items())),
             finalize_script=FINALIZE_SCRIPT,
         )
