@@ -14,6 +14,11 @@ import defusedxml.ElementTree as DET
 from gateway.filter.jsonpath import Node, compile_paths
 from gateway.filter.policy import XmlAllow
 
+try:  # the same filter in C (gateway/filter/_xmlfast.c), built by scripts/build-accel.sh
+    from gateway.filter import _xmlfast  # type: ignore[attr-defined]
+except ImportError:  # not built for this Python: the pure-Python filter below does the same work
+    _xmlfast = None
+
 MAX_DEPTH = 128
 _CHUNK = 64 * 1024
 _DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -325,11 +330,33 @@ class _Filter:
             raise XmlRejected("unparseable XML: unclosed elements")
 
 
+def accelerated() -> bool:
+    """Whether the C filter is in use (it is wherever it was built for the running Python)."""
+    return _xmlfast is not None
+
+
 class XmlStreamFilter:
     """The XML filter fed a body piece by piece (as it arrives from the target): only the output
-    so far and expat's buffer are held, never the whole input. feed() each piece, then close()."""
+    so far and expat's buffer are held, never the whole input. feed() each piece, then close().
 
-    def __init__(self, allow: XmlAllow) -> None:
+    The work is done in C (`_xmlfast`, the same walk on libexpat) when it is built for the running
+    Python, else by `_Filter` here; `pure=True` asks for `_Filter`. `_Filter` is the reference: the
+    tests hold the two to the same bytes, counts and refusals (tests/unit/test_xmlfilter_accel.py).
+    """
+
+    def __init__(self, allow: XmlAllow, *, pure: bool = False) -> None:
+        self._fast: Any = None
+        if _xmlfast is not None and not pure:
+            self._fast = _xmlfast.Filter(
+                allow.elements.root,
+                allow.properties,
+                frozenset(allow.attributes),
+                whole_property,
+                narrowed,
+                XmlRejected,
+                MAX_DEPTH,
+            )
+            return
         self._target = _Filter(allow)
         self._parser = DET.DefusedXMLParser(target=self._target, forbid_dtd=True)
         # Element events go straight from expat to the target, skipping ElementTree's Python-level
@@ -339,11 +366,16 @@ class XmlStreamFilter:
     @property
     def held(self) -> int:
         """Bytes of output held so far (an estimate: the pieces of an open property count as text)."""
+        if self._fast is not None:
+            return int(self._fast.held)
         target = self._target
         return len(target.done) + sum(map(len, target.out))
 
     def feed(self, data: bytes | memoryview) -> None:
         """Filter the next piece of the body; XmlRejected as soon as it cannot be filtered."""
+        if self._fast is not None:
+            self._fast.feed(data)  # raises XmlRejected itself, with the reasons _Filter gives
+            return
         try:
             self._parser.feed(data)
         except XmlRejected:
@@ -354,6 +386,9 @@ class XmlStreamFilter:
     def close(self) -> tuple[bytearray, int, int]:
         """The filtered document (the filter's own buffer, not copied: at 64 MiB a copy is 50 MB
         more at the peak), its kept and removed counts; XmlRejected if it is incomplete."""
+        if self._fast is not None:
+            result: tuple[bytearray, int, int] = self._fast.close()
+            return result
         target = self._target
         try:
             self._parser.close()
@@ -369,9 +404,9 @@ class XmlStreamFilter:
         return out, target.kept, target.removed
 
 
-def filter_xml(body: bytes | bytearray, allow: XmlAllow) -> tuple[bytearray, int, int]:
+def filter_xml(body: bytes | bytearray, allow: XmlAllow, *, pure: bool = False) -> tuple[bytearray, int, int]:
     """Keep only allowed elements/properties/attributes; return (body, kept, removed) or raise XmlRejected."""
-    stream = XmlStreamFilter(allow)
+    stream = XmlStreamFilter(allow, pure=pure)
     view = memoryview(body)
     for pos in range(0, len(body), _CHUNK):
         stream.feed(view[pos : pos + _CHUNK])
