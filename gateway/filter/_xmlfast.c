@@ -333,8 +333,17 @@ typedef struct {
     Py_ssize_t name_len;
     Py_ssize_t start, kept0, removed0;
     int has_child, is_prop, nnames, narrowed;
-    PyObject *name0; /* a property's first `name` (str), strong */
+    /* A property's first `name`, as the allowlist sees it: allowed whole, or the node its value
+     * is narrowed to (NULL: none). Copies of the name's cache entry, which may be emptied. */
+    int name_whole;
+    NodeInfo *name_narrowed;
 } Frame;
+
+/* What the allowlist says about one property name (whole_property and narrowed, cached). */
+typedef struct {
+    int whole;
+    NodeInfo *narrowed;
+} PropInfo;
 
 typedef struct {
     PyObject *prefix_for, *uri_for; /* the maps before this element's declarations */
@@ -354,6 +363,7 @@ typedef struct {
     PyObject *pending;               /* list of (prefix, uri) declared for the next element */
     PyObject *prefix_for, *uri_for;  /* dicts: uri -> prefix, prefix -> uri, in scope */
     Table qnames, attr_qnames;       /* expat name -> Name*, per namespace scope */
+    Table props;                     /* property name (stripped) -> PropInfo* */
     Buf names;                       /* the open elements' qualified names */
     Buf text;                        /* the innermost open kept element's text */
     Out out;
@@ -635,33 +645,91 @@ static int write_decls(Filter *f, PyObject *decls)
 }
 
 /* _Filter._value_node: what a property's `val` keeps, given the names seen so far. */
-static int value_node(Filter *f, Frame *prop, NodeInfo *whole, NodeInfo **found)
+static NodeInfo *value_node(Frame *prop, NodeInfo *whole)
 {
-    if (prop->nnames != 1) {
-        *found = prop->nnames == 0 ? whole : NULL;
-        return 0;
-    }
-    PyObject *r = PyObject_CallFunctionObjArgs(f->whole_property, prop->name0, f->properties, NULL);
-    if (r == NULL)
-        return -1;
-    int whole_ok = PyObject_IsTrue(r);
-    Py_DECREF(r);
-    if (whole_ok < 0)
-        return -1;
-    if (whole_ok) {
-        *found = whole;
-        return 0;
-    }
-    PyObject *node = PyObject_CallFunctionObjArgs(f->narrowed, prop->name0, f->properties, NULL);
-    if (node == NULL)
-        return -1;
-    *found = NULL;
-    if (node != Py_None) {
+    if (prop->nnames != 1)
+        return prop->nnames == 0 ? whole : NULL;
+    if (prop->name_whole)
+        return whole;
+    if (prop->name_narrowed != NULL)
         prop->narrowed = 1;
-        *found = node_info(f, node);
+    return prop->name_narrowed;
+}
+
+/* str.strip() of UTF-8 text: the stripped bytes in *out (into `text`, or into *keep's buffer). */
+static int strip_text(const char *text, Py_ssize_t len, const char **out, Py_ssize_t *olen, PyObject **keep)
+{
+    *keep = NULL;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if ((unsigned char)text[i] >= 0x80) { /* Unicode whitespace: as Python sees it */
+            PyObject *raw = PyUnicode_DecodeUTF8(text, len, "strict");
+            PyObject *stripped = raw != NULL ? PyObject_CallMethod(raw, "strip", NULL) : NULL;
+            Py_XDECREF(raw);
+            if (stripped == NULL)
+                return -1;
+            *out = PyUnicode_AsUTF8AndSize(stripped, olen);
+            if (*out == NULL) {
+                Py_DECREF(stripped);
+                return -1;
+            }
+            *keep = stripped;
+            return 0;
+        }
     }
-    Py_DECREF(node);
-    return *found == NULL && PyErr_Occurred() ? -1 : 0;
+#define ASCII_SPACE(c) ((c) == ' ' || ((c) >= '\t' && (c) <= '\r') || ((c) >= 0x1c && (c) <= 0x1f))
+    while (len && ASCII_SPACE(text[0]))
+        text++, len--;
+    while (len && ASCII_SPACE(text[len - 1]))
+        len--;
+#undef ASCII_SPACE
+    *out = text;
+    *olen = len;
+    return 0;
+}
+
+/* A property's first name: whole_property() and narrowed() for it, each asked once per name. */
+static int prop_info(Filter *f, const char *text, Py_ssize_t tlen, Frame *prop)
+{
+    const char *name;
+    Py_ssize_t len;
+    PyObject *keep;
+    if (strip_text(text, tlen, &name, &len, &keep) < 0)
+        return -1;
+    Py_hash_t hash = hash_bytes(name, len);
+    Entry *e = table_find(&f->props, name, len, hash);
+    PropInfo *info = e != NULL ? e->value : NULL;
+    if (info == NULL) {
+        PyObject *str = PyUnicode_DecodeUTF8(name, len, "strict");
+        PyObject *r = str != NULL ? PyObject_CallFunctionObjArgs(f->whole_property, str, f->properties, NULL) : NULL;
+        int whole = r != NULL ? PyObject_IsTrue(r) : -1;
+        Py_XDECREF(r);
+        NodeInfo *narrowed = NULL;
+        if (whole == 0) {
+            PyObject *node = PyObject_CallFunctionObjArgs(f->narrowed, str, f->properties, NULL);
+            if (node == NULL)
+                whole = -1;
+            else if (node != Py_None && (narrowed = node_info(f, node)) == NULL)
+                whole = -1;
+            Py_XDECREF(node);
+        }
+        Py_XDECREF(str);
+        if (whole < 0 || (info = PyMem_Malloc(sizeof(PropInfo))) == NULL) {
+            Py_XDECREF(keep);
+            return whole < 0 ? -1 : (PyErr_NoMemory(), -1);
+        }
+        info->whole = whole;
+        info->narrowed = narrowed;
+        if ((e = table_add(&f->props, name, len, hash)) == NULL) {
+            PyMem_Free(info);
+            Py_XDECREF(keep);
+            return -1;
+        }
+        e->value = info;
+    }
+    Py_XDECREF(keep);
+    prop->name_whole = info->whole;
+    prop->name_narrowed = info->narrowed;
+    return 0;
 }
 
 static void XMLCALL on_start(void *data, const XML_Char *tag, const XML_Char **atts)
@@ -715,9 +783,8 @@ static void XMLCALL on_start(void *data, const XML_Char *tag, const XML_Char **a
         } else if (node_child(f, parent->node, local, llen, &node) < 0) {
             goto error;
         }
-        if (node != NULL && parent->is_prop && node->subtree && llen == 3 && memcmp(local, "val", 3) == 0 &&
-            value_node(f, parent, node, &node) < 0)
-            goto error;
+        if (node != NULL && parent->is_prop && node->subtree && llen == 3 && memcmp(local, "val", 3) == 0)
+            node = value_node(parent, node);
         if (node == NULL) {
             f->removed++;
             f->skip = 1; /* inside a dropped subtree only depth is counted */
@@ -843,36 +910,14 @@ static void XMLCALL on_end(void *data, const XML_Char *tag)
     if (parent != NULL && parent->is_prop) {
         Py_ssize_t llen;
         const char *local = local_of(tag, &llen);
-        if (llen == 4 && memcmp(local, "name", 4) == 0) {
-            PyObject *raw = PyUnicode_DecodeUTF8(text ? text : "", tlen, "strict");
-            PyObject *stripped = raw != NULL ? PyObject_CallMethod(raw, "strip", NULL) : NULL;
-            Py_XDECREF(raw);
-            if (stripped == NULL)
-                goto error;
-            if (parent->nnames++ == 0)
-                parent->name0 = stripped;
-            else
-                Py_DECREF(stripped);
-        }
+        if (llen == 4 && memcmp(local, "name", 4) == 0 && parent->nnames++ == 0 &&
+            prop_info(f, text ? text : "", tlen, parent) < 0)
+            goto error;
     }
     f->text.len = 0;
     if (frame->is_prop) {
         f->open_props--;
-        int keep = 0;
-        if (frame->nnames == 1) {
-            if (frame->narrowed) {
-                keep = 1;
-            } else {
-                PyObject *r = PyObject_CallFunctionObjArgs(f->whole_property, frame->name0, f->properties, NULL);
-                if (r == NULL)
-                    goto error;
-                keep = PyObject_IsTrue(r);
-                Py_DECREF(r);
-                if (keep < 0)
-                    goto error;
-            }
-        }
-        Py_CLEAR(frame->name0);
+        int keep = frame->nnames == 1 && (frame->name_whole || frame->narrowed);
         if (!keep) { /* not an allowed property: cut it back out, with whatever it counted */
             f->out.len = frame->start;
             f->kept = frame->kept0;
@@ -976,7 +1021,7 @@ static int Filter_init(Filter *f, PyObject *args, PyObject *kwds)
     }
     if (f->pending == NULL || f->prefix_for == NULL || f->uri_for == NULL || f->out.ba == NULL)
         return -1;
-    f->qnames.free_value = f->attr_qnames.free_value = name_free;
+    f->qnames.free_value = f->attr_qnames.free_value = f->props.free_value = name_free; /* PyMem_Free */
     f->parser = XML_ParserCreateNS(NULL, '}');
     if (f->parser == NULL) {
         PyErr_NoMemory();
@@ -997,8 +1042,6 @@ static void Filter_dealloc(Filter *f)
 {
     if (f->parser != NULL)
         XML_ParserFree(f->parser);
-    for (int i = 0; i < f->nstack; i++)
-        Py_XDECREF(f->stack[i].name0);
     for (int i = 0; i < f->nsaved; i++) {
         Py_XDECREF(f->saved[i].prefix_for);
         Py_XDECREF(f->saved[i].uri_for);
@@ -1008,6 +1051,7 @@ static void Filter_dealloc(Filter *f)
     nodes_free(f);
     table_clear(&f->qnames);
     table_clear(&f->attr_qnames);
+    table_clear(&f->props);
     buf_free(&f->names);
     buf_free(&f->text);
     Py_XDECREF(f->out.ba);

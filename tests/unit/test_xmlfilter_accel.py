@@ -159,6 +159,45 @@ def test_mangled_soap_gives_the_same_answer(data: Any) -> None:
     _same(bytes(body), _SOAP_ALLOW)
 
 
+_PROPERTY_NAME_TEXTS = [
+    "summary",
+    " summary\n",
+    "\u00a0summary\u2003",
+    "\u00a0name",
+    "name\u3000",
+    "summary.config",
+    "summary.config.name",
+    "summary.",
+    ".summary",
+    "",
+    " ",
+    "\u00a0",
+    "na&amp;me",
+    "summ<![CDATA[ary]]>",
+    "é",
+]
+
+
+@pytest.mark.parametrize("name", _PROPERTY_NAME_TEXTS)
+@pytest.mark.parametrize("second", [None, "name", "summary"])
+def test_property_names_are_judged_alike(name: str, second: str | None) -> None:
+    # The C filter strips and judges each property name once per document (a cache); whitespace,
+    # Unicode whitespace, a second name before or after the value: the same answer as _Filter.
+    names = f"<name>{name}</name>" + (f"<name>{second}</name>" if second else "")
+    value = "<val><config><name>n</name><annotation>secret</annotation></config></val>"
+    for prop in (names + value, f"<name>{name}</name>{value}" + (f"<name>{second}</name>" if second else "")):
+        _same(
+            SOAP.replace("<name>summary</name><val xsi:type", prop + "<x/><val xsi:type", 1).encode(),
+            _SOAP_ALLOW,
+        )
+        _same(
+            SOAP.replace(
+                "<propSet><name>summary</name>", f"<propSet>{prop}</propSet><propSet><name>summary</name>"
+            ).encode(),
+            _SOAP_ALLOW,
+        )
+
+
 def test_many_distinct_names_overflow_the_caches_without_changing_the_answer() -> None:
     # The C filter's name caches empty themselves past 4096 entries (a hostile document).
     names = "".join(f"<e{i} type='t' a{i}='s'>x</e{i}>" for i in range(5000))
