@@ -30,6 +30,7 @@ from relay import (  # noqa: E402  (bench/relay.py: this script's directory is o
     CONCURRENCY,
     Procs,
     cpu_seconds,
+    enrol,
     free_port,
     run_small,
     start_nginx,
@@ -66,17 +67,16 @@ _UVLOOP = (
 
 def start(
     work: Path, procs: Procs, uvloop: bool = False
-) -> tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
-    """nginx, the plane and the gateway: the small document's URL and the two relay processes."""
-    from tests.integration.tunnel_support import make_pki
-
+) -> tuple[str, str, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """nginx, the plane and the gateway, enrolled as bench/relay.py enrols them (the project's own
+    CLIs): the small document's URL, the admin header and the two relay processes."""
     nginx = start_nginx(work, procs)
     (work / "www" / "small.json").write_bytes(SMALL_DOC + b" " * (1024 - len(SMALL_DOC)))
-    pki = make_pki(work / "pki")
+    plane_dir, gw_dir, gateway_id = enrol(work, procs)
     tls_port, http_port = free_port(), free_port()
     plane = procs.start(
         [
-            sys.executable, str(REPO / "bench" / "relay.py"), "--role", "plane", "--dir", str(pki.plane_dir),
+            sys.executable, str(REPO / "bench" / "relay.py"), "--role", "plane", "--dir", str(plane_dir),
             "--tls-port", str(tls_port), "--http-port", str(http_port),
         ],
         cwd=REPO,
@@ -92,7 +92,7 @@ def start(
     )
     config = work / "gateway.yaml"
     config.write_text(
-        f"plane_url: https://127.0.0.1:{tls_port}\nstate_dir: {pki.state_dir}\ntargets: {targets}\n"
+        f"plane_url: https://127.0.0.1:{tls_port}\nstate_dir: {gw_dir}\ntargets: {targets}\n"
         f"policy_dirs: [{policies}]\n"
     )
     # Its log (an audit line per filtered response) goes to a file, as it would go to journald.
@@ -100,12 +100,13 @@ def start(
     entry = ["-c", _UVLOOP] if uvloop else ["-m", "gateway"]
     gateway = procs.start([sys.executable, *entry, "run", "--config", str(config)], cwd=REPO, stderr=log)
     log.close()
-    path = f"/v1/gateways/{pki.gateway_id}/targets/nginx/small.json"
-    wait_relay(path, http_port, gateway)
-    return f"http://127.0.0.1:{http_port}{path}", plane, gateway
+    header = f"Authorization: Bearer {(plane_dir / 'admin-token').read_text().strip()}"
+    path = f"/v1/gateways/{gateway_id}/targets/nginx/small.json"
+    wait_relay(path, http_port, gateway, header + "\r\n")
+    return f"http://127.0.0.1:{http_port}{path}", header, plane, gateway
 
 
-def profile(url: str, pid: int, seconds: int, out: Path) -> None:
+def profile(url: str, header: str, pid: int, seconds: int, out: Path) -> None:
     """A py-spy profile of `pid` while wrk runs at c=64: a flame graph and the top entries."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out.mkdir(parents=True, exist_ok=True)
@@ -114,7 +115,7 @@ def profile(url: str, pid: int, seconds: int, out: Path) -> None:
         [spy, "record", "-p", str(pid), "-d", str(seconds + 1), "-r", "250", "-f", "raw", "-o", str(raw)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    run_small(url, 64, seconds)
+    run_small(url, 64, seconds, header)
     rec.wait(timeout=seconds + 60)
     print(f"profile: {raw} (collapsed stacks)")
     print(top_entries(raw))
@@ -156,21 +157,21 @@ def main() -> None:
     with workdir() as work:
         procs = Procs()
         try:
-            url, plane, gateway = start(work, procs, args.uvloop)
-            run_small(url, 16, 1)  # warm-up: pools, caches
+            url, header, plane, gateway = start(work, procs, args.uvloop)
+            run_small(url, 16, 1, header)  # warm-up: pools, caches
             rps: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
             gw_us: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
             plane_us: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
             for _ in range(args.rounds):
                 for c in CONCURRENCY:
                     g0, p0 = cpu_seconds([gateway.pid]), cpu_seconds([plane.pid])
-                    rate, _lat, count = run_small(url, c, args.seconds)
+                    rate, _lat, count = run_small(url, c, args.seconds, header)
                     g1, p1 = cpu_seconds([gateway.pid]), cpu_seconds([plane.pid])
                     rps[c].append(rate)
                     gw_us[c].append((g1 - g0) / count * 1e6)
                     plane_us[c].append((p1 - p0) / count * 1e6)
             if args.profile is not None:
-                profile(url, gateway.pid, args.seconds * 2, args.profile)
+                profile(url, header, gateway.pid, args.seconds * 2, args.profile)
         finally:
             procs.stop_all()
     print(f"load average: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
