@@ -136,3 +136,99 @@ def test_filter_json_gives_the_same_answer_on_either(doc: Any, paths: list[str],
     with pytest.MonkeyPatch.context() as mp:
         _python_only(mp)
         assert _filter(text, paths) == fast
+
+
+def _whole_py(text: str, paths: list[str]) -> Any:
+    with pytest.MonkeyPatch.context() as mp:
+        _python_only(mp)
+        return jsonfilter.filter_whole(text, compile_paths(paths).root)
+
+
+def _fast(body: bytes, paths: list[str]) -> Any:
+    assert jsonfilter._jsonfast is not None
+    return jsonfilter._jsonfast.filter_whole(body, compile_paths(paths).root)
+
+
+_DUMPS = st.sampled_from(
+    [
+        {"ensure_ascii": False, "separators": (",", ":")},
+        {"ensure_ascii": True},
+        {"indent": 2},
+        {"ensure_ascii": False, "indent": "\t", "separators": (" , ", " : ")},
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=docs, paths=_PATH_LISTS, dumps=_DUMPS)
+def test_the_one_pass_filter_gives_filter_wholes_answer(
+    doc: Any, paths: list[str], dumps: dict[str, Any]
+) -> None:
+    text = json.dumps(doc, **dumps)
+    expected = _whole_py(text, paths)
+    # Clean encoder output is never left to Python when the Python walk takes it whole.
+    assert _fast(text.encode(), paths) == expected
+    assert _filter(text, paths) == _filter_python(text, paths)
+
+
+def _filter_python(text: str, paths: list[str]) -> Any:
+    with pytest.MonkeyPatch.context() as mp:
+        _python_only(mp)
+        mp.setattr(jsonfilter, "_jsonfast", None)
+        return _filter(text, paths)
+
+
+_TEXTS = [
+    *_EDGES,
+    '{"a": "\\u00e9\\u2028\\ud83d\\ude00\\/\\u0000\\u001f\\u007f\\b\\f\\n\\r\\t\\"\\\\"}',
+    '{"a": "\\ud83d"}',
+    '{"a": "\\ude00"}',
+    '{"a": "\\ud83d\\u0041"}',
+    '{"a": "\\uZZZZ"}',
+    '{"a": "\\x"}',
+    '{"\\u0061": 1, "a": 2}',
+    '{"a": 1, "\\u0061": 2}',
+    '{"é": 1, "\\u00e9": 2}',
+    '{"a": -0, "b": -0.0, "c": 0e0, "d": 1E2, "e": 1e-7, "f": 123456789012345678901234567890}',
+    '{"a": 01}',
+    '{"a": 1.}',
+    '{"a": .5}',
+    '{"a": -}',
+    '{"a": 1e}',
+    '{"a": +1}',
+    '{"a": tru}',
+    '{"a": nulls}',
+    '{"a": [1 2]}',
+    '{"a" 1}',
+    "{a: 1}",
+    '\ufeff{"a": 1}',
+    '\ufeff\ufeff{"a": 1}',
+    '{"a": "\x7f"}',
+    '{"a": "' + "x" * 70000 + '"}',
+    '{"a": [' + ",".join(["1"] * 3000) + "]}",
+    "{" + ",".join(f'"k{i}": {i}' for i in range(300)) + "}",
+    '{"a": ' + "[" * 150 + "]" * 150 + "}",
+    '{"a": ' + "[" * 250 + "]" * 250 + "}",
+    '{"a": 1}\n\t ',
+    '\n {"a": 1}',
+]
+_TEXT_PATHS = [["a"], ["a", "b"], ["**"], ["*"], ["a[]"], ["a.**"], ["[]"], ["f", "d"], ["k7", "k299"]]
+
+
+@pytest.mark.parametrize("text", _TEXTS, ids=range(len(_TEXTS)))
+@pytest.mark.parametrize("paths", _TEXT_PATHS, ids=str)
+def test_edge_texts_get_the_same_answer_or_are_left_to_python(text: str, paths: list[str]) -> None:
+    body = text.encode("utf-8", "surrogatepass")
+    fast = _fast(body[3:] if body.startswith(b"\xef\xbb\xbf") else body, paths)
+    if fast is not None:  # taken: exactly what the Python walk gives
+        assert fast == _whole_py(body.decode("utf-8-sig"), paths)
+    assert _filter(text, paths) == _filter_python(text, paths)
+
+
+@pytest.mark.parametrize(
+    "body", [b"\xff", b'{"a": "\xc3"}', b'{"a": "\xed\xa0\x80"}', b'{"a": "\xf4\x90\x80\x80"}']
+)
+def test_invalid_utf8_is_left_to_python(body: bytes) -> None:
+    assert _fast(body, ["a"]) is None
+    with pytest.raises(JsonRejected, match="not valid UTF-8"):
+        filter_json(body, compile_paths(["a"]))
