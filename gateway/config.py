@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,18 @@ from gateway.errors import GatewayError
 from gateway.filter.policy import default_policy_dirs
 from gwcore import paths
 from gwcore.safeload import read_yaml_file
-from gwcore.settings import CLASS_DEFAULT, REQUIRED, InvalidAt, Parser, Setting, section
+from gwcore.settings import CLASS_DEFAULT, REQUIRED, InvalidAt, Parser, Setting, integer, section
 from gwcore.status_file import DEFAULT_INTERVAL as DEFAULT_STATUS_INTERVAL
 from gwcore.status_file import DEFAULT_PATH as DEFAULT_STATUS_PATH
 
 DEFAULT_CONFIG = paths.CONFIG
+
+
+def default_audit_log() -> Path | None:
+    """audit.log in the unit's LogsDirectory= (/var/log/gateway on the appliance); None elsewhere
+    (a development run, a test): decisions then go through logging, as before the file existed."""
+    logs = os.environ.get("LOGS_DIRECTORY", "").split(":")[0]
+    return Path(logs) / "audit.log" if logs.startswith("/") else None
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,11 @@ class GatewayConfig:
     # the root helper at update_socket.
     update_dir: Path = Path("/var/lib/gateway/updates")
     update_socket: Path = Path("/run/appliance-update.sock")
+    # The filter's audit log (docs/metadata-policy.md, Audit): None (`audit_log: null`) logs every
+    # decision through logging instead; rotated at audit_log_max_mib, audit_log_keep old files kept.
+    audit_log: Path | None = field(default_factory=default_audit_log)
+    audit_log_max_mib: int = 64
+    audit_log_keep: int = 4
 
 
 def _url(schemes: tuple[str, ...], optional: bool = False) -> Parser:
@@ -68,6 +81,14 @@ def _url(schemes: tuple[str, ...], optional: bool = False) -> Parser:
 def _path(value: object, key: str) -> Path:
     if not isinstance(value, str) or not value.startswith("/"):
         raise InvalidAt(key, "expected an absolute path")
+    return Path(value)
+
+
+def _optional_path(value: object, key: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or value.endswith("/"):
+        raise InvalidAt(key, "expected an absolute file path, or null for none")
     return Path(value)
 
 
@@ -113,6 +134,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("support_socket", _path, CLASS_DEFAULT, "the support-bundle helper's socket"),
     Setting("update_dir", _path, CLASS_DEFAULT, "where update bundles are downloaded"),
     Setting("update_socket", _path, CLASS_DEFAULT, "the update helper's socket"),
+    Setting("audit_log", _optional_path, CLASS_DEFAULT, "the filter's audit log file (null: the journal)"),
+    Setting("audit_log_max_mib", integer(1, 4096), CLASS_DEFAULT, "MiB at which the audit log rotates"),
+    Setting("audit_log_keep", integer(1, 20), CLASS_DEFAULT, "rotated audit logs kept"),
 )
 _PARSE = section(GatewayConfig, SETTINGS, noun="setting")
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
+from gateway.filter import audit
+from gateway.filter.auditfile import AuditFile
 from gateway.filter.policy import PolicySet, load_policies
 from gateway.health.service import HealthService
 from gateway.health.support import gateway_files
@@ -156,6 +158,7 @@ class Daemon:
         self.control = ControlChannel("gateway")
         self.identity: IdentityManager | None = None
         self.update: UpdateAgent | None = None
+        self.audit: AuditFile | None = None
 
     def load_inventory(self) -> tuple[TargetSet, PolicySet]:
         """Targets and policies from the configured paths (GatewayError on bad input)."""
@@ -273,6 +276,12 @@ class Daemon:
             )
             raise
         self.status.targets = len(targets.targets)
+        loop = asyncio.get_running_loop()
+        if cfg.audit_log is not None:
+            self.audit = AuditFile(
+                cfg.audit_log, loop, max_bytes=cfg.audit_log_max_mib << 20, keep=cfg.audit_log_keep
+            )
+            audit.use_file(self.audit.write)
         self.relay = Relay(targets, policies, own_addresses(), budget=body_budget(cfg.buffer_budget_mib))
         limits = p.Limits(
             max_streams=cfg.max_streams, heartbeat_ms=max(100, int(cfg.heartbeat_interval * 1000))
@@ -310,12 +319,12 @@ class Daemon:
         )
         self.update.register()
         log.info(
-            "gateway starting: plane %s, proxy %s, %d targets",
+            "gateway starting: plane %s, proxy %s, %d targets, filter decisions to %s",
             cfg.plane_url,
             redact(cfg.proxy_url),
             len(targets.targets),
+            cfg.audit_log or "the journal",
         )
-        loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
@@ -350,6 +359,9 @@ class Daemon:
             await self.update.close()
             await self.control.close()
             await self.relay.close()
+            if self.audit is not None:
+                audit.use_file(None)
+                self.audit.close()
             self._write_status()  # the last word: stopped, or rejected and why
 
     def _exit_code(self, tunnel: asyncio.Task[None]) -> int:

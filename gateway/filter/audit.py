@@ -7,6 +7,8 @@ allowed, denied and fields removed, per target kind, never a path or a value.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.filter.metadata_filter import Allowed, Denied, FilterRequest
@@ -52,9 +54,69 @@ class DecisionCounts:
 COUNTS = DecisionCounts()
 
 
+# Where decision lines go besides the counts: None logs them (journald on the appliance), as
+# before there was an audit file; the daemon sets a writer (gateway.filter.auditfile) when one is
+# configured. Module state like COUNTS, for the same reason.
+_write: Callable[[str], None] | None = None
+_stamp_second = -1
+_stamp_prefix = ""
+
+
+def use_file(write: Callable[[str], None] | None) -> None:
+    """Send decision lines to `write` (one newline-terminated line each), or back to logging (None)."""
+    global _write
+    _write = write
+
+
+def timestamp(now: float) -> str:
+    """ISO-8601 UTC with milliseconds; the formatted second is cached (thousands of lines share it)."""
+    global _stamp_second, _stamp_prefix
+    second = int(now)
+    if second != _stamp_second:
+        _stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _stamp_second = second
+    return f"{_stamp_prefix}.{int((now - second) * 1000):03d}Z"
+
+
+def _one_line(text: str) -> str:
+    # A path or reason from the plane could hold a newline and forge a line of its own.
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def log_decision(target: str, kind: str, req: FilterRequest, decision: Allowed | Denied | Rule) -> None:
-    """Log one decision (request check or filtered response) at INFO, denials at WARNING; count it."""
+    """Record one decision and count it: a line in the audit file when there is one (denials also
+    to the journal at WARNING), else logging at INFO, denials at WARNING, request checks at DEBUG."""
     COUNTS.count(kind, decision)
+    write = _write
+    if write is None:
+        _log_decision(target, kind, req, decision)
+        return
+    if isinstance(decision, Allowed):
+        text = (
+            f"filter allowed target={target} kind={kind} method={req.method[:16]} path={_shown_path(req)} "
+            f"rule={decision.rule} status={decision.status} kept={decision.kept} removed={decision.removed}"
+        )
+    elif isinstance(decision, Denied):
+        text = (
+            f"filter denied target={target} kind={kind} method={req.method[:16]} path={_shown_path(req)} "
+            f"rule={decision.rule or '-'} reason={decision.reason}"
+        )
+        _log_decision(target, kind, req, decision)
+    elif decision.passthrough:
+        # Streamed unfiltered: the request check is the decision. A filtered rule's check is not a
+        # decision yet (its response's line follows), so it stays a DEBUG record only.
+        text = (
+            f"filter request target={target} kind={kind} method={req.method[:16]} path={_shown_path(req)} "
+            f"rule={decision.name} passthrough=True"
+        )
+    else:
+        if log.isEnabledFor(logging.DEBUG):
+            _log_decision(target, kind, req, decision)
+        return
+    write(f"{timestamp(time.time())} {_one_line(text)}\n")
+
+
+def _log_decision(target: str, kind: str, req: FilterRequest, decision: Allowed | Denied | Rule) -> None:
     method = req.method[:16]
     if isinstance(decision, Denied):
         log.warning(
