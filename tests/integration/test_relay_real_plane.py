@@ -1,8 +1,10 @@
-"""The whole product path: `mgmtplane serve` -> token -> `firstboot register` -> `gateway run` -> relay."""
+"""The whole product path: `mgmtplane serve` -> token -> `firstboot register` -> `gateway run` -> relay,
+with every filter decision in the audit log file."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import ssl
 import subprocess
@@ -30,9 +32,14 @@ async def test_registered_gateway_relays_through_the_real_plane(tmp_path: Path) 
             config.write_text(
                 f"plane_url: {plane.url}\nstate_dir: {state}\ntargets: {targets}\n"
                 f"policy_dirs: [{write_policies(tmp_path)}]\nheartbeat_interval: 1\n"
+                f"audit_log: {tmp_path / 'audit.log'}\n"
             )
+            stderr = (tmp_path / "gateway.err").open("wb")
             proc = subprocess.Popen(
-                [PYTHON, "-m", "gateway", "run", "--config", str(config)], cwd=REPO, stdin=subprocess.DEVNULL
+                [PYTHON, "-m", "gateway", "run", "--config", str(config)],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stderr=stderr,
             )
             try:
                 ctx = ssl.create_default_context(cafile=str(state / "ca.pem"))
@@ -54,7 +61,53 @@ async def test_registered_gateway_relays_through_the_real_plane(tmp_path: Path) 
                         info = await r.json()
                     assert r.status == 200, info
                     assert "connected" in str(info)
+                    calls = await _audited_calls(
+                        http, f"{plane.url}/v1/gateways/{gateway_id}/targets/t1", ctx, auth
+                    )
                 proc.send_signal(signal.SIGTERM)
                 assert await asyncio.to_thread(proc.wait, 10) == 0
             finally:
                 stop_process(proc)
+                stderr.close()
+    _check_audit_log(tmp_path, calls)
+
+
+# Per call: method, path as sent (with a query the log must not keep), and the decision's line.
+_CALLS = [
+    ("GET", "/inventory?owner=CANARY-QUERY", "filter allowed target=t1 kind=http method=GET path=/inventory"
+     " rule=test-filtered status=200 kept=6 removed=3"),
+    ("GET", "/small?x=CANARY-QUERY", "filter request target=t1 kind=http method=GET path=/small"
+     " rule=test-passthrough passthrough=True"),
+    ("DELETE", "/small", "filter denied target=t1 kind=http method=DELETE path=/small rule=- reason="),
+]  # fmt: skip
+
+
+async def _audited_calls(
+    http: aiohttp.ClientSession, base: str, ctx: ssl.SSLContext, auth: dict[str, str]
+) -> int:
+    """N relayed calls, one at a time so their order is the log's."""
+    n = 0
+    for _ in range(10):
+        for method, path, _line in _CALLS:
+            async with http.request(method, base + path, ssl=ctx, headers=auth) as r:
+                await r.read()
+                assert r.status == (403 if method == "DELETE" else 200)
+            n += 1
+    return n
+
+
+def _check_audit_log(root: Path, calls: int) -> None:
+    lines = (root / "audit.log").read_text().splitlines()
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
+    assert all(stamp.match(line) for line in lines)
+    # The first line is the call that waited for the tunnel (GET /small), then every call's, in order.
+    decisions = [stamp.sub("", line, count=1) for line in lines]
+    assert decisions[0] == _CALLS[1][2]
+    assert len(decisions) == 1 + calls
+    for got, (_method, _path, want) in zip(decisions[1:], _CALLS * 10, strict=True):
+        assert got.startswith(want), (got, want)
+    assert "CANARY" not in "\n".join(lines)
+    # Denials also reach the journal (stderr here); allowed decisions only the file.
+    journal = (root / "gateway.err").read_text()
+    assert journal.count("filter denied target=t1") == 10
+    assert "filter allowed" not in journal and "filter request" not in journal
