@@ -7,7 +7,10 @@ policy (../shared/bench/ours_setup.sh). It prints req/s and CPU µs per request 
 at c=1/16/64 (medians of the rounds), and with --profile a py-spy profile of the gateway at c=64
 (py-spy is not a project dependency: `pip install py-spy` into the venv to use it).
 
-    .venv/bin/python bench/gateway_cpu.py [--rounds 3] [--seconds 3] [--profile DIR]
+    .venv/bin/python bench/gateway_cpu.py [--rounds 3] [--seconds 3] [--profile DIR] [--audit journal]
+
+The filter's audit lines go to audit.log in the work directory, as shipped (--audit journal: through
+logging instead, the behaviour before the audit file and with `audit_log: null`).
 
 Bounded: rounds x 3 wrk runs of --seconds each, plus one profiled run; loopback only.
 """
@@ -66,12 +69,14 @@ _UVLOOP = (
 
 
 def start(
-    work: Path, procs: Procs, uvloop: bool = False
+    work: Path, procs: Procs, uvloop: bool = False, audit: str = "file"
 ) -> tuple[str, str, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
-    """nginx, the plane and the gateway, enrolled as bench/relay.py enrols them (the project's own
-    CLIs): the small document's URL, the admin header and the two relay processes."""
+    """nginx, the plane and the gateway: the small document's URL, the admin header for it and the
+    two relay processes."""
     nginx = start_nginx(work, procs)
     (work / "www" / "small.json").write_bytes(SMALL_DOC + b" " * (1024 - len(SMALL_DOC)))
+    # The plane loads a real CA (key included) and the relay route wants the admin token: the
+    # identities are made by the project's CLIs, as bench/relay.py does.
     plane_dir, gw_dir, gateway_id = enrol(work, procs)
     tls_port, http_port = free_port(), free_port()
     plane = procs.start(
@@ -93,15 +98,15 @@ def start(
     config = work / "gateway.yaml"
     config.write_text(
         f"plane_url: https://127.0.0.1:{tls_port}\nstate_dir: {gw_dir}\ntargets: {targets}\n"
-        f"policy_dirs: [{policies}]\n"
+        f"policy_dirs: [{policies}]\naudit_log: {work / 'audit.log' if audit == 'file' else 'null'}\n"
     )
-    # Its log (an audit line per filtered response) goes to a file, as it would go to journald.
+    # Its log goes to a file, as it would go to journald (with --audit journal: a line per response).
     log = (work / "gateway.log").open("wb")
     entry = ["-c", _UVLOOP] if uvloop else ["-m", "gateway"]
     gateway = procs.start([sys.executable, *entry, "run", "--config", str(config)], cwd=REPO, stderr=log)
     log.close()
-    header = f"Authorization: Bearer {(plane_dir / 'admin-token').read_text().strip()}"
     path = f"/v1/gateways/{gateway_id}/targets/nginx/small.json"
+    header = f"Authorization: Bearer {(plane_dir / 'admin-token').read_text().strip()}"
     wait_relay(path, http_port, gateway, header + "\r\n")
     return f"http://127.0.0.1:{http_port}{path}", header, plane, gateway
 
@@ -153,11 +158,14 @@ def main() -> None:
         "--uvloop", action="store_true", help="run the gateway on uvloop (pip install uvloop)"
     )
     parser.add_argument("--profile", type=Path, help="write a py-spy profile of the gateway at c=64 here")
+    parser.add_argument(
+        "--audit", choices=("file", "journal"), default="file", help="where the filter's decisions go"
+    )
     args = parser.parse_args()
     with workdir() as work:
         procs = Procs()
         try:
-            url, header, plane, gateway = start(work, procs, args.uvloop)
+            url, header, plane, gateway = start(work, procs, args.uvloop, args.audit)
             run_small(url, 16, 1, header)  # warm-up: pools, caches
             rps: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
             gw_us: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
@@ -174,6 +182,9 @@ def main() -> None:
                 profile(url, header, gateway.pid, args.seconds * 2, args.profile)
         finally:
             procs.stop_all()
+        audited = (work / "audit.log").read_bytes().count(b"\n") if args.audit == "file" else None
+    if audited is not None:
+        print(f"audit.log: {audited} lines")
     print(f"load average: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     print(f"{'figure':<14}{'req/s':>10}{'gateway us/req':>16}{'plane us/req':>14}")
     for c in CONCURRENCY:

@@ -327,7 +327,7 @@ def start_ours(work: Path, procs: Procs, nginx_port: int) -> Ours:
     config = work / "gateway.yaml"
     config.write_text(
         f"plane_url: https://127.0.0.1:{tls_port}\nstate_dir: {gw_dir}\ntargets: {targets}\n"
-        f"policy_dirs: [{policies}]\n"
+        f"policy_dirs: [{policies}]\naudit_log: {work / 'audit.log'}\n"  # as shipped: the file, not logging
     )
     gateway = procs.start([sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=REPO)
     token = (plane_dir / "admin-token").read_text().strip()
