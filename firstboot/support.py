@@ -38,7 +38,10 @@ def bundle_bytes(system: System) -> bytes:
             return f"{argv[0]}: {exc}\n"
         return proc.stdout + proc.stderr
 
-    return support_bundle.build(read, run)
+    def tail(name: str, size: int) -> bytes | None:
+        return support_bundle.read_tail(system.path(name), size)
+
+    return support_bundle.build(read, run, tail=tail)
 
 
 def prune(directory: Path, keep: int = KEEP) -> list[Path]:

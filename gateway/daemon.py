@@ -21,7 +21,7 @@ from gateway.filter import audit
 from gateway.filter.auditfile import AuditFile
 from gateway.filter.policy import PolicySet, load_policies
 from gateway.health.service import HealthService
-from gateway.health.support import gateway_files
+from gateway.health.support import gateway_files, gateway_tails
 from gateway.identity.manager import IdentityManager
 from gateway.identity.store import PairStore
 from gateway.relay.relay import Relay, body_budget
@@ -307,6 +307,7 @@ class Daemon:
             offer_after=cfg.support_offer_after,
             support_socket=cfg.support_socket,
             support_files=gateway_files(self.config_path, cfg.targets, cfg.status_file, cfg.state_dir),
+            support_tails=gateway_tails(cfg.audit_log),
         )
         self.status.health_fields = self.health.status_fields
         self.update = UpdateAgent(

@@ -10,6 +10,7 @@ read: they are not in FILES, and nothing here globs a directory.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,8 +39,28 @@ COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("timedatectl", "--no-pager", "timesync-status"), "timesync.txt"),
 )
 
+# Logs shipped by their tail, (path, bytes): the filter's audit log rotates at 64 MiB, and its last
+# 2 MiB (~14,000 decisions, the newest) is what a support case reads (docs/metadata-policy.md, Audit).
+AUDIT_TAIL = 2 * 1024 * 1024
+TAILS: tuple[tuple[str, int], ...] = (("/var/log/gateway/audit.log", AUDIT_TAIL),)
+
 ReadFile = Callable[[str], bytes | None]  # None when the file is missing or unreadable
 RunCommand = Callable[[Sequence[str]], str]  # stdout and stderr; a failure says so in the text
+ReadTail = Callable[[str, int], bytes | None]  # the last bytes of a file, None when missing
+
+
+def read_tail(path: str | os.PathLike[str], size: int) -> bytes | None:
+    """The last `size` bytes of a file, from its first whole line on (None when it cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, end - size))
+            data = fh.read(size)
+    except OSError:
+        return None
+    if end > size:
+        data = data[data.find(b"\n") + 1 :]  # a cut first line is dropped (no newline: nothing kept)
+    return data
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
@@ -57,16 +78,23 @@ def build(
     files: Iterable[str] = FILES,
     commands: Iterable[tuple[Sequence[str], str]] = COMMANDS,
     extra: Iterable[tuple[str, bytes]] = (),
+    tails: Iterable[tuple[str, int]] = TAILS,
+    tail: ReadTail = read_tail,
     now: float | None = None,
 ) -> bytes:
     """The bundle as tar.gz bytes: every file and command output redacted, under `bundle/`.
 
-    `extra` adds (name, text) entries the caller made (redacted as text, like the rest)."""
+    `extra` adds (name, text) entries the caller made (redacted as text, like the rest); `tails`
+    are files of which only the end is shipped, read with `tail`."""
     mtime = time.time() if now is None else now
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name in files:
             raw = read_file(name)
+            if raw is not None:
+                _add(tar, "bundle" + name, redact_file(name, raw), mtime)
+        for name, size in tails:
+            raw = tail(name, size)
             if raw is not None:
                 _add(tar, "bundle" + name, redact_file(name, raw), mtime)
         for argv, out in commands:

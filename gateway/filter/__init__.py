@@ -3,4 +3,4 @@
 Public surface (what the other rooms and the daemon may import): the modules in __all__.
 """
 
-__all__ = ["audit", "metadata_filter", "policy", "policy_cli"]
+__all__ = ["audit", "auditfile", "metadata_filter", "policy", "policy_cli"]

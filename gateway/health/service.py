@@ -53,6 +53,7 @@ class HealthService:
         offer_after: int = DEFAULT_OFFER_AFTER,
         support_socket: Path | None = None,
         support_files: tuple[str, ...] | None = None,
+        support_tails: tuple[tuple[str, int], ...] | None = None,
         facts: SystemFacts | None = None,
         counts: DecisionCounts = COUNTS,
     ) -> None:
@@ -67,6 +68,7 @@ class HealthService:
         self.support = SupportBundles(
             support_socket or DEFAULT_SOCKET,
             files=support_files or support_bundle.FILES,
+            tails=support_bundle.TAILS if support_tails is None else support_tails,
             extra=lambda: health_entry(self.latest),
         )
         self.facts = facts or SystemFacts()

@@ -45,6 +45,11 @@ def gateway_files(config: Path | None, targets: Path, status: Path, state_dir: P
     return tuple(str(own[f]) if own.get(f) is not None else f for f in support_bundle.FILES)
 
 
+def gateway_tails(audit_log: Path | None) -> tuple[tuple[str, int], ...]:
+    """The audit log's tail, from where this daemon writes it (none when decisions go to the journal)."""
+    return ((str(audit_log), support_bundle.AUDIT_TAIL),) if audit_log is not None else ()
+
+
 def _read(name: str) -> bytes | None:
     try:
         with open(name, "rb") as fh:
@@ -71,10 +76,12 @@ class SupportBundles:
         socket_path: Path = DEFAULT_SOCKET,
         *,
         files: Sequence[str] = support_bundle.FILES,
+        tails: Sequence[tuple[str, int]] = support_bundle.TAILS,
         extra: Callable[[], list[tuple[str, bytes]]] = list,
     ) -> None:
         self.socket_path = socket_path
         self.files = tuple(files)
+        self.tails = tuple(tails)
         self.extra = extra  # (name, bytes) entries of the gateway's own (its latest health record)
         self._busy = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -174,7 +181,7 @@ class SupportBundles:
             "and first boot's state may be missing (the gateway's sandbox cannot read them).\n"
         )
         return support_bundle.build(
-            _read, _run, files=self.files, extra=[("README.txt", note.encode()), *extra]
+            _read, _run, files=self.files, tails=self.tails, extra=[("README.txt", note.encode()), *extra]
         )
 
 

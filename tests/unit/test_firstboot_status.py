@@ -369,3 +369,19 @@ def test_status_shows_the_health_records_facts_in_short_lines(tmp_path: Path) ->
         "Health:       last taken by the plane 4 s ago",
         "Last error:   none",
     ]
+
+
+def test_support_bundle_carries_the_audit_logs_tail_from_a_whole_line(tmp_path: Path) -> None:
+    system = configured(tmp_path)
+    logs = system.root / "var/log/gateway"
+    logs.mkdir(parents=True)
+    # ~3.4 MiB of decisions: only the newest 2 MiB travel, starting at a line, never mid-line.
+    lines = [
+        f"2026-12-06T22:00:00.000Z filter allowed target=t{i:07d} rule=r status=200\n" for i in range(50_000)
+    ]
+    (logs / "audit.log").write_text("".join(lines))
+    with tarfile.open(create_bundle(system)) as tar:
+        shipped = tar.extractfile("bundle/var/log/gateway/audit.log").read().decode()  # type: ignore[union-attr]
+    assert len(shipped.encode()) <= 2 * 1024 * 1024
+    assert shipped.endswith(lines[-1]) and shipped.splitlines(keepends=True)[0] in lines
+    assert len(shipped) > 2 * 1024 * 1024 - len(lines[0])
