@@ -308,6 +308,7 @@ class Daemon:
             support_socket=cfg.support_socket,
             support_files=gateway_files(self.config_path, cfg.targets, cfg.status_file, cfg.state_dir),
             support_tails=gateway_tails(cfg.audit_log),
+            audit_dropped=lambda: None if self.audit is None else self.audit.dropped,
         )
         self.status.health_fields = self.health.status_fields
         self.update = UpdateAgent(

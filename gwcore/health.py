@@ -109,7 +109,8 @@ SCHEMA: dict[str, Any] = {
         "last_error": TEXT,
         "rtt_ms": NUM,
     },
-    "filter": {"policy_hash": STR, **_COUNTS, "policies": _Map(_COUNTS, 100)},
+    # audit_dropped: decision lines the audit log file could not take (gateway.filter.auditfile).
+    "filter": {"policy_hash": STR, **_COUNTS, "audit_dropped": INT, "policies": _Map(_COUNTS, 100)},
     "targets": _List(_TARGET, 1000),
     "targets_omitted": INT,
 }

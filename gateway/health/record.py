@@ -25,14 +25,18 @@ def policy_hash(files: Iterable[Path]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def filter_section(counts: Mapping[str, tuple[int, int, int]], policy_set_hash: str) -> dict[str, Any]:
-    """The record's filter counts: totals, per kind, and the policy set's hash."""
+def filter_section(
+    counts: Mapping[str, tuple[int, int, int]], policy_set_hash: str, audit_dropped: int | None = None
+) -> dict[str, Any]:
+    """The record's filter counts: totals, per kind, the policy set's hash, and the audit lines the
+    audit file lost (None: decisions go to the journal, there is no file to lose them)."""
     per_kind = {kind: {"allowed": a, "denied": d, "removed": r} for kind, (a, d, r) in sorted(counts.items())}
     return {
         "policy_hash": policy_set_hash,
         "allowed": sum(c[0] for c in counts.values()),
         "denied": sum(c[1] for c in counts.values()),
         "removed": sum(c[2] for c in counts.values()),
+        "audit_dropped": audit_dropped,
         "policies": dict(list(per_kind.items())[:100]),
     }
 

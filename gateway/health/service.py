@@ -56,6 +56,7 @@ class HealthService:
         support_tails: tuple[tuple[str, int], ...] | None = None,
         facts: SystemFacts | None = None,
         counts: DecisionCounts = COUNTS,
+        audit_dropped: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.client = client
         self.relay = relay
@@ -73,6 +74,7 @@ class HealthService:
         )
         self.facts = facts or SystemFacts()
         self.counts = counts
+        self.audit_dropped = audit_dropped  # the audit file's lost lines (None: no file)
         self.prober = Prober()
         self.latest: dict[str, Any] | None = None
         self.acked_at: float | None = None
@@ -283,7 +285,9 @@ class HealthService:
                 "last_error": client.last_error,
                 "rtt_ms": self.rtt_ms,
             },
-            filter_counts=record.filter_section(self.counts.snapshot(), self._policy_set_hash()),
+            filter_counts=record.filter_section(
+                self.counts.snapshot(), self._policy_set_hash(), self.audit_dropped()
+            ),
             targets=targets,
             max_bytes=limit,
         )

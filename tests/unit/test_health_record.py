@@ -69,6 +69,7 @@ def test_a_gateway_record_passes_the_plane_check_whole() -> None:
         "allowed": 5,
         "denied": 1,
         "removed": 12,
+        "audit_dropped": None,
         "policies": {"redfish": {"allowed": 5, "denied": 1, "removed": 12}},
     }
 
@@ -269,8 +270,12 @@ def test_filter_decisions_are_counted_per_kind_as_the_audit_log_sees_them(tmp_pa
         "allowed": 2,
         "denied": 2,
         "removed": 2,
+        "audit_dropped": None,
         "policies": {
             "http": {"allowed": 2, "denied": 1, "removed": 2},
             "redfish": {"allowed": 0, "denied": 1, "removed": 0},
         },
     }
+    # The audit file's lost lines travel in the record and survive the plane's schema check.
+    section = record.filter_section(counts.snapshot(), "sha256:x", audit_dropped=7)
+    assert health.parse_record({"v": 1, "at": 1.0, "filter": section})["filter"]["audit_dropped"] == 7
