@@ -593,6 +593,34 @@ static int j_literal(J *j, const char *word, Py_ssize_t n, int emit)
 
 static int j_value(J *j, PyObject *node, int emit, int depth, int whole);
 
+/* Whether a member or element under `node` whose value starts with `c` is kept: known before the
+ * value is read, as _filter_value decides it. */
+static inline int kept_here(PyObject *node, unsigned char c)
+{
+    if (slot(node, off_subtree) == Py_True || c == '{')
+        return 1;
+    if (c == '[')
+        return slot(node, off_items) != Py_None;
+    return slot(node, off_leaf) == Py_True;
+}
+
+/* After a member or element: 1 past a ',' (more follow), 0 past `close`, -1 (bailed) otherwise. */
+static int j_next(J *j, unsigned char close)
+{
+    j_ws(j);
+    if (j->s >= j->end)
+        return j_bail(j);
+    if (*j->s == ',') {
+        j->s++;
+        j_ws(j);
+        return 1;
+    }
+    if (*j->s != close)
+        return j_bail(j);
+    j->s++;
+    return 0;
+}
+
 /* An object under `node` (NULL with !emit: parse only; `whole`: every member kept as is). */
 static int j_object(J *j, PyObject *node, int emit, int depth, int whole)
 {
@@ -657,20 +685,11 @@ static int j_object(J *j, PyObject *node, int emit, int depth, int whole)
                     }
                     child = wild;
                 }
-                if (child == Py_None) {
+                if (child == Py_None)
                     child = NULL;
-                } else if (!Py_IS_TYPE(child, node_type)) {
+                else if (!Py_IS_TYPE(child, node_type))
                     return j_bail(j);
-                }
-                unsigned char c = *j->s;
-                if (child == NULL)
-                    keep = 0;
-                else if (slot(child, off_subtree) == Py_True || c == '{')
-                    keep = 1;
-                else if (c == '[')
-                    keep = slot(child, off_items) != Py_None;
-                else
-                    keep = slot(child, off_leaf) == Py_True;
+                keep = child != NULL && kept_here(child, *j->s);
             }
         }
         if (keep) {
@@ -690,17 +709,11 @@ static int j_object(J *j, PyObject *node, int emit, int depth, int whole)
         }
         if (j_value(j, keep ? child : NULL, keep, depth + 1, whole) < 0)
             return -1;
-        j_ws(j);
-        if (j->s >= j->end)
-            return j_bail(j);
-        if (*j->s == ',') {
-            j->s++;
-            j_ws(j);
+        int more = j_next(j, '}');
+        if (more < 0)
+            return -1;
+        if (more)
             continue;
-        }
-        if (*j->s != '}')
-            return j_bail(j);
-        j->s++;
         j->keylen = keys_at;
         return j_put(j, "}", 1, emit);
     }
@@ -721,20 +734,7 @@ static int j_array(J *j, PyObject *items, int emit, int depth, int whole, Py_ssi
     for (;;) {
         if (j->s >= j->end)
             return j_bail(j);
-        int keep = 0;
-        if (emit) {
-            if (whole) {
-                keep = 1;
-            } else {
-                unsigned char c = *j->s;
-                if (slot(items, off_subtree) == Py_True || c == '{')
-                    keep = 1;
-                else if (c == '[')
-                    keep = slot(items, off_items) != Py_None;
-                else
-                    keep = slot(items, off_leaf) == Py_True;
-            }
-        }
+        int keep = emit && (whole || kept_here(items, *j->s));
         if (keep && !first && j_put(j, ",", 1, 1) < 0)
             return -1;
         if (keep)
@@ -744,18 +744,11 @@ static int j_array(J *j, PyObject *items, int emit, int depth, int whole, Py_ssi
         if (j_value(j, keep ? items : NULL, keep, depth + 1, whole) < 0)
             return -1;
         (*count)++;
-        j_ws(j);
-        if (j->s >= j->end)
-            return j_bail(j);
-        if (*j->s == ',') {
-            j->s++;
-            j_ws(j);
-            continue;
-        }
-        if (*j->s != ']')
-            return j_bail(j);
-        j->s++;
-        return j_put(j, "]", 1, emit);
+        int more = j_next(j, ']');
+        if (more < 0)
+            return -1;
+        if (!more)
+            return j_put(j, "]", 1, emit);
     }
 }
 
