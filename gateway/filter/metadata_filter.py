@@ -366,10 +366,10 @@ def _filter_body(
 
 
 def _head(
-    policies: PolicySet, kind: str, req: FilterRequest, headers: Mapping[str, str]
+    policies: PolicySet, kind: str, req: FilterRequest, headers: Mapping[str, str], rule: Rule | None
 ) -> Denied | tuple[Rule, dict[str, str], dict[str, str]]:
     """The rule, the response's headers by lower-cased name, and those that may leave."""
-    found = _match(policies, kind, req)
+    found = _match(policies, kind, req) if rule is None else rule
     if isinstance(found, Denied):
         return found
     rule = found
@@ -382,8 +382,10 @@ def _head(
     return rule, src, {k: v for k, v in src.items() if k in rule.headers and k not in _MANAGED}
 
 
-def _response(policies: PolicySet, kind: str, req: FilterRequest, resp: FilterResponse) -> Allowed | Denied:
-    head = _head(policies, kind, req, resp.headers)
+def _response(
+    policies: PolicySet, kind: str, req: FilterRequest, resp: FilterResponse, rule: Rule | None
+) -> Allowed | Denied:
+    head = _head(policies, kind, req, resp.headers, rule)
     if isinstance(head, Denied):
         return head
     rule, src, headers = head
@@ -480,13 +482,18 @@ class StreamedResponse:
 
 
 def stream_response(
-    policies: PolicySet, kind: str, req: FilterRequest, status: int, headers: Mapping[str, str]
+    policies: PolicySet,
+    kind: str,
+    req: FilterRequest,
+    status: int,
+    headers: Mapping[str, str],
+    rule: Rule | None = None,
 ) -> StreamedResponse | None:
     """A filter to feed this response's body to as it arrives, when the rule filters it as XML
     (not passthrough, not partial, a body to filter, identity-encoded); None: buffer the body and
-    call filter_response (which also gives every refusal)."""
+    call filter_response (which also gives every refusal). `rule` as for filter_response."""
     try:
-        head = _head(policies, kind, req, headers)
+        head = _head(policies, kind, req, headers, rule)
         if isinstance(head, Denied):
             return None
         rule, src, allowed = head
@@ -511,11 +518,15 @@ def stream_response(
 
 
 def filter_response(
-    policies: PolicySet, kind: str, req: FilterRequest, resp: FilterResponse
+    policies: PolicySet, kind: str, req: FilterRequest, resp: FilterResponse, rule: Rule | None = None
 ) -> Allowed | Denied:
-    """Filter a buffered response down to what the matching rule allows; Denied when it cannot."""
+    """Filter a buffered response down to what the matching rule allows; Denied when it cannot.
+
+    `rule` is what check_request returned for this same request: given, the request is not
+    matched a second time (the relay's one match per call), and the response is judged by the rule
+    that admitted its request, even if the policies were reloaded in between."""
     try:
-        return _response(policies, kind, req, resp)
+        return _response(policies, kind, req, resp, rule)
     except (RecursionError, MemoryError, ValueError, UnicodeError):
         return Denied("response body cannot be filtered safely")
     except Exception:  # never raise on hostile input: a bug here must deny, not leak

@@ -82,20 +82,20 @@ class PolicyFilter:
             raise _Denied(verdict.reason)
         return verdict
 
-    def filter(self, target: Target, req: FilterRequest, resp: FilterResponse) -> Allowed:
-        """The filtered response; _Denied otherwise."""
+    def filter(self, target: Target, req: FilterRequest, resp: FilterResponse, rule: Rule) -> Allowed:
+        """The filtered response, judged by `rule` (check()'s answer for `req`); _Denied otherwise."""
         assert self.policies is not None
-        return self._verdict(target, req, filter_response(self.policies, target.kind, req, resp))
+        return self._verdict(target, req, filter_response(self.policies, target.kind, req, resp, rule))
 
     def stream(
-        self, target: Target, req: FilterRequest, status: int, headers: list[tuple[str, str]]
+        self, target: Target, req: FilterRequest, rule: Rule, status: int, headers: list[tuple[str, str]]
     ) -> StreamedResponse | None:
         """A filter to feed the body to as it arrives, or None: buffer it and call filter()."""
         assert self.policies is not None
-        # Only XML bodies stream: a JSON answer (the common small one) is not looked up twice.
+        # Only XML bodies stream: a JSON answer (the common small one) is not looked at twice.
         if not any(k.lower() == "content-type" and "xml" in v.lower() for k, v in headers):
             return None
-        return stream_response(self.policies, target.kind, req, status, CIMultiDict(headers))
+        return stream_response(self.policies, target.kind, req, status, CIMultiDict(headers), rule)
 
     def finish(self, target: Target, req: FilterRequest, streamed: StreamedResponse) -> Allowed:
         """The decision on a streamed response's whole body; _Denied otherwise."""
@@ -308,7 +308,7 @@ class Relay:
                 if not resp.complete:  # a body in the buffer already is read without waiting
                     deadline.reschedule(asyncio.get_running_loop().time() + target.total_timeout)
                 headers = strip_hop_headers(resp.headers)
-                streamed = self.filter.stream(target, freq, resp.status, headers)
+                streamed = self.filter.stream(target, freq, rule, resp.status, headers)
                 base = lease.held
                 if streamed is not None:
                     # The filter works as the body arrives: its time counts in the read's bound.
@@ -319,7 +319,7 @@ class Relay:
                 allowed = self.filter.finish(target, freq, streamed)
             else:
                 allowed = self.filter.filter(
-                    target, freq, FilterResponse(resp.status, CIMultiDict(headers), raw)
+                    target, freq, FilterResponse(resp.status, CIMultiDict(headers), raw), rule
                 )
                 # The raw body goes now: the caller's buffer is the only other reference.
                 if allowed.body is not raw:

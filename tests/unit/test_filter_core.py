@@ -204,3 +204,46 @@ def test_unfilterable_bodies_are_denied(policies: PolicySet, ctype: str, body: b
     req = _get("/v2.1/servers/a1")
     out = filter_response(policies, "openstack-nova", req, FilterResponse(200, {"content-type": ctype}, body))
     assert isinstance(out, Denied) and reason in out.reason
+
+
+# The relay matches each request once and hands the rule to filter_response (issue 14): the
+# decision must be the one a second match would give, and a reload in between must not change
+# which rule judges the response of a request already admitted.
+_GIVEN_RULE_CASES = [
+    ("/v2.1/servers/detail?limit=5", _json(200, SERVERS, **{"X-OpenStack-Request-ID": "r"})),
+    ("/v2.1/servers/a1", _json(200, {"server": {"id": "a1", "adminPass": "CANARY"}})),
+    ("/v2.1/servers/a1", _json(404, {"itemNotFound": {"message": "gone", "details": "CANARY"}})),
+    ("/v2.1/servers/a1", FilterResponse(200, {"content-type": "application/json"}, b"{")),
+    ("/v2.1/servers/a1", FilterResponse(200, {"content-type": "text/html"}, b"<html>")),
+    ("/v2.1/servers/a1", FilterResponse(206, {"content-type": "application/json"}, b"{}")),
+    ("/v2.1/servers/a1", FilterResponse(200, {"content-type": "application/json"}, b"")),
+]
+
+
+@pytest.mark.parametrize(("path", "resp"), _GIVEN_RULE_CASES)
+def test_a_given_rule_decides_as_a_second_match_would(
+    policies: PolicySet, path: str, resp: FilterResponse
+) -> None:
+    req = _get(path)
+    rule = check_request(policies, "openstack-nova", req)
+    assert isinstance(rule, Rule)
+    assert filter_response(policies, "openstack-nova", req, resp, rule) == filter_response(
+        policies, "openstack-nova", req, resp
+    )
+
+
+def test_a_given_rule_judges_the_response_after_a_reload(policies: PolicySet, tmp_path: Path) -> None:
+    req = _get("/v2.1/servers/a1")
+    rule = check_request(policies, "openstack-nova", req)
+    assert isinstance(rule, Rule) and rule.name == "nova-server"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "nova.yaml").write_text(
+        "kind: openstack-nova\nrules:\n  - name: flavors\n    path: /v2.1/flavors\n    json: [flavors]\n"
+    )
+    reloaded = load_policies([other])
+    resp = _json(200, {"server": {"id": "a1", "adminPass": "CANARY"}})
+    # Matched afresh, the reloaded set has no rule for it; judged by its own rule, it is filtered.
+    assert isinstance(filter_response(reloaded, "openstack-nova", req, resp), Denied)
+    out = filter_response(reloaded, "openstack-nova", req, resp, rule)
+    assert isinstance(out, Allowed) and out.body == b'{"server":{"id":"a1"}}' and out.rule == "nova-server"
