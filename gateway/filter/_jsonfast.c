@@ -256,7 +256,19 @@ static PyObject *parse_float(PyObject *Py_UNUSED(m), PyObject *text)
 #define MAX_INT_DIGITS 1000
 #define MAX_KEYS 256      /* per object, for the duplicate check */
 
+/* A member's allowlist child, remembered per (node, decoded key) for one document: an array of
+ * objects repeats its keys, and decoding each to str and looking it up cost more than the rest of
+ * the walk. Borrowed references: the caller's root holds every node for the whole call. */
+#define KEY_CACHE 64
+#define KEY_CACHE_LEN 32
 typedef struct {
+    PyObject *node, *child;
+    Py_ssize_t len;
+    char key[KEY_CACHE_LEN];
+} KeyHit;
+
+typedef struct {
+    KeyHit *cache;
     const unsigned char *s, *end;
     char *out;
     Py_ssize_t len, cap;
@@ -514,14 +526,43 @@ static int j_string(J *j, int emit, int key)
 }
 
 /* A number, written as the encoder writes what the decoder and _float make of it. */
+/* Whether repr(float(text)) is `text` itself, for a number of the form -?INT.FRAC (no exponent):
+ * then the encoder's output is the input, and the decimal-binary-decimal round trip (~0.5 us) can
+ * be skipped. True when the text has at most 15 significant digits (DBL_DIG: distinct decimals of
+ * 15 digits are distinct doubles, so none shorter maps to the same value and repr gives these
+ * digits back), no trailing zero after the point but the one of "N.0", and a magnitude that repr
+ * writes without an exponent (1e-4 <= |x| < 1e15, or zero). Anything else takes the round trip. */
+static int float_is_canonical(const unsigned char *int_s, Py_ssize_t int_n, const unsigned char *frac_s,
+                              Py_ssize_t frac_n)
+{
+    if (frac_n > 1 && frac_s[frac_n - 1] == '0')
+        return 0; /* 1.50 is written 1.5 */
+    int frac_zero = frac_n == 1 && frac_s[0] == '0';
+    Py_ssize_t sig;
+    if (int_n == 1 && int_s[0] == '0') {
+        if (frac_zero)
+            return 1; /* 0.0 and -0.0 */
+        Py_ssize_t z = 0;
+        while (z < frac_n && frac_s[z] == '0')
+            z++;
+        if (z > 3)
+            return 0; /* 0.00001 is written 1e-05 */
+        sig = frac_n - z;
+    } else {
+        sig = int_n + (frac_zero ? 0 : frac_n);
+    }
+    return sig <= 15 && int_n <= 15;
+}
+
 static int j_number(J *j, int emit)
 {
     const unsigned char *start = j->s;
-    int is_float = 0;
+    int is_float = 0, has_exp = 0;
     if (j->s < j->end && *j->s == '-')
         j->s++;
     if (j->s >= j->end)
         return j_bail(j);
+    const unsigned char *int_s = j->s, *frac_s = NULL;
     if (*j->s == '0') {
         j->s++;
     } else if (*j->s >= '1' && *j->s <= '9') {
@@ -530,6 +571,7 @@ static int j_number(J *j, int emit)
     } else {
         return j_bail(j);
     }
+    Py_ssize_t int_n = j->s - int_s, frac_n = 0;
     if (j->s < j->end && *j->s == '.') {
         is_float = 1;
         j->s++;
@@ -538,9 +580,11 @@ static int j_number(J *j, int emit)
             j->s++;
         if (j->s == d)
             return j_bail(j);
+        frac_s = d;
+        frac_n = j->s - d;
     }
     if (j->s < j->end && (*j->s == 'e' || *j->s == 'E')) {
-        is_float = 1;
+        is_float = has_exp = 1;
         j->s++;
         if (j->s < j->end && (*j->s == '+' || *j->s == '-'))
             j->s++;
@@ -560,6 +604,8 @@ static int j_number(J *j, int emit)
     }
     if (n > MAX_FLOAT_TEXT)
         return j_bail(j); /* _float refuses it */
+    if (!has_exp && float_is_canonical(int_s, int_n, frac_s, frac_n))
+        return j_put(j, (const char *)start, n, emit);
     char text[MAX_FLOAT_TEXT + 1];
     memcpy(text, start, (size_t)n);
     text[n] = '\0';
@@ -621,6 +667,43 @@ static int j_next(J *j, unsigned char close)
     return 0;
 }
 
+/* The child of `node` for a member named `k` (decoded UTF-8): its node, `wild`, or None (drop);
+ * NULL with j->bail or j->error set. As _filter_value looks it up: keys, then the wildcard. */
+static PyObject *key_child(J *j, PyObject *node, PyObject *keys, PyObject *wild, const char *k, Py_ssize_t n)
+{
+    KeyHit *hit = NULL;
+    if (n <= KEY_CACHE_LEN) {
+        size_t h = (size_t)node >> 4;
+        for (Py_ssize_t i = 0; i < n; i++)
+            h = h * 31 + (unsigned char)k[i];
+        hit = &j->cache[h % KEY_CACHE];
+        if (hit->node == node && hit->len == n && memcmp(hit->key, k, (size_t)n) == 0)
+            return hit->child;
+    }
+    PyObject *key = PyUnicode_DecodeUTF8(k, n, "strict");
+    if (key == NULL) {
+        PyErr_Clear();
+        j_bail(j);
+        return NULL;
+    }
+    PyObject *child = PyDict_GetItemWithError(keys, key);
+    Py_DECREF(key);
+    if (child == NULL) {
+        if (PyErr_Occurred()) {
+            j->error = 1;
+            return NULL;
+        }
+        child = wild;
+    }
+    if (hit != NULL) {
+        hit->node = node;
+        hit->child = child;
+        hit->len = n;
+        memcpy(hit->key, k, (size_t)n);
+    }
+    return child;
+}
+
 /* An object under `node` (NULL with !emit: parse only; `whole`: every member kept as is). */
 static int j_object(J *j, PyObject *node, int emit, int depth, int whole)
 {
@@ -671,20 +754,9 @@ static int j_object(J *j, PyObject *node, int emit, int depth, int whole)
             if (whole) {
                 keep = 1;
             } else {
-                PyObject *k = PyUnicode_DecodeUTF8(j->keybuf + kstart, klen, "strict");
-                if (k == NULL) {
-                    PyErr_Clear();
-                    return j_bail(j);
-                }
-                child = PyDict_GetItemWithError(keys, k);
-                Py_DECREF(k);
-                if (child == NULL) {
-                    if (PyErr_Occurred()) {
-                        j->error = 1;
-                        return -1;
-                    }
-                    child = wild;
-                }
+                child = key_child(j, node, keys, wild, j->keybuf + kstart, klen);
+                if (child == NULL)
+                    return -1;
                 if (child == Py_None)
                     child = NULL;
                 else if (!Py_IS_TYPE(child, node_type))
@@ -834,7 +906,11 @@ static PyObject *filter_whole(PyObject *Py_UNUSED(m), PyObject *const *args, Py_
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
+    KeyHit cache[KEY_CACHE];
+    for (int i = 0; i < KEY_CACHE; i++)
+        cache[i].node = NULL;
     J j = {0};
+    j.cache = cache;
     j.s = view.buf;
     j.end = j.s + view.len;
     j_ws(&j);
