@@ -40,6 +40,7 @@ from gateway.relay.httpclient import (
 from gateway.relay.ssrf import AddressForbidden, GuardedResolver, IPAddress, check_literal
 from gateway.relay.targets import Target, TargetSet
 from gwcore import protocol as p
+from gwcore.deadlines import Deadlines
 from gwcore.httpwire import HOP_BY_HOP, strip_hop_headers
 from gwcore.streams import Stream, StreamReset
 
@@ -153,6 +154,7 @@ class Relay:
         self.own = frozenset(own_addresses)
         self._pools: dict[str, tuple[Target, HostPool]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._deadlines = Deadlines()  # one timer for every request's deadline (gwcore/deadlines.py)
 
     def reload(
         self, targets: TargetSet, policies: PolicySet | None, own_addresses: Iterable[IPAddress] | None = None
@@ -196,6 +198,7 @@ class Relay:
         for _target, pool in self._pools.values():
             await pool.close()
         self._pools.clear()
+        self._deadlines.close()
 
     def _pool(self, target: Target) -> HostPool:
         entry = self._pools.get(target.name)
@@ -299,7 +302,7 @@ class Relay:
         # instead, and filtering and the writes to the plane not at all (docs/protocol.md 12).
         resp: Response | None = None
         try:
-            async with asyncio.timeout(target.total_timeout) as deadline:
+            async with self._deadlines.after(target.total_timeout) as deadline:
                 resp = await pool.request(head.method, url.raw_path_qs, req_headers, body)
                 if rule.passthrough:
                     deadline.reschedule(None)
