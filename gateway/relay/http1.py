@@ -73,9 +73,28 @@ class ResponseHead:
     raw: bytes  # the head as received, for h11 when the body is chunked
 
 
+# The clean case in C (gateway/relay/_http1fast.c), wherever it is built for the running Python:
+# it takes a head only when this module would accept it, with the same fields, and leaves every
+# other to the code below, which gives the refusal (tests/unit/test_http1_accel.py).
+try:
+    from gateway.relay import _http1fast  # type: ignore[attr-defined]
+except ImportError:  # not built here: the Python code below does it all
+    _http1fast = None
+
+
 def parse_response_head(head: bytes) -> ResponseHead:
     """Parse one response head, from the status line to the blank line (included); HTTPError for
     anything h11 or check_head refuses, and for a version other than 1.0/1.1 or CL with TE."""
+    if _http1fast is not None:
+        taken = _http1fast.parse_head(head)
+        if taken is not None:
+            version, status, reason, fields, names, length, chunked = taken
+            return ResponseHead(version, status, reason, fields, names, length, chunked, head)
+    return parse_response_head_py(head)
+
+
+def parse_response_head_py(head: bytes) -> ResponseHead:
+    """parse_response_head in Python: the reference, and every head the C code does not take."""
     check_head(head)
     if not head.endswith(b"\r\n\r\n") or head.startswith(b"\r\n"):
         raise HTTPError("target broke the response: no status line")

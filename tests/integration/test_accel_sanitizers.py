@@ -1,11 +1,11 @@
-"""The C filters under AddressSanitizer and UndefinedBehaviorSanitizer, on hostile input.
+"""The C accelerators under AddressSanitizer and UndefinedBehaviorSanitizer, on hostile input.
 
-gateway/filter/_xmlfast.c and _jsonfast.c parse what on-prem targets send, so a memory error
-in them is a remote one. This test compiles both with the sanitizers into a copy of the
-packages, and runs their equivalence tests (random, hostile and mangled bodies against the
-Python references) in a child process with the sanitizer runtimes loaded: any out-of-bounds
-access, use after free or undefined behaviour aborts the child, and the test fails with the
-sanitizer's report.
+gateway/filter/_xmlfast.c and _jsonfast.c, and gateway/relay/_http1fast.c, parse what on-prem
+targets send, so a memory error in them is a remote one. This test compiles them with the
+sanitizers into a copy of the packages, and runs their equivalence tests (random, hostile and
+mangled input against the Python references) in a child process with the sanitizer runtimes
+loaded: any out-of-bounds access, use after free or undefined behaviour aborts the child, and
+the test fails with the sanitizer's report.
 """
 
 from __future__ import annotations
@@ -22,8 +22,17 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = {"gateway/filter/_xmlfast.c": ["-lexpat"], "gateway/filter/_jsonfast.c": []}
-TESTS = ["tests/unit/test_xmlfilter_accel.py", "tests/unit/test_jsonfilter_accel.py"]
+SOURCES = {
+    "gateway/filter/_xmlfast.c": ["-lexpat"],
+    "gateway/filter/_jsonfast.c": [],
+    "gateway/relay/_http1fast.c": [],
+}
+TESTS = [
+    "tests/unit/test_xmlfilter_accel.py",
+    "tests/unit/test_jsonfilter_accel.py",
+    "tests/unit/test_http1_accel.py",
+    "tests/unit/test_http1_vs_h11.py",
+]
 
 
 def _runtime(name: str) -> str:
