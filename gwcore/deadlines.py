@@ -45,7 +45,7 @@ class Deadline:
         return self._expired
 
     async def __aenter__(self) -> Deadline:
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._owner._loop)
         if task is None:
             raise RuntimeError("a deadline needs a task")
         if self._task is not None:
@@ -86,17 +86,23 @@ class Deadlines:
 
     def after(self, seconds: float) -> Deadline:
         """A deadline `seconds` from now, for `async with`."""
-        return Deadline(self, asyncio.get_running_loop().time() + seconds)
+        # The loop is looked up once: on Python 3.11 every get_running_loop() is a getpid() call.
+        loop = self._loop
+        if loop is None or loop.is_closed():  # first use, or a new loop (tests run loops in turn)
+            loop = self._loop = asyncio.get_running_loop()
+            self._sweep_handle = None
+        return Deadline(self, loop.time() + seconds)
 
     def _enter(self, deadline: Deadline) -> None:
         self._live[deadline] = None
-        loop = asyncio.get_running_loop()
-        if self._sweep_handle is None or loop is not self._loop:  # (a test may run loops in turn)
-            self._loop = loop
+        if self._sweep_handle is None:
+            loop = self._loop
+            assert loop is not None
             self._sweep_handle = loop.call_at(loop.time() + self.tick, self._sweep)
 
     def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None
         now = loop.time()
         due = [d for d in self._live if d.when is not None and d.when <= now]
         for deadline in due:
