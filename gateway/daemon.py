@@ -24,6 +24,7 @@ from gateway.health.service import HealthService
 from gateway.health.support import gateway_files, gateway_tails
 from gateway.identity.manager import IdentityManager
 from gateway.identity.store import PairStore
+from gateway.memtune import tune_malloc
 from gateway.relay.relay import Relay, body_budget
 from gateway.relay.ssrf import own_addresses
 from gateway.relay.targets import TargetSet, load_targets
@@ -407,4 +408,5 @@ def run_daemon(config: GatewayConfig, debug: bool = False, config_path: Path | N
     setup_logging(debug)
     if not Path(config.state_dir).is_dir():
         raise GatewayError(f"{config.state_dir}: state directory not found", "register the gateway first")
+    tune_malloc()
     return asyncio.run(Daemon(config, config_path).run())
