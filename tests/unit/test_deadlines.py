@@ -66,6 +66,14 @@ async def test_reschedule_moves_and_removes_the_deadline(after: Any) -> None:
             await asyncio.sleep(5)
 
 
+async def _cancelled_from_outside(body: Callable[[], Any]) -> None:
+    task = asyncio.create_task(body())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 @BOTH
 async def test_a_cancel_from_outside_wins_over_the_deadline(after: Any) -> None:
     after = _pick(after)
@@ -77,11 +85,7 @@ async def test_a_cancel_from_outside_wins_over_the_deadline(after: Any) -> None:
             finally:
                 await asyncio.sleep(0.1)  # the deadline passes while the outer cancel is pending
 
-    task = asyncio.create_task(body())
-    await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await _cancelled_from_outside(body)
 
 
 @BOTH
@@ -92,11 +96,7 @@ async def test_a_cancel_from_outside_stays_a_cancel(after: Any) -> None:
         async with after(10):
             await asyncio.sleep(5)
 
-    task = asyncio.create_task(body())
-    await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await _cancelled_from_outside(body)
 
 
 @BOTH

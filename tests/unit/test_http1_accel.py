@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from gateway.relay import http1
 from gateway.relay.http1 import HTTPError, ResponseHead, parse_response_head_py
-from tests.unit.test_http1_vs_h11 import heads
+from tests.unit.test_http1_vs_h11 import ISSUE_11_HEADS, heads
 
 pytestmark = pytest.mark.unit
 
@@ -88,12 +88,7 @@ def test_clean_heads_are_taken(head: bytes) -> None:
 @pytest.mark.parametrize(
     "head",
     [
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"HTTP/1.1 200 OK\nContent-Length: 5\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-        b"HTTP/2.0 200 OK\r\n\r\n",
+        *ISSUE_11_HEADS,
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
         b"HTTP/1.1 099 X\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX : y\r\n\r\n",

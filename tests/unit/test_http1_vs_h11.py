@@ -180,17 +180,17 @@ def test_the_client_s_own_heads_go_out_unchanged() -> None:
     assert head == b"GET /v2.1/servers?limit=5 HTTP/1.1\r\nHost: t\r\nAccept: */*\r\n\r\n"
 
 
-@pytest.mark.parametrize(
-    "head",
-    [
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"HTTP/1.1 200 OK\nContent-Length: 5\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-        b"HTTP/2.0 200 OK\r\n\r\n",
-    ],
-)
+ISSUE_11_HEADS = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\nContent-Length: 5\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    b"HTTP/2.0 200 OK\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("head", ISSUE_11_HEADS)
 def test_issue_11_heads_stay_refused(head: bytes) -> None:
     with pytest.raises(HTTPError):
         parse_response_head(head)
