@@ -88,7 +88,7 @@ class Deadlines:
         """A deadline `seconds` from now, for `async with`."""
         # The loop is looked up once: on Python 3.11 every get_running_loop() is a getpid() call.
         loop = self._loop
-        if loop is None or loop.is_closed():  # first use, or a new loop (tests run loops in turn)
+        if loop is None or not loop.is_running():  # first use, or another loop (tests run several)
             loop = self._loop = asyncio.get_running_loop()
             self._sweep_handle = None
         return Deadline(self, loop.time() + seconds)

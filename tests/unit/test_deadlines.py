@@ -144,3 +144,23 @@ async def test_close_stops_the_sweep() -> None:
             deadlines.close()
             await asyncio.sleep(0.05)
     assert deadlines._sweep_handle is None
+
+
+def test_a_second_loop_gets_its_own_sweep() -> None:
+    deadlines = Deadlines(tick=TICK)
+
+    async def expires() -> bool:
+        try:
+            async with deadlines.after(0.02):
+                await asyncio.sleep(1)
+        except TimeoutError:
+            return True
+        return False
+
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        assert first.run_until_complete(expires())
+        assert second.run_until_complete(expires())  # the first loop is stopped, not closed
+    finally:
+        first.close()
+        second.close()
