@@ -40,6 +40,12 @@ class Deadline:
             raise RuntimeError("deadline is not active")
         self.when = when
 
+    def reschedule_in(self, seconds: float) -> None:
+        """A new deadline `seconds` from now (the owner's loop clock, no loop lookup)."""
+        loop = self._owner._loop
+        assert loop is not None
+        self.reschedule(loop.time() + seconds)
+
     def expired(self) -> bool:
         """Whether the deadline cancelled the block."""
         return self._expired

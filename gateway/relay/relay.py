@@ -309,7 +309,7 @@ class Relay:
                     await self._passthrough(stream, rule, resp)
                     return
                 if not resp.complete:  # a body in the buffer already is read without waiting
-                    deadline.reschedule(asyncio.get_running_loop().time() + target.total_timeout)
+                    deadline.reschedule_in(target.total_timeout)
                 headers = strip_hop_headers(resp.headers)
                 streamed = self.filter.stream(target, freq, rule, resp.status, headers)
                 base = lease.held

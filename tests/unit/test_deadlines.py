@@ -66,6 +66,17 @@ async def test_reschedule_moves_and_removes_the_deadline(after: Any) -> None:
             await asyncio.sleep(5)
 
 
+async def test_reschedule_in_counts_from_now() -> None:
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TimeoutError):
+        async with Deadlines(tick=TICK).after(0.02) as deadline:
+            await asyncio.sleep(0.01)
+            start = loop.time()
+            deadline.reschedule_in(0.1)
+            await asyncio.sleep(5)
+    assert loop.time() - start >= 0.1  # the moved deadline, not the first one
+
+
 async def _cancelled_from_outside(body: Callable[[], Any]) -> None:
     task = asyncio.create_task(body())
     await asyncio.sleep(0.01)
