@@ -52,7 +52,7 @@ static PyObject *lower_bytes(const unsigned char *s, Py_ssize_t n)
     return out;
 }
 
-/* 1: a field was added; 0: not taken (fall back); -1: a Python error. */
+/* 1: a field was added; -1: a Python error. */
 static int add_field(PyObject *fields, PyObject *names, const unsigned char *name, Py_ssize_t name_n,
                      const unsigned char *value, Py_ssize_t value_n, int te)
 {
