@@ -17,6 +17,12 @@ line per figure with its target, e.g. `c=64 req/s: 2.05x ssh -R`. The machine is
 ratios from one run, and the CPU per request (less sensitive to other load) for decisions.
 Bounded: fixed rounds, durations and counts (about 3 minutes with the defaults).
 
+The load is wrk with one thread, as in shared/bench (the harness whose table defines issue 14's
+targets): one thread drives 66k req/s straight at nginx here, seven times what any relay reaches,
+so it is never the bottleneck. A second thread takes CPU from the relays that need it on a
+two-core machine and gives `ssh -R`, which mostly waits, about 25 % more (docs/relay-performance.md).
+`--wrk-threads 2` shows that run.
+
     .venv/bin/python bench/relay.py [--rounds 3] [--seconds 3] [--big-reps 3]
 
 Everything runs on 127.0.0.1; every process is started and stopped by this script.
@@ -25,7 +31,6 @@ Everything runs on 127.0.0.1; every process is started and stopped by this scrip
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -310,8 +315,8 @@ def start_ours(work: Path, procs: Procs, nginx_port: int) -> Ours:
     tls_port, http_port = free_port(), free_port()
     plane = procs.start(
         [
-            sys.executable, str(Path(__file__).resolve()), "--role", "plane", "--dir", str(plane_dir),
-            "--tls-port", str(tls_port), "--http-port", str(http_port),
+            sys.executable, str(REPO / "bench" / "plane_http.py"), str(plane_dir), str(tls_port),
+            str(http_port),
         ],
         cwd=REPO,
     )  # fmt: skip
@@ -337,29 +342,6 @@ def start_ours(work: Path, procs: Procs, nginx_port: int) -> Ours:
     return Ours(http_port, prefix, header, plane, gateway)
 
 
-def run_plane(plane_dir: Path, tls_port: int, http_port: int) -> None:
-    """--role plane: the real plane app on its public listener, TLS for the gateway and plain HTTP
-    on loopback for the load client (the only difference from `mgmtplane serve`)."""
-    from aiohttp import web
-
-    from mgmtplane.app import PlaneConfig, create_app, server_ssl_context
-    from mgmtplane.front import FrontSite
-
-    async def main() -> None:
-        config = PlaneConfig(state_dir=plane_dir, server_hosts=("127.0.0.1",))
-        app = create_app(config)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
-        await runner.setup()
-        await FrontSite(runner, "127.0.0.1", tls_port, ssl_context=server_ssl_context(config)).start()
-        await FrontSite(runner, "127.0.0.1", http_port, shutdown_timeout=1).start()
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-    asyncio.run(main())
-
-
 # --- load clients (C tools, so the client is never the bottleneck) ------------------------------
 
 _UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -374,11 +356,11 @@ def _seconds(text: str) -> float:
 
 
 def run_small(
-    url: str, concurrency: int, seconds: int, header: str = ""
+    url: str, concurrency: int, seconds: int, header: str = "", threads: int = 1
 ) -> tuple[float, dict[int, float], int]:
     """Requests/s, wrk's latency percentiles {50: s, 99: s} and the number of requests, for GETs
-    of `url` at `concurrency`."""
-    threads = min(concurrency, os.cpu_count() or 1, 2)
+    of `url` at `concurrency`, from `threads` wrk threads."""
+    threads = max(1, min(concurrency, threads))
     extra = ["-H", header] if header else []
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", *extra, url],
@@ -413,6 +395,18 @@ def run_big(url: str, header: str = "") -> float:
     return float(out[2]) / 1e6
 
 
+def calibrate(runs: int = 5) -> str:
+    """The fastest and slowest of `runs` timings of a fixed pure-Python loop: how steady this
+    machine's CPU is (a shared host's neighbours show as a spread), to read the figures by."""
+    times = []
+    for _ in range(runs):
+        start, x = time.process_time(), 0
+        for i in range(2_000_000):
+            x += i
+        times.append((time.process_time() - start) * 1000)
+    return f"{min(times):.0f}-{max(times):.0f} ms"
+
+
 def machine_ticks() -> tuple[int, int]:
     """(all, idle + iowait) jiffies of the whole machine, from /proc/stat."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -441,7 +435,7 @@ class Figures:
     rss: dict[str, float] = field(default_factory=dict)
 
 
-def bench(rounds: int, seconds: int, big_reps: int) -> Figures:
+def bench(rounds: int, seconds: int, big_reps: int, wrk_threads: int) -> Figures:
     figures = Figures()
     with workdir() as work:
         procs = Procs(log=work / "relays.log")
@@ -470,7 +464,7 @@ def bench(rounds: int, seconds: int, big_reps: int) -> Figures:
                         before = {part: cpu_seconds(pids) for part, pids in parts.get(mode, {}).items()}
                         ticks = machine_ticks()
                         rate, percentiles, count = run_small(
-                            f"{url}/small.json", c, seconds, headers.get(mode, "")
+                            f"{url}/small.json", c, seconds, headers.get(mode, ""), wrk_threads
                         )
                         total, idle = (a - b for a, b in zip(machine_ticks(), ticks, strict=True))
                         for part, pids in parts.get(mode, {}).items():
@@ -559,19 +553,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--big-reps", type=int, default=3)
-    parser.add_argument("--role", choices=["bench", "plane"], default="bench")
-    parser.add_argument("--dir", type=Path)
-    parser.add_argument("--tls-port", type=int)
-    parser.add_argument("--http-port", type=int)
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk's threads (1: as shared/bench)")
     args = parser.parse_args()
-    if args.role == "plane":
-        run_plane(args.dir, args.tls_port, args.http_port)
-        return
     for tool in (NGINX, SSHD, "ssh", "ssh-keygen", "wrk", "curl"):
         if shutil.which(tool) is None:
             sys.exit(f"error: {tool} not found (needed for the relay benchmark)")
     print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    report(bench(args.rounds, args.seconds, args.big_reps))
+    before = calibrate()
+    print(f"wrk threads: {args.wrk_threads}; CPU calibration loop: {before}", flush=True)
+    report(bench(args.rounds, args.seconds, args.big_reps, args.wrk_threads))
+    print(f"CPU calibration loop at the end: {calibrate()}")
 
 
 if __name__ == "__main__":
