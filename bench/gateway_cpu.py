@@ -1,7 +1,7 @@
 """The gateway's own CPU per relayed request, with the JSON filter on (issue 14's measuring policy).
 
 bench/relay.py prints the CPU of gateway + plane together; this one splits it: the real plane
-(`bench/relay.py --role plane`) and `gateway run` against nginx on loopback, wrk as the load, the
+(bench/plane_http.py) and `gateway run` against nginx on loopback, wrk as the load, the
 1 KiB JSON of the shared harness (../shared/bench/setup.sh) filtered field by field by the same
 policy (../shared/bench/ours_setup.sh). It prints req/s and CPU µs per request of each process
 at c=1/16/64 (medians of the rounds), and with --profile a py-spy profile of the gateway at c=64
@@ -81,8 +81,8 @@ def start(
     tls_port, http_port = free_port(), free_port()
     plane = procs.start(
         [
-            sys.executable, str(REPO / "bench" / "relay.py"), "--role", "plane", "--dir", str(plane_dir),
-            "--tls-port", str(tls_port), "--http-port", str(http_port),
+            sys.executable, str(REPO / "bench" / "plane_http.py"), str(plane_dir), str(tls_port),
+            str(http_port),
         ],
         cwd=REPO,
     )  # fmt: skip
