@@ -4,7 +4,7 @@ bench/relay.py prints the CPU of gateway + plane together; this one splits it: t
 (bench/plane_http.py) and `gateway run` against nginx on loopback, wrk as the load, the
 1 KiB JSON of the shared harness (../shared/bench/setup.sh) filtered field by field by the same
 policy (../shared/bench/ours_setup.sh). It prints req/s and CPU µs per request of each process
-at c=1/16/64 (medians of the rounds), and with --profile a py-spy profile of the gateway at c=64
+at c=1/16/64 (medians of the rounds), and with --profile py-spy profiles of the gateway and the plane at c=64
 (py-spy is not a project dependency: `pip install py-spy` into the venv to use it).
 
     .venv/bin/python bench/gateway_cpu.py [--rounds 3] [--seconds 3] [--profile DIR] [--audit journal]
@@ -111,19 +111,26 @@ def start(
     return f"http://127.0.0.1:{http_port}{path}", header, plane, gateway
 
 
-def profile(url: str, header: str, pid: int, seconds: int, out: Path) -> None:
-    """A py-spy profile of `pid` while wrk runs at c=64: a flame graph and the top entries."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    out.mkdir(parents=True, exist_ok=True)
-    raw = out / "gateway-c64.txt"
-    rec = subprocess.Popen(
-        [spy, "record", "-p", str(pid), "-d", str(seconds + 1), "-r", "250", "-f", "raw", "-o", str(raw)],
+def _record(spy: str, pid: int, seconds: int, raw: Path) -> subprocess.Popen[bytes]:
+    """py-spy recording `pid` for `seconds` at 250 Hz into `raw` (collapsed stacks)."""
+    return subprocess.Popen(
+        [spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "250", "-f", "raw", "-o", str(raw)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def profile(url: str, header: str, pids: dict[str, int], seconds: int, out: Path) -> None:
+    """py-spy profiles of each process in `pids` (name -> pid), all recorded while wrk runs at c=64."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    raws = {name: out / f"{name}-c64.txt" for name in pids}
+    recs = [_record(spy, pid, seconds + 1, raws[name]) for name, pid in pids.items()]
     run_small(url, 64, seconds, header)
-    rec.wait(timeout=seconds + 60)
-    print(f"profile: {raw} (collapsed stacks)")
-    print(top_entries(raw))
+    for rec in recs:
+        rec.wait(timeout=seconds + 60)
+    for name, raw in raws.items():
+        print(f"profile of the {name}: {raw} (collapsed stacks)")
+        print(top_entries(raw))
 
 
 def top_entries(raw: Path, n: int = 40) -> str:
@@ -157,7 +164,9 @@ def main() -> None:
     parser.add_argument(
         "--uvloop", action="store_true", help="run the gateway on uvloop (pip install uvloop)"
     )
-    parser.add_argument("--profile", type=Path, help="write a py-spy profile of the gateway at c=64 here")
+    parser.add_argument(
+        "--profile", type=Path, help="write py-spy profiles of the gateway and the plane at c=64 here"
+    )
     parser.add_argument(
         "--audit", choices=("file", "journal"), default="file", help="where the filter's decisions go"
     )
@@ -179,7 +188,8 @@ def main() -> None:
                     gw_us[c].append((g1 - g0) / count * 1e6)
                     plane_us[c].append((p1 - p0) / count * 1e6)
             if args.profile is not None:
-                profile(url, header, gateway.pid, args.seconds * 2, args.profile)
+                pids = {"gateway": gateway.pid, "plane": plane.pid}
+                profile(url, header, pids, args.seconds * 2, args.profile)
         finally:
             procs.stop_all()
         audited = (work / "audit.log").read_bytes().count(b"\n") if args.audit == "file" else None
