@@ -32,6 +32,16 @@ TUNNEL_ERROR_HEADER = "Tunnel-Error"
 
 def strip_hop_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Headers without hop-by-hop ones (including any named in Connection)."""
-    items = list(headers)
-    named = {token.strip().lower() for k, v in items if k.lower() == "connection" for token in v.split(",")}
-    return [(k, v) for k, v in items if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+    # One pass, one lower() per name; a second pass only when a Connection header names others.
+    kept: list[tuple[str, tuple[str, str]]] = []
+    named: set[str] | None = None
+    for item in headers:
+        name = item[0].lower()
+        if name not in HOP_BY_HOP:
+            kept.append((name, item))
+        elif name == "connection":
+            tokens = {token.strip().lower() for token in item[1].split(",")}
+            named = tokens if named is None else named | tokens
+    if named is None:
+        return [item for _name, item in kept]
+    return [item for name, item in kept if name not in named]

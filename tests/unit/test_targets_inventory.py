@@ -11,7 +11,7 @@ from yarl import URL
 from gateway.errors import GatewayError
 from gateway.relay.relay import target_url
 from gateway.relay.targets import TlsTrust, load_targets, parse_targets
-from gwcore.httpwire import strip_hop_headers
+from gwcore.httpwire import HOP_BY_HOP, strip_hop_headers
 
 PIN = "sha256:" + ":".join(["AB", "CD", "EF", "01", "23", "45", "67", "89"] * 4)
 GOOD = f"""
@@ -125,6 +125,24 @@ def test_hop_by_hop_headers_are_dropped() -> None:
         ("TE", "x"),
     ]
     assert strip_hop_headers(headers) == [("Accept", "*/*")]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [],
+        [("Server", "nginx"), ("Content-Type", "application/json"), ("ETag", '"1"')],
+        # Every Connection header counts, in any case and spacing, wherever it sits.
+        [("X-A", "1"), ("connection", " X-a ,keep-alive"), ("X-B", "2"), ("CONNECTION", "x-b"), ("X-C", "3")],
+        [("Keep-Alive", "timeout=5"), ("Upgrade", "h2c"), ("Trailer", "X"), ("Host", "h"), ("x-d", "4")],
+        [("Connection", ""), ("Connection", ",,"), ("X-E", "5")],
+    ],
+)
+def test_hop_by_hop_headers_follow_the_obvious_rule(headers: list[tuple[str, str]]) -> None:
+    named = {t.strip().lower() for k, v in headers if k.lower() == "connection" for t in v.split(",")}
+    expected = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP | named]
+    assert strip_hop_headers(headers) == expected
+    assert strip_hop_headers(iter(headers)) == expected  # any iterable, read once
 
 
 def test_url_type() -> None:
