@@ -167,7 +167,10 @@ def qemu_command(opts: BootOptions, workdir: Path) -> list[str]:
     cmd = [
         find_tool("qemu-system-x86_64"),
         "-accel",
-        accel,
+        # TCG runs every vCPU in one host thread: with a thread each (QEMU's default), a guest
+        # kernel patching its own code (text_poke) under 2 vCPUs here sometimes dies in early boot
+        # ("Oops: int3", then a panic in an interrupt; seen in CI). One thread never did.
+        "tcg,thread=single" if accel == "tcg" else accel,
         "-machine",
         machine,
         # KVM here can't take -cpu host/max (MSR errors); its default model runs.

@@ -66,6 +66,13 @@ def test_qemu_vmware_devices_and_loopback_only_network(tmp_path: Path) -> None:
     assert "-machine pc" in line and "snapshot=on" in line
 
 
+def test_qemu_tcg_runs_every_vcpu_in_one_thread(tmp_path: Path) -> None:
+    # Multi-threaded TCG races with the guest kernel's self-patching (docs/image.md, "KVM").
+    cmd = _cmd(tmp_path)
+    assert cmd[cmd.index("-accel") + 1] == "tcg,thread=single"
+    assert cmd[cmd.index("-smp") + 1] == "2"  # the guest still has the spec's two vCPUs
+
+
 def test_qemu_uefi_uses_a_private_copy_of_the_variables(tmp_path: Path) -> None:
     cmd = _cmd(tmp_path, firmware=Firmware.EFI)
     pflash = [a for a in cmd if a.startswith("if=pflash")]
