@@ -6,6 +6,7 @@ bench/relay.py prints the CPU of gateway + plane together; this one splits it: t
 policy (../shared/bench/ours_setup.sh). It prints req/s and CPU µs per request of each process
 at c=1/16/64 (medians of the rounds), and with --profile py-spy profiles of the gateway and the plane at c=64
 (py-spy is not a project dependency: `pip install py-spy` into the venv to use it).
+The gateway is the built image's, on its own Python, when it can run (bench/shipped.py; --gateway).
 
     .venv/bin/python bench/gateway_cpu.py [--rounds 3] [--seconds 3] [--profile DIR] [--audit journal]
 
@@ -25,6 +26,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import shipped
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -69,7 +72,7 @@ _UVLOOP = (
 
 
 def start(
-    work: Path, procs: Procs, uvloop: bool = False, audit: str = "file"
+    work: Path, procs: Procs, uvloop: bool = False, audit: str = "file", gateway_kind: str = "auto"
 ) -> tuple[str, str, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
     """nginx, the plane and the gateway: the small document's URL, the admin header for it and the
     two relay processes."""
@@ -102,8 +105,12 @@ def start(
     )
     # Its log goes to a file, as it would go to journald (with --audit journal: a line per response).
     log = (work / "gateway.log").open("wb")
-    entry = ["-c", _UVLOOP] if uvloop else ["-m", "gateway"]
-    gateway = procs.start([sys.executable, *entry, "run", "--config", str(config)], cwd=REPO, stderr=log)
+    if uvloop:
+        which = shipped.Gateway((sys.executable, "-c", _UVLOOP), f"{shipped.VENV.label} on uvloop")
+    else:
+        which = shipped.choose(gateway_kind, work)
+    print(f"gateway: {which.label}", flush=True)
+    gateway = procs.start(which.argv("run", "--config", str(config)), cwd=REPO, stderr=log)
     log.close()
     path = f"/v1/gateways/{gateway_id}/targets/nginx/small.json"
     header = f"Authorization: Bearer {(plane_dir / 'admin-token').read_text().strip()}"
@@ -170,11 +177,17 @@ def main() -> None:
     parser.add_argument(
         "--audit", choices=("file", "journal"), default="file", help="where the filter's decisions go"
     )
+    parser.add_argument(
+        "--gateway",
+        choices=("auto", "image", "venv"),
+        default="auto",
+        help="the built image's gateway, as shipped (auto: when it can run), or the venv's",
+    )
     args = parser.parse_args()
     with workdir() as work:
         procs = Procs()
         try:
-            url, header, plane, gateway = start(work, procs, args.uvloop, args.audit)
+            url, header, plane, gateway = start(work, procs, args.uvloop, args.audit, args.gateway)
             run_small(url, 16, 1, header)  # warm-up: pools, caches
             rps: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
             gw_us: dict[int, list[float]] = {c: [] for c in CONCURRENCY}

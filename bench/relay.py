@@ -46,6 +46,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import shipped
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -311,7 +313,7 @@ def enrol(work: Path, procs: Procs) -> tuple[Path, Path, str]:
     return plane_dir, gw_dir, str(gateway_id)
 
 
-def start_ours(work: Path, procs: Procs, nginx_port: int) -> Ours:
+def start_ours(work: Path, procs: Procs, nginx_port: int, gateway_kind: str = "auto") -> Ours:
     plane_dir, gw_dir, gateway_id = enrol(work, procs)
     tls_port, http_port = free_port(), free_port()
     plane = procs.start(
@@ -335,7 +337,9 @@ def start_ours(work: Path, procs: Procs, nginx_port: int) -> Ours:
         f"plane_url: https://127.0.0.1:{tls_port}\nstate_dir: {gw_dir}\ntargets: {targets}\n"
         f"policy_dirs: [{policies}]\naudit_log: {work / 'audit.log'}\n"  # as shipped: the file, not logging
     )
-    gateway = procs.start([sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=REPO)
+    which = shipped.choose(gateway_kind, work)
+    print(f"ours' gateway: {which.label}", flush=True)
+    gateway = procs.start(which.argv("run", "--config", str(config)), cwd=REPO)
     token = (plane_dir / "admin-token").read_text().strip()
     prefix = f"/v1/gateways/{gateway_id}/targets/nginx"
     header = f"Authorization: Bearer {token}"
@@ -436,14 +440,14 @@ class Figures:
     rss: dict[str, float] = field(default_factory=dict)
 
 
-def bench(rounds: int, seconds: int, big_reps: int, wrk_threads: int) -> Figures:
+def bench(rounds: int, seconds: int, big_reps: int, wrk_threads: int, gateway: str = "auto") -> Figures:
     figures = Figures()
     with workdir() as work:
         procs = Procs(log=work / "relays.log")
         try:
             nginx = start_nginx(work, procs)
             ssh_port, ssh_pids = start_ssh_tunnel(work, procs, nginx)
-            ours = start_ours(work, procs, nginx)
+            ours = start_ours(work, procs, nginx, gateway)
             plain_port, plain_pids = start_plain_relay(work, procs, nginx)
             base = {
                 "direct": f"http://127.0.0.1:{nginx}",
@@ -555,6 +559,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--big-reps", type=int, default=3)
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk's threads (1: as shared/bench)")
+    parser.add_argument(
+        "--gateway",
+        choices=("auto", "image", "venv"),
+        default="auto",
+        help="ours' gateway: the built image's, as shipped (auto: when it can run), or the venv's",
+    )
     args = parser.parse_args()
     for tool in (NGINX, SSHD, "ssh", "ssh-keygen", "wrk", "curl"):
         if shutil.which(tool) is None:
@@ -562,7 +572,7 @@ def main() -> None:
     print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     before = calibrate()
     print(f"wrk threads: {args.wrk_threads}; CPU calibration loop: {before}", flush=True)
-    report(bench(args.rounds, args.seconds, args.big_reps, args.wrk_threads))
+    report(bench(args.rounds, args.seconds, args.big_reps, args.wrk_threads, args.gateway))
     print(f"CPU calibration loop at the end: {calibrate()}")
 
 
