@@ -14,7 +14,7 @@ from appliance.lock import Package, apt_preferences
 from appliance.spec import Spec
 
 TEMPLATES = Path(__file__).parent / "templates"
-# The checkout: image/mkosi.build.chroot compiles the C accelerators from its scripts/ and gateway/.
+# The checkout: image/mkosi.build.chroot compiles the C accelerators from its scripts/, gateway/ and gwcore/.
 REPO = Path(__file__).resolve().parent.parent
 # Exports the image's dpkg database for the package lock and the SBOM (appliance/provenance.py).
 FINALIZE_SCRIPT = Path(__file__).parent / "scripts" / "export-packages.finalize"

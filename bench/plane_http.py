@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiohttp import web
 
+from gwcore.memtune import tune_malloc
 from mgmtplane.app import PlaneConfig, create_app, server_ssl_context
 from mgmtplane.front import FrontSite
 
@@ -39,6 +40,7 @@ async def serve(plane_dir: Path, tls_port: int, http_port: int) -> None:
 def main() -> None:
     if len(sys.argv) != 4:
         sys.exit(f"usage: {sys.argv[0]} STATE_DIR TLS_PORT HTTP_PORT")
+    tune_malloc()  # as `mgmtplane serve` does
     asyncio.run(serve(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
 
 

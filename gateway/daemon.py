@@ -24,7 +24,6 @@ from gateway.health.service import HealthService
 from gateway.health.support import gateway_files, gateway_tails
 from gateway.identity.manager import IdentityManager
 from gateway.identity.store import PairStore
-from gateway.memtune import tune_malloc
 from gateway.relay.relay import Relay, body_budget
 from gateway.relay.ssrf import own_addresses
 from gateway.relay.targets import TargetSet, load_targets
@@ -38,6 +37,7 @@ from gwcore import protocol as p
 from gwcore import status_file
 from gwcore.atomic import write_atomic
 from gwcore.control import ControlChannel
+from gwcore.memtune import tune_malloc
 from gwcore.streams import Stream, until_either
 
 log = logging.getLogger(__name__)

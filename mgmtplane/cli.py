@@ -20,6 +20,7 @@ from aiohttp import web
 from gwcore.cli import run_command
 from gwcore.enrol import encode_token
 from gwcore.errors import UserError
+from gwcore.memtune import tune_malloc
 from mgmtplane.app import PlaneConfig, create_app, load_or_create_admin_token, server_ssl_context
 from mgmtplane.ca import server_cert_covers
 from mgmtplane.errors import PlaneError
@@ -158,6 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 1 <= args.appliance_down_after <= 86400:
         raise PlaneError("--appliance-down-after: expected seconds between 1 and 86400")
     operate = OperateConfig(webhook=webhook, down_after=args.appliance_down_after)
+    tune_malloc()  # relayed bodies pass through in 256 KiB pieces: keep them on the heap
     asyncio.run(serve(Path(args.state_dir), args.listen, args.advertise_url, args.san, operate))
     return 0
 

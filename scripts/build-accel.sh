@@ -17,7 +17,7 @@
 set -eu
 
 # The C accelerators, relative to the checkout; each NAME.c is the module of its dotted path.
-ACCELERATORS="gateway/filter/_xmlfast.c gateway/filter/_jsonfast.c gateway/relay/_http1fast.c gateway/_memtune.c"
+ACCELERATORS="gateway/filter/_xmlfast.c gateway/filter/_jsonfast.c gateway/relay/_http1fast.c gwcore/_memtune.c"
 # The libraries each one links, by source (a case per module: POSIX sh has no maps).
 libs_of() {
     case "$1" in

@@ -1,4 +1,4 @@
-"""gateway/memtune.py: with the thresholds set, freed body pieces are reused, not mapped afresh.
+"""gwcore/memtune.py: with the thresholds set, freed body pieces are reused, not mapped afresh.
 
 Measured as the kernel counts it: minor page faults while a child process moves 256 KiB pieces
 through a buffer as the target client does, with and without tune_malloc().
@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway import memtune
+from gwcore import memtune
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 _CHILD = """
 import resource, sys
-from gateway.memtune import tune_malloc
+from gwcore.memtune import tune_malloc
 if sys.argv[1] == "tune":
     print(tune_malloc(), file=sys.stderr)
 piece = bytes(64 * 1024)

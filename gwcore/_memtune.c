@@ -1,4 +1,4 @@
-/* mallopt(3) for gateway/memtune.py: glibc's mmap and trim thresholds. A C call rather than
+/* mallopt(3) for gwcore/memtune.py: glibc's mmap and trim thresholds. A C call rather than
  * ctypes, whose import makes a libffi closure that MemoryDenyWriteExecute= (gateway.service)
  * may refuse. Built only where glibc is the C library (M_MMAP_THRESHOLD is glibc's). */
 #define PY_SSIZE_T_CLEAN
