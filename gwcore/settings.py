@@ -12,7 +12,6 @@ appliance.yaml (appliance.spec) and gateway.yaml (gateway.config). Pure: no I/O.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -128,6 +127,8 @@ def section(cls: Callable[..., Any], table: Sequence[Setting], noun: str = "key"
             if key not in known:
                 name = str(key) if str(key).isprintable() and str(key).strip() else repr(key)
                 where = f"{path}.{name}" if path else name
+                import difflib  # only on this error path: 0.6 MiB the gateway would keep for ever
+
                 near = difflib.get_close_matches(str(key), sorted(known), n=1)
                 hint = f", did you mean '{near[0]}'?" if near else f" (known: {', '.join(sorted(known))})"
                 raise InvalidAt(where, f"unknown {noun}{hint}")

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from gwcore.redact import redact_file, redact_text
+
+if TYPE_CHECKING:  # tarfile is imported by build(): the gateway would otherwise keep it loaded for ever
+    import tarfile
 
 # Config and state worth shipping. Identity private keys (key.pem) are never included.
 FILES: tuple[str, ...] = (
@@ -64,7 +67,7 @@ def read_tail(path: str | os.PathLike[str], size: int) -> bytes | None:
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
-    info = tarfile.TarInfo(name)
+    info = tar.tarinfo(name)
     info.size = len(data)
     info.mtime = int(mtime)
     info.mode = 0o600
@@ -86,6 +89,8 @@ def build(
 
     `extra` adds (name, text) entries the caller made (redacted as text, like the rest); `tails`
     are files of which only the end is shipped, read with `tail`."""
+    import tarfile
+
     mtime = time.time() if now is None else now
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
