@@ -13,7 +13,8 @@ the benchmarks count its CPU and memory as for the venv's gateway. The systemd s
 applied: its seccomp filter costs a few tens of nanoseconds per system call.
 
 It needs root (loop devices, mounts, chroot) and an image built from this checkout (`make ova`).
-`auto` takes the image when both hold and falls back to the venv otherwise, saying why.
+`auto` takes the image when both hold and no source under gateway/ or gwcore/ is newer than it,
+and falls back to the venv otherwise, saying why.
 
     python bench/shipped.py [--raw build/gateway-0.1.0.raw] WORK -- run --config WORK/gateway.yaml
 
@@ -76,12 +77,18 @@ def newest_raw(repo: Path = REPO) -> Path | None:
     return found[-1] if found else None
 
 
+# The packages whose code the image's gateway runs (the wheel's, and the accelerators built from them).
+_SHIPPED = ("gateway", "gwcore")
+
+
 def _stale_source(raw: Path, repo: Path = REPO) -> Path | None:
-    """A gateway source file newer than the image, if any: then the image runs older code."""
+    """A source file of the gateway or the core newer than the image, if any: then the image runs
+    older code."""
     built = raw.stat().st_mtime
-    for path in sorted((repo / "gateway").rglob("*")):
-        if path.suffix in (".py", ".c", ".yaml") and path.stat().st_mtime > built:
-            return path
+    for package in _SHIPPED:
+        for path in sorted((repo / package).rglob("*")):
+            if path.suffix in (".py", ".c", ".yaml") and path.stat().st_mtime > built:
+                return path
     return None
 
 
