@@ -26,6 +26,7 @@ PKGS=(
   golang-go golang-github-vmware-govmomi-dev golang-github-kr-pretty-dev  # vcsim and govc (scripts/build-tools.sh)
   python3-keystone                                    # a real Keystone for openstacksdk through the relay
   faketime                                            # a gateway with a skewed clock (libfaketime)
+  fdisk                                               # sfdisk: the disk layout (appliance build, bench/shipped.py)
   # The C accelerators, compiled for the venv (scripts/build-accel.sh). python3-dev covers Debian's
   # python3 (pyenv's has its own headers); it pulls libexpat1-dev too, listed as the module links it.
   gcc libc6-dev python3-dev libexpat1-dev
