@@ -108,8 +108,26 @@ def header_value(decision: Allowed) -> str:
 # --- requests ---------------------------------------------------------------------------------------
 
 
-def _split_path(path: str) -> tuple[list[str], str] | str:
+# _split_path's answers for short paths, bounded (SDKs repeat the same few; the answer is pure).
+_SPLIT_CACHE: dict[str, tuple[tuple[str, ...], str] | str] = {}
+_SPLIT_CACHE_MAX = 2048
+_SPLIT_CACHE_PATH = 256
+
+
+def _split_path(path: str) -> tuple[tuple[str, ...], str] | str:
     """Decoded path segments and raw query, or a denial reason for anything ambiguous."""
+    found = _SPLIT_CACHE.get(path)
+    if found is not None:
+        return found
+    found = _split_path_uncached(path)
+    if len(path) <= _SPLIT_CACHE_PATH:
+        if len(_SPLIT_CACHE) >= _SPLIT_CACHE_MAX:
+            _SPLIT_CACHE.clear()
+        _SPLIT_CACHE[path] = found
+    return found
+
+
+def _split_path_uncached(path: str) -> tuple[tuple[str, ...], str] | str:
     if "#" in path:
         return "fragment in request path"
     raw, _, query = path.partition("?")
@@ -130,7 +148,7 @@ def _split_path(path: str) -> tuple[list[str], str] | str:
         if not seg or seg in (".", "..") or _SEGMENT_UNSAFE.search(seg) or not seg.isprintable():
             return "request path has an empty, dot or encoded-separator segment"
         segments.append(seg)
-    return segments, query
+    return tuple(segments), query
 
 
 def _match(policies: PolicySet, kind: str, req: FilterRequest) -> Rule | Denied:

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 FILTER_HEADER = "X-Gateway-Filter"
 _RETIRE_GRACE = 5.0
+# Relay._url remembers at most this many URLs, of paths up to this long (bounded: 1 MiB or so).
+_URL_CACHE_MAX = 2048
+_URL_CACHE_PATH = 256
 # Response headers the gateway writes itself (or that never cross a hop): built once, not per response.
 _NOT_RETURNED = HOP_BY_HOP | {"content-length"}
 _RANGE_FIELDS = frozenset({"range", "if-range"})
@@ -153,6 +156,7 @@ class Relay:
         self.filter = PolicyFilter(policies)
         self.own = frozenset(own_addresses)
         self._pools: dict[str, tuple[Target, HostPool]] = {}
+        self._urls: dict[tuple[str, str], tuple[Target, URL]] = {}  # see _url
         self._tasks: set[asyncio.Task[None]] = set()
         self._deadlines = Deadlines()  # one timer for every request's deadline (gwcore/deadlines.py)
 
@@ -199,6 +203,20 @@ class Relay:
             await pool.close()
         self._pools.clear()
         self._deadlines.close()
+
+    def _url(self, target: Target, path: str) -> URL:
+        """target_url, remembered per target and short path: SDKs poll the same few paths, and
+        building and checking a URL costs more than the rest of the request line's handling."""
+        key = (target.name, path)
+        entry = self._urls.get(key)
+        if entry is not None and entry[0] is target:
+            return entry[1]
+        url = target_url(target, path)
+        if len(path) <= _URL_CACHE_PATH:
+            if len(self._urls) >= _URL_CACHE_MAX:
+                self._urls.clear()
+            self._urls[key] = (target, url)
+        return url
 
     def _pool(self, target: Target) -> HostPool:
         entry = self._pools.get(target.name)
@@ -275,7 +293,7 @@ class Relay:
         length = declared_length(head.headers, stream.has_body)
         req_headers = forwardable(head.headers)
         try:
-            url = target_url(target, head.path)
+            url = self._url(target, head.path)
         except ValueError as exc:
             stream.reset(p.ErrorCode.BAD_REQUEST, str(exc))
             return

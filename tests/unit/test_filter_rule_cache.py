@@ -13,6 +13,7 @@ from types import MappingProxyType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.filter import metadata_filter as mf
 from gateway.filter.metadata_filter import FilterRequest, check_request, select_rule, select_rule_cached
 from gateway.filter.policy import KNOWN_METHODS, Kind, PathPattern, PolicySet, Rule
 
@@ -85,3 +86,26 @@ def test_path_character_checks_refuse_what_they_refused_before() -> None:
     for c in map(chr, range(0x3000)):
         assert bool(_PATH_UNSAFE.search(c)) == (c < "!" or c > "~" or c in "\\;"), repr(c)
         assert bool(_SEGMENT_UNSAFE.search(c)) == (c in "/\\%;"), repr(c)
+
+
+_PATH_PIECES = st.sampled_from(
+    ["servers", "%2F", "..", ".", "", "a%20b", "%ff", "x#y", "?q=1", "\x7f", "d\u00e9tail"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_PATH_PIECES, max_size=5).map(lambda p: "/" + "/".join(p)), min_size=1, max_size=20))
+def test_split_path_cache_answers_as_the_uncached_split(paths: list[str]) -> None:
+    # Repeated paths come from the cache: the answer (segments or the denial) must not change.
+    for path in [*paths, *paths]:
+        assert mf._split_path(path) == mf._split_path_uncached(path)
+
+
+def test_split_path_cache_is_bounded_and_skips_long_paths() -> None:
+    mf._SPLIT_CACHE.clear()
+    long_path = "/" + "a" * mf._SPLIT_CACHE_PATH
+    assert mf._split_path(long_path) == (("a" * mf._SPLIT_CACHE_PATH,), "")
+    assert long_path not in mf._SPLIT_CACHE
+    for i in range(mf._SPLIT_CACHE_MAX + 10):
+        mf._split_path(f"/servers/{i}")
+    assert 0 < len(mf._SPLIT_CACHE) <= mf._SPLIT_CACHE_MAX

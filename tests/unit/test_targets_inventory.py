@@ -9,7 +9,7 @@ import pytest
 from yarl import URL
 
 from gateway.errors import GatewayError
-from gateway.relay.relay import target_url
+from gateway.relay.relay import Relay, target_url
 from gateway.relay.targets import TlsTrust, load_targets, parse_targets
 from gwcore.httpwire import HOP_BY_HOP, strip_hop_headers
 
@@ -161,3 +161,22 @@ def test_target_kinds_are_the_filters_kinds() -> None:
     for bad in ("vsphere\n", "openstack-", "esxi"):
         with pytest.raises(GatewayError, match=r"^x: targets\[0\]\.kind: .* is not one of vsphere, "):
             parse_targets({"targets": [{"name": "t", "url": "https://10.0.0.1", "kind": bad}]}, "x")
+
+
+def test_relay_url_cache_follows_the_target_not_its_name() -> None:
+    # Relay._url remembers URLs per target name and path; a reloaded target of the same name with
+    # another URL must never be sent to the old host.
+    relay = Relay(parse_targets({"targets": [{"name": "t", "url": "https://h:8443/base/"}]}, "t"), None)
+    old = relay.targets.get("t")
+    assert old is not None
+    assert str(relay._url(old, "/x?y=1")) == "https://h:8443/base/x?y=1"
+    assert relay._url(old, "/x?y=1") is relay._url(old, "/x?y=1")
+    relay.reload(parse_targets({"targets": [{"name": "t", "url": "https://k:9443/"}]}, "t"), None)
+    new = relay.targets.get("t")
+    assert new is not None
+    assert str(relay._url(new, "/x?y=1")) == "https://k:9443/x?y=1"
+    with pytest.raises(ValueError, match="changes the host"):
+        relay._url(new, "@evil/x")
+    long_path = "/" + "p" * 300
+    assert str(relay._url(new, long_path)) == "https://k:9443" + long_path
+    assert all(len(path) <= 256 for _name, path in relay._urls)
