@@ -23,7 +23,7 @@ reaches, so it is never the bottleneck. A second thread takes CPU from the relay
 a two-core machine and gives `ssh -R`, which mostly waits, a fifth to a third more
 (docs/relay-performance.md). `--wrk-threads 2` shows that run.
 
-    .venv/bin/python bench/relay.py [--rounds 3] [--seconds 3] [--big-reps 3]
+    .venv/bin/python bench/relay.py [--rounds 3] [--seconds 5] [--big-reps 3]
 
 Everything runs on 127.0.0.1; every process is started and stopped by this script.
 """
@@ -556,7 +556,7 @@ def report(f: Figures) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--big-reps", type=int, default=3)
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk's threads (1: as shared/bench)")
     parser.add_argument(
