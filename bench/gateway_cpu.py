@@ -5,10 +5,13 @@ bench/relay.py prints the CPU of gateway + plane together; this one splits it: t
 1 KiB JSON of the shared harness (../shared/bench/setup.sh) filtered field by field by the same
 policy (../shared/bench/ours_setup.sh). It prints req/s and CPU µs per request of each process
 at c=1/16/64 (medians of the rounds), and with --profile py-spy profiles of the gateway and the plane at c=64
-(py-spy is not a project dependency: `pip install py-spy` into the venv to use it).
+(py-spy is not a project dependency: `pip install py-spy` into the venv to use it). py-spy samples
+wall time; --perf DIR writes an on-CPU profile of the gateway at c=64 (perf, with Python's perf
+trampolines: each sample goes to the innermost Python function on its stack; needs perf(1)).
 The gateway is the built image's, on its own Python, when it can run (bench/shipped.py; --gateway).
 
-    .venv/bin/python bench/gateway_cpu.py [--rounds 3] [--seconds 3] [--profile DIR] [--audit journal]
+    .venv/bin/python bench/gateway_cpu.py [--rounds 3] [--seconds 3] [--profile DIR] [--perf DIR]
+        [--audit journal]
 
 The filter's audit lines go to audit.log in the work directory, as shipped (--audit journal: through
 logging instead, the behaviour before the audit file and with `audit_log: null`).
@@ -22,9 +25,11 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import shipped
@@ -72,7 +77,12 @@ _UVLOOP = (
 
 
 def start(
-    work: Path, procs: Procs, uvloop: bool = False, audit: str = "file", gateway_kind: str = "auto"
+    work: Path,
+    procs: Procs,
+    uvloop: bool = False,
+    audit: str = "file",
+    gateway_kind: str = "auto",
+    env: tuple[str, ...] = (),
 ) -> tuple[str, str, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
     """nginx, the plane and the gateway: the small document's URL, the admin header for it and the
     two relay processes."""
@@ -108,9 +118,10 @@ def start(
     if uvloop:
         which = shipped.Gateway((sys.executable, "-c", _UVLOOP), f"{shipped.VENV.label} on uvloop")
     else:
-        which = shipped.choose(gateway_kind, work)
+        which = shipped.choose(gateway_kind, work, env=env)
     print(f"gateway: {which.label}", flush=True)
-    gateway = procs.start(which.argv("run", "--config", str(config)), cwd=REPO, stderr=log)
+    environ = {**os.environ, **dict(setting.split("=", 1) for setting in env)}
+    gateway = procs.start(which.argv("run", "--config", str(config)), cwd=REPO, stderr=log, env=environ)
     log.close()
     path = f"/v1/gateways/{gateway_id}/targets/nginx/small.json"
     header = f"Authorization: Bearer {(plane_dir / 'admin-token').read_text().strip()}"
@@ -138,6 +149,73 @@ def profile(url: str, header: str, pids: dict[str, int], seconds: int, out: Path
     for name, raw in raws.items():
         print(f"profile of the {name}: {raw} (collapsed stacks)")
         print(top_entries(raw))
+
+
+def perf_profile(url: str, header: str, pid: int, seconds: int, out: Path) -> None:
+    """An on-CPU profile of the gateway while wrk runs at c=64: perf's samples, each given to the
+    innermost Python function on its stack (Python 3.12+'s perf trampolines name them; the
+    image's 3.13 does, the venv's 3.11 does not), and the share of each library. py-spy samples
+    wall time, so a process waiting for a core counts where it stands; perf counts only CPU."""
+    perf = shutil.which("perf")
+    if perf is None:
+        print("--perf: no perf(1) on this host (Debian: apt install linux-perf)")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "gateway-c64.perf.data"
+    record = [perf, "record", "-q", "-F", "499", "--call-graph", "dwarf,32768", "-p", str(pid)]
+    record += ["-o", str(data)]
+    rec = subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    run_small(url, 64, seconds, header)
+    rec.send_signal(signal.SIGINT)
+    rec.wait(timeout=120)
+    # The map of Python's trampolines is in the gateway's /tmp (the image's, for the image's
+    # gateway); perf reads it from its own /tmp. Symbols are read inside the gateway's mount
+    # namespace, where the image's files are mounted.
+    here, there = Path(f"/tmp/perf-{pid}.map"), Path(f"/proc/{pid}/root/tmp/perf-{pid}.map")
+    copied = there.exists() and not (here.exists() and os.path.samefile(here, there))
+    if copied:
+        shutil.copyfile(there, here)
+    try:
+        enter = ["nsenter", "-t", str(pid), "-m", "--", perf]
+        stacks = subprocess.run(
+            [*enter, "script", "-i", str(data), "-F", "ip,sym"],
+            capture_output=True, text=True, check=True, timeout=600,
+        ).stdout  # fmt: skip
+        libs = subprocess.run(
+            [*enter, "report", "-i", str(data), "--no-children", "--sort", "dso", "-g", "none", "--stdio"],
+            capture_output=True, text=True, check=True, timeout=600,
+        ).stdout  # fmt: skip
+    finally:
+        if copied:
+            here.unlink(missing_ok=True)
+    table = on_cpu_table(stacks)
+    text = out / "gateway-c64-oncpu.txt"
+    shares = [line.strip() for line in libs.splitlines() if line.strip() and not line.startswith("#")]
+    text.write_text(table + "\nby library:\n" + "\n".join(shares) + "\n")
+    print(f"on-CPU profile of the gateway: {text} (perf data: {data})")
+    print("\n".join(table.splitlines()[:26]))
+    print("by library:\n" + "\n".join(shares[:8]))
+
+
+def on_cpu_table(stacks: str) -> str:
+    """`perf script -F ip,sym` output: the share of samples per innermost Python function."""
+    own: dict[str, int] = {}
+    total = 0
+    for block in stacks.split("\n\n"):
+        frames = [line.split(None, 1)[-1] for line in block.strip().splitlines() if line.strip()]
+        if not frames:
+            continue
+        total += 1
+        name = next((f for f in frames if f.startswith("py::")), "(no Python frame)")
+        if name.startswith("py::"):
+            func, _, path = name[4:].partition(":")
+            name = f"{func} ({path.rsplit('/', 1)[-1]})"
+        own[name] = own.get(name, 0) + 1
+    lines = [f"share  innermost Python function (its bytecode and the C it calls)   [{total} samples]"]
+    for name, count in sorted(own.items(), key=lambda kv: -kv[1]):
+        lines.append(f"{100 * count / max(total, 1):5.1f}%  {name}")
+    return "\n".join(lines)
 
 
 def top_entries(raw: Path, n: int = 40) -> str:
@@ -175,6 +253,9 @@ def main() -> None:
         "--profile", type=Path, help="write py-spy profiles of the gateway and the plane at c=64 here"
     )
     parser.add_argument(
+        "--perf", type=Path, help="write an on-CPU profile (perf) of the gateway at c=64 here"
+    )
+    parser.add_argument(
         "--audit", choices=("file", "journal"), default="file", help="where the filter's decisions go"
     )
     parser.add_argument(
@@ -187,7 +268,8 @@ def main() -> None:
     with workdir() as work:
         procs = Procs()
         try:
-            url, header, plane, gateway = start(work, procs, args.uvloop, args.audit, args.gateway)
+            env = ("PYTHONPERFSUPPORT=1",) if args.perf is not None else ()
+            url, header, plane, gateway = start(work, procs, args.uvloop, args.audit, args.gateway, env)
             run_small(url, 16, 1, header)  # warm-up: pools, caches
             rps: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
             gw_us: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
@@ -203,6 +285,8 @@ def main() -> None:
             if args.profile is not None:
                 pids = {"gateway": gateway.pid, "plane": plane.pid}
                 profile(url, header, pids, args.seconds * 2, args.profile)
+            if args.perf is not None:
+                perf_profile(url, header, gateway.pid, args.seconds * 2, args.perf)
         finally:
             procs.stop_all()
         audited = (work / "audit.log").read_bytes().count(b"\n") if args.audit == "file" else None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -104,20 +105,25 @@ def _image_python(raw: Path) -> str:
     return "Python 3"
 
 
-def image(raw: Path, work: Path) -> Gateway:
-    """The image's gateway, for a run whose files are all under `work` (an absolute path)."""
+def image(raw: Path, work: Path, env: tuple[str, ...] = ()) -> Gateway:
+    """The image's gateway, for a run whose files are all under `work` (an absolute path); `env`:
+    more NAME=value settings for its environment (a measurement's, such as PYTHONPERFSUPPORT=1)."""
+    for setting in env:
+        if re.fullmatch(r"[A-Z][A-Z0-9_]*=[A-Za-z0-9_.,:/-]*", setting) is None:
+            raise SystemExit(f"shipped: environment setting {setting!r}: expected NAME=value, plain")
     found = [p for p in partitions(raw) if p.name == ROOT_LABEL]
     if len(found) != 1:
         raise SystemExit(f"{raw}: expected one partition labelled {ROOT_LABEL}, found {len(found)}")
     part = found[0]
     mnt = work / ".image-root"
-    prefix = ("unshare", "--mount", "--propagation", "private", "sh", "-c", _SCRIPT, "gateway-image")
+    script = _SCRIPT.replace("PYTHONUNBUFFERED=1", " ".join(("PYTHONUNBUFFERED=1", *env)))
+    prefix = ("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "gateway-image")
     args = (str(raw.resolve()), str(part.offset), str(part.size), str(mnt), str(work.resolve()))
     rel = raw.relative_to(REPO) if raw.is_relative_to(REPO) else raw
     return Gateway((*prefix, *args), f"the image's ({_image_python(raw)}, {rel})")
 
 
-def choose(kind: str, work: Path, raw: Path | None = None) -> Gateway:
+def choose(kind: str, work: Path, raw: Path | None = None, env: tuple[str, ...] = ()) -> Gateway:
     """`venv`, `image` (an error if it cannot run) or `auto` (the image when it can run and is
     not older than the sources, else the venv, with the reason in the label)."""
     if kind == "venv":
@@ -139,7 +145,7 @@ def choose(kind: str, work: Path, raw: Path | None = None) -> Gateway:
     if stale is not None and kind == "auto":
         why = f"{stale.relative_to(REPO)} is newer than {raw.name}: run make ova"
         return Gateway(VENV.prefix, f"{VENV.label}; not the image: {why}")
-    return image(raw, work)
+    return image(raw, work, env)
 
 
 def main() -> None:
