@@ -221,11 +221,14 @@ class Response:
         self.content_length: int | None = None
         length = head.content_length
         close = False
-        if b"connection" in head.names:
-            tokens = b",".join(
-                v for n, (_k, v) in zip(head.names, head.fields, strict=True) if n == b"connection"
-            )
-            close = b"close" in {t.strip() for t in tokens.lower().split(b",")}
+        names = head.names
+        if b"connection" in names:
+            if names.count(b"connection") == 1:  # the usual case: one field, found without a scan in Python
+                tokens = head.fields[names.index(b"connection")][1].lower()
+            else:
+                values = [v for n, (_k, v) in zip(names, head.fields, strict=True) if n == b"connection"]
+                tokens = b",".join(values).lower()
+            close = b"close" in tokens and b"close" in {t.strip() for t in tokens.split(b",")}
         # h11's keep-alive rule: HTTP/1.1 and no "close" among the Connection tokens.
         self._keep_alive = head.http_version == b"1.1" and not close
         self._left = 0

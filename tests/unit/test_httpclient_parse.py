@@ -168,3 +168,23 @@ async def test_complete_says_whether_reading_the_body_can_wait() -> None:
     assert not resp.complete  # chunked: not known without parsing
     _pool_, resp, _conn = await _response(b"HTTP/1.1 204 No Content\r\n\r\n", eof=False)
     assert resp.complete
+
+
+@pytest.mark.parametrize(
+    ("fields", "keep"),
+    [
+        (b"", True),
+        (b"Connection: keep-alive\r\n", True),
+        (b"Connection: close\r\n", False),
+        (b"Connection: Close\r\n", False),
+        (b"Connection: keep-alive, close\r\n", False),
+        (b"Connection: x-closer\r\n", True),  # "close" as a substring is not the token
+        (b"Connection: keep-alive\r\nConnection: close\r\n", False),  # tokens of every field count
+        (b"Connection: x\r\nConnection: y\r\n", True),
+    ],
+)
+async def test_connection_tokens_decide_keep_alive(fields: bytes, keep: bool) -> None:
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + fields + b"\r\nok"
+    _pool, resp, _conn = await _response(raw, eof=False)
+    assert resp._keep_alive is keep
+    assert await _body(resp) == b"ok"
